@@ -1,0 +1,22 @@
+//! Generates the Rust code for our gRPC API (`proto/integrad/v1`) and for ONNX's wire format
+//! (`proto/onnx/onnx.proto`, used to read and write graphs), plus a descriptor set for reflection.
+
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    // NOTE: a vendored protoc keeps a fresh machine free of system packages.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("integrad_descriptor.bin"))
+        .compile_protos(&["proto/integrad/v1/explainer.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_protos(&["proto/onnx/onnx.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Client subcommands. Each runs against a server (`--server URL`) or in-process, through the
+//! same [`Engine`](crate::engine::Engine) the server uses.
+
+mod predict;
+
+pub use predict::{run_predict, PredictArgs};
+
+use std::path::Path;
+
+use crate::npy::{self, NpyArray};
+use crate::proto::integrad::v1 as pb;
+
+/// Reads an image file or a `.npy` tensor into the API's `Input`.
+pub fn read_input(image: Option<&Path>, tensor: Option<&Path>) -> anyhow::Result<pb::Input> {
+    let kind = match (image, tensor) {
+        (Some(path), None) => pb::input::Kind::Image(
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        ),
+        (None, Some(path)) => {
+            let (shape, dtype, data): (Vec<usize>, pb::DataType, Vec<u8>) = match npy::read(path)? {
+                NpyArray::F32 { shape, data } => (
+                    shape,
+                    pb::DataType::Float32,
+                    data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+                NpyArray::I64 { shape, data } => (
+                    shape,
+                    pb::DataType::Int64,
+                    data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+            };
+            pb::input::Kind::Tensor(pb::Tensor {
+                shape: shape.iter().map(|&d| d as i64).collect(),
+                dtype: dtype as i32,
+                data,
+            })
+        }
+        _ => anyhow::bail!("give exactly one of IMAGE or --tensor FILE.npy"),
+    };
+    Ok(pb::Input { kind: Some(kind) })
+}

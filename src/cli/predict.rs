@@ -1,0 +1,113 @@
+//! `integrad predict`: top-k classes for an image or tensor.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::config::{ModelArgs, RuntimeArgs};
+use crate::engine::{Engine, EngineLimits};
+use crate::proto::integrad::v1 as pb;
+use crate::proto::integrad::v1::explainer_client::ExplainerClient;
+
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// An image file (PNG, JPEG, WebP, BMP, GIF).
+    #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
+    pub image: Option<PathBuf>,
+    /// A preprocessed input tensor (.npy, float32 or int64, without the batch dimension).
+    #[arg(long)]
+    pub tensor: Option<PathBuf>,
+    /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
+    #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
+    pub server: Option<String>,
+    /// The model to use [default: the default model].
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// How many classes to print, best first.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: u32,
+    /// Print JSON: {"top": [{"class_index", "label", "probability", "logit"}, ...]}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
+    let input = super::read_input(args.image.as_deref(), args.tensor.as_deref())?;
+    let request = pb::PredictRequest {
+        model: args.model.clone().unwrap_or_default(),
+        input: Some(input),
+        top_k: args.top_k,
+    };
+    let response = match &args.server {
+        Some(url) => {
+            let mut client = ExplainerClient::connect(url.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+            client = client
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            client
+                .predict(request)
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner()
+        }
+        None => {
+            let source = args.models.source();
+            let runtime = args.runtime.clone();
+            let repository = tokio::task::spawn_blocking(move || {
+                crate::server::load_repository(
+                    &source,
+                    &runtime.runtime_options(),
+                    &runtime.load_options(),
+                    None,
+                )
+            })
+            .await??;
+            if let Some((name, reason)) = repository
+                .failures()
+                .next()
+                .filter(|_| repository.len() == 1)
+            {
+                anyhow::bail!("model {name:?} failed to load: {reason}");
+            }
+            let engine = Engine::new(Arc::new(repository), EngineLimits::default());
+            engine.predict(request).await?
+        }
+    };
+    print(&response, args.json)
+}
+
+fn print(response: &pb::PredictResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        let top: Vec<serde_json::Value> = response
+            .top
+            .iter()
+            .map(|p| serde_json::json!({"class_index": p.class_index, "label": p.label, "probability": p.probability, "logit": p.logit}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "model": response.model, "top": top })
+            )?
+        );
+    } else {
+        println!("model {}", response.model);
+        for (rank, p) in response.top.iter().enumerate() {
+            println!(
+                "{:>3}. {:<40} class {:>5}  probability {:.4}  logit {:.3}",
+                rank + 1,
+                p.label,
+                p.class_index,
+                p.probability,
+                p.logit
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! Images in, model tensors out: decoding with limits, EXIF orientation, resize and
+//! normalisation exactly as a model's config asks. A plain library (no tonic, no tokio).
+
+mod decode;
+mod preprocess;
+
+pub use decode::{decode, DecodeLimits};
+pub use preprocess::{preprocess, Layout, Preprocessing, ResizePolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image is empty (0 bytes)")]
+    Empty,
+    #[error("image format not recognised (supported: PNG, JPEG, WebP, BMP, GIF)")]
+    UnknownFormat,
+    #[error("image is {width}x{height} = {pixels} pixels, above the limit of {max_pixels}")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max_pixels: u64,
+    },
+    #[error("image has no pixels ({width}x{height})")]
+    NoPixels { width: u32, height: u32 },
+    #[error("could not decode {format} image: {reason}")]
+    Decode { format: String, reason: String },
+}

@@ -1,0 +1,207 @@
+//! Resize, crop and normalise an RGB image into a model's input tensor.
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizePolicy {
+    /// Resize so the image covers size / crop_fraction, then take the centre crop (the
+    /// ImageNet evaluation recipe: 256 then 224 for crop_fraction 0.875).
+    #[default]
+    ShorterSideCrop,
+    /// Resize straight to the model's size, ignoring the aspect ratio.
+    Stretch,
+}
+
+/// What a model expects of an image: value = (pixel * scale - mean[c]) / std[c], with pixel
+/// the 8-bit RGB value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessing {
+    pub layout: Layout,
+    pub height: u32,
+    pub width: u32,
+    pub resize: ResizePolicy,
+    pub crop_fraction: f32,
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocessing {
+    /// The tensor shape without the batch dimension.
+    pub fn shape(&self) -> [usize; 3] {
+        let (h, w) = (self.height as usize, self.width as usize);
+        match self.layout {
+            Layout::Nchw => [3, h, w],
+            Layout::Nhwc => [h, w, 3],
+        }
+    }
+
+    /// The model-space value of an 8-bit pixel value in channel `c` (used for black and white
+    /// baselines as well as for every pixel here).
+    pub fn normalise(&self, c: usize, pixel: u8) -> f32 {
+        (f32::from(pixel) * self.scale - self.mean[c]) / self.std[c]
+    }
+
+    /// Checks the numbers make sense; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.height == 0 || self.width == 0 || self.height > 16384 || self.width > 16384 {
+            return Err(format!(
+                "height and width must be in 1..=16384, got {}x{}",
+                self.height, self.width
+            ));
+        }
+        if !(self.crop_fraction > 0.0 && self.crop_fraction <= 1.0) {
+            return Err(format!(
+                "crop_fraction must be in (0, 1], got {}",
+                self.crop_fraction
+            ));
+        }
+        if !self.scale.is_finite() || self.scale == 0.0 {
+            return Err(format!(
+                "scale must be finite and non-zero, got {}",
+                self.scale
+            ));
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(format!("mean must be finite, got {:?}", self.mean));
+        }
+        if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+            return Err(format!(
+                "std must be finite and non-zero, got {:?}",
+                self.std
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns an RGB image into the model's input tensor (no batch dimension), row-major.
+pub fn preprocess(image: &RgbImage, p: &Preprocessing) -> Vec<f32> {
+    let resized = resize(image, p);
+    normalise(&resized, p)
+}
+
+fn resize(image: &RgbImage, p: &Preprocessing) -> RgbImage {
+    let (w, h) = image.dimensions();
+    match p.resize {
+        ResizePolicy::Stretch => resize_exact(image, p.width, p.height),
+        ResizePolicy::ShorterSideCrop => {
+            let cover_w = f64::from(p.width) / f64::from(p.crop_fraction);
+            let cover_h = f64::from(p.height) / f64::from(p.crop_fraction);
+            // As torchvision's Resize: the side that sets the scale is rounded, the other
+            // truncated (a 451x300 photo becomes 384x256, not 385x256).
+            let (sw, sh) = (cover_w / f64::from(w), cover_h / f64::from(h));
+            let (new_w, new_h) = if sw >= sh {
+                (cover_w.round(), (f64::from(h) * sw).floor())
+            } else {
+                ((f64::from(w) * sh).floor(), cover_h.round())
+            };
+            let new_w = (new_w as u32).max(p.width);
+            let new_h = (new_h as u32).max(p.height);
+            let resized = resize_exact(image, new_w, new_h);
+            // Same rounding as torchvision's CenterCrop.
+            let left = (f64::from(new_w - p.width) / 2.0).round() as u32;
+            let top = (f64::from(new_h - p.height) / 2.0).round() as u32;
+            imageops::crop_imm(&resized, left, top, p.width, p.height).to_image()
+        }
+    }
+}
+
+fn resize_exact(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    if image.dimensions() == (width, height) {
+        return image.clone();
+    }
+    // NOTE: Triangle is bilinear with its support widened when shrinking, i.e. antialiased
+    // like PIL's and torchvision's bilinear resize, which the demo model was evaluated with.
+    imageops::resize(image, width, height, FilterType::Triangle)
+}
+
+fn normalise(image: &RgbImage, p: &Preprocessing) -> Vec<f32> {
+    // A lookup table per channel: 3 x 256 values instead of a multiply-add per pixel.
+    let table: Vec<[f32; 256]> = (0..3)
+        .map(|c| std::array::from_fn(|v| p.normalise(c, v as u8)))
+        .collect();
+    let (w, h) = image.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0.0f32; plane * 3];
+    match p.layout {
+        Layout::Nchw => {
+            for (i, px) in image.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * plane + i] = table[c][px.0[c] as usize];
+                }
+            }
+        }
+        Layout::Nhwc => {
+            for (i, px) in image.pixels().enumerate() {
+                for c in 0..3 {
+                    out[i * 3 + c] = table[c][px.0[c] as usize];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(layout: Layout, resize: ResizePolicy) -> Preprocessing {
+        Preprocessing {
+            layout,
+            height: 4,
+            width: 4,
+            resize,
+            crop_fraction: 0.5,
+            scale: 1.0 / 255.0,
+            mean: [0.5, 0.25, 0.0],
+            std: [0.5, 0.25, 1.0],
+        }
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_middle() {
+        // A 16x8 image whose left half is black and right half white, cropped at fraction 0.5
+        // to 4x4: resized to 16x8 (no resize: it already covers 8x8), the crop spans x 6..10,
+        // so columns 0-1 come from the black half and 2-3 from the white half.
+        let image = RgbImage::from_fn(16, 8, |x, _| {
+            if x < 8 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let p = config(Layout::Nchw, ResizePolicy::ShorterSideCrop);
+        let out = preprocess(&image, &p);
+        assert_eq!(out.len(), 3 * 16);
+        let red_row: Vec<f32> = out[0..4].to_vec();
+        assert_eq!(red_row, vec![-1.0, -1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn layouts_hold_the_same_values() {
+        let image = RgbImage::from_fn(4, 4, |x, y| image::Rgb([(x * 60) as u8, (y * 60) as u8, 7]));
+        let chw = preprocess(&image, &config(Layout::Nchw, ResizePolicy::Stretch));
+        let hwc = preprocess(&image, &config(Layout::Nhwc, ResizePolicy::Stretch));
+        for c in 0..3 {
+            for i in 0..16 {
+                assert_eq!(chw[c * 16 + i], hwc[i * 3 + c]);
+            }
+        }
+        // Pixel (x=1, y=2): red 60 -> (60/255 - 0.5)/0.5; exact in f32 to rounding.
+        let expected = (60.0f32 / 255.0 - 0.5) / 0.5;
+        assert!((chw[2 * 4 + 1] - expected).abs() < 1e-6);
+    }
+}

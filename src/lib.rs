@@ -1,0 +1,34 @@
+//! integrad: Integrated Gradients for any ONNX model, computed inside ONNX Runtime and served
+//! over gRPC beside existing model servers.
+//!
+//! The crate is a library plus the `integrad` binary. `image` is a plain library (no tonic, no
+//! tokio); `model` owns the ONNX Runtime sessions, each on its own worker thread; `server` is
+//! the gRPC face and `cli` the command-line clients. Data flows one way: request -> decode ->
+//! preprocess -> worker (ORT) -> response.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod npy;
+pub mod runtime;
+pub mod server;
+
+/// Generated code for our API and for ONNX's protobuf format.
+pub mod proto {
+    pub mod integrad {
+        pub mod v1 {
+            tonic::include_proto!("integrad.v1");
+        }
+    }
+    pub mod onnx {
+        tonic::include_proto!("onnx");
+    }
+    /// The encoded descriptor set of our API (for gRPC reflection).
+    pub const INTEGRAD_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("integrad_descriptor");
+}
+
+pub use error::Error;

@@ -1,0 +1,137 @@
+//! `integrad.toml`: what a model needs that its ONNX graph does not say.
+//!
+//! ```toml
+//! [input]
+//! name = "input"                # default: the graph's first input
+//! layout = "NCHW"               # the image fields below are all-or-nothing: without them
+//! height = 224                  # the model takes tensors only
+//! width = 224
+//! resize = "shorter-side-crop"  # or "stretch"
+//! crop_fraction = 0.875
+//! scale = 0.00392156862745098   # value = (pixel * scale - mean[c]) / std[c]
+//! mean = [0.485, 0.456, 0.406]
+//! std = [0.229, 0.224, 0.225]
+//!
+//! [output]
+//! name = "logits"               # default: the graph's first output
+//! kind = "logits"               # or "probabilities"; default: read from the graph
+//! labels = "labels.txt"         # one class name per line, relative to this file
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::image::{Layout, Preprocessing, ResizePolicy};
+
+pub const CONFIG_FILE: &str = "integrad.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    Logits,
+    Probabilities,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub input: InputSection,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    pub name: Option<String>,
+    pub layout: Option<Layout>,
+    pub height: Option<u32>,
+    pub width: Option<u32>,
+    pub resize: Option<ResizePolicy>,
+    pub crop_fraction: Option<f32>,
+    pub scale: Option<f32>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub name: Option<String>,
+    pub kind: Option<OutputKind>,
+    pub labels: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// Reads `path`; a missing file is an empty config (everything read from the graph).
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+impl InputSection {
+    /// The image preprocessing, if the section describes one; all its fields or none.
+    pub fn preprocessing(&self) -> Result<Option<Preprocessing>, String> {
+        let required = [
+            ("layout", self.layout.is_some()),
+            ("height", self.height.is_some()),
+            ("width", self.width.is_some()),
+            ("scale", self.scale.is_some()),
+            ("mean", self.mean.is_some()),
+            ("std", self.std.is_some()),
+        ];
+        let missing: Vec<&str> = required
+            .iter()
+            .filter(|(_, set)| !set)
+            .map(|(name, _)| *name)
+            .collect();
+        if missing.len() == required.len() {
+            if self.resize.is_some() || self.crop_fraction.is_some() {
+                return Err("[input] sets resize/crop_fraction but not the image fields (layout, height, width, scale, mean, std)".into());
+            }
+            return Ok(None);
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "[input] describes an image but lacks {}",
+                missing.join(", ")
+            ));
+        }
+        let p = Preprocessing {
+            layout: self.layout.unwrap_or(Layout::Nchw),
+            height: self.height.unwrap_or_default(),
+            width: self.width.unwrap_or_default(),
+            resize: self.resize.unwrap_or_default(),
+            crop_fraction: self.crop_fraction.unwrap_or(1.0),
+            scale: self.scale.unwrap_or_default(),
+            mean: self.mean.unwrap_or_default(),
+            std: self.std.unwrap_or_default(),
+        };
+        p.validate().map_err(|e| format!("[input] {e}"))?;
+        Ok(Some(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_image_section_names_what_is_missing() {
+        let config: ModelConfig =
+            toml::from_str("[input]\nlayout = \"NCHW\"\nheight = 224\n").unwrap();
+        let err = config.input.preprocessing().unwrap_err();
+        assert!(err.contains("width") && err.contains("std"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ModelConfig>("[input]\nmaen = [0, 0, 0]\n").is_err());
+    }
+}

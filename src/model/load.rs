@@ -1,0 +1,264 @@
+//! Loading one model: read and check the file, open an ONNX Runtime session, reconcile the
+//! graph with `integrad.toml`, read labels, warm up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+use prost::Message;
+
+use super::config::{ModelConfig, OutputKind};
+use super::{DType, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
+use crate::image::Layout;
+use crate::proto::onnx::ModelProto;
+
+/// Session settings shared by every model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Self {
+            intra_threads: cores,
+        }
+    }
+}
+
+/// Loads `file` as model `name`. Errors are the reason, for the operator's log and ListModels.
+pub fn load_model(
+    name: &str,
+    file: &Path,
+    config: &ModelConfig,
+    base_dir: &Path,
+    env: &Environment,
+    options: &LoadOptions,
+) -> Result<Model, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let graph = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| format!("{} is not an ONNX model: {e}", file.display()))?;
+    if graph.graph.is_none() {
+        return Err(format!(
+            "{} is not an ONNX model: it has no graph",
+            file.display()
+        ));
+    }
+    let sha256 = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    drop(bytes);
+
+    let session = open_session(file, env, options)
+        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", file.display()))?;
+    let inputs: Vec<TensorSpec> = session
+        .inputs()
+        .iter()
+        .map(|o| spec(o.name(), o.dtype()))
+        .collect();
+    let outputs: Vec<TensorSpec> = session
+        .outputs()
+        .iter()
+        .map(|o| spec(o.name(), o.dtype()))
+        .collect();
+
+    let input = pick(&config.input.name, &inputs, "input")?;
+    let output = pick(&config.output.name, &outputs, "output")?;
+    let image = match config.input.preprocessing()? {
+        Some(preprocessing) => {
+            check_image_input(&input, &preprocessing)?;
+            Some(ImageInput {
+                input: input.name.clone(),
+                preprocessing,
+            })
+        }
+        None => None,
+    };
+    let output_kind = match config.output.kind {
+        Some(kind) => kind,
+        None => infer_output_kind(&graph, &output.name),
+    };
+    let labels = match &config.output.labels {
+        Some(path) => read_labels(&base_dir.join(path), &output)?,
+        None => Vec::new(),
+    };
+    // NOTE: gradient graphs (and with them Explain) arrive with the autodiff work; until then
+    // every model says so instead of failing later.
+    let explainable = Err(
+        "this server cannot build gradient graphs yet (autodiff is not part of this build)"
+            .to_string(),
+    );
+
+    let worker =
+        Worker::spawn(name, session).map_err(|e| format!("cannot start a worker thread: {e}"))?;
+    let spec = super::ModelSpec {
+        name: name.to_string(),
+        path: file.to_path_buf(),
+        sha256,
+        input: input.name.clone(),
+        output: output.name.clone(),
+        inputs,
+        outputs,
+        image,
+        output_kind,
+        labels,
+        explainable,
+    };
+    let model = Model {
+        spec: Arc::new(spec),
+        worker,
+    };
+    warm_up(&model)?;
+    Ok(model)
+}
+
+fn open_session(file: &Path, env: &Environment, options: &LoadOptions) -> ort::Result<Session> {
+    let mut builder = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(options.intra_threads)?;
+    builder.commit_from_file(file)
+}
+
+fn spec(name: &str, ty: &ValueType) -> TensorSpec {
+    let (dtype, shape) = match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dtype = match ty {
+                TensorElementType::Float32 => DType::F32,
+                TensorElementType::Int64 => DType::I64,
+                other => DType::Other(element_name(*other)),
+            };
+            (dtype, shape.to_vec())
+        }
+        _ => (DType::Other("non-tensor"), Vec::new()),
+    };
+    TensorSpec {
+        name: name.to_string(),
+        dtype,
+        shape,
+    }
+}
+
+fn element_name(ty: TensorElementType) -> &'static str {
+    match ty {
+        TensorElementType::Float16 => "float16",
+        TensorElementType::Float64 => "float64",
+        TensorElementType::Int32 => "int32",
+        TensorElementType::Int8 => "int8",
+        TensorElementType::Uint8 => "uint8",
+        TensorElementType::Bool => "bool",
+        TensorElementType::String => "string",
+        _ => "other",
+    }
+}
+
+fn pick(wanted: &Option<String>, specs: &[TensorSpec], what: &str) -> Result<TensorSpec, String> {
+    match wanted {
+        Some(name) => specs
+            .iter()
+            .find(|s| &s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                format!("the config names {what} {name:?}, but the graph's {what}s are {names:?}")
+            }),
+        None => specs
+            .first()
+            .cloned()
+            .ok_or_else(|| format!("the graph has no {what}")),
+    }
+}
+
+fn check_image_input(input: &TensorSpec, p: &crate::image::Preprocessing) -> Result<(), String> {
+    if input.dtype != DType::F32 {
+        return Err(format!(
+            "image input {:?} must be float32, the graph says {:?}",
+            input.name, input.dtype
+        ));
+    }
+    let expected = p.shape().map(|d| d as i64);
+    let actual = input.shape.get(1..).unwrap_or_default();
+    let fits =
+        input.shape.len() == 4 && actual.iter().zip(expected).all(|(&a, e)| a == -1 || a == e);
+    if !fits {
+        let layout = match p.layout {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        };
+        return Err(format!(
+            "image input {:?} has shape {:?}, which does not fit {layout} {}x{} from the config",
+            input.name, input.shape, p.height, p.width
+        ));
+    }
+    Ok(())
+}
+
+/// A model whose output comes straight from a Softmax outputs probabilities; anything else
+/// is taken as logits. The config's `kind` overrides this.
+fn infer_output_kind(model: &ModelProto, output: &str) -> OutputKind {
+    let producer = model
+        .graph
+        .as_ref()
+        .and_then(|g| g.node.iter().find(|n| n.output.iter().any(|o| o == output)));
+    match producer.and_then(|n| n.op_type.as_deref()) {
+        Some("Softmax") => OutputKind::Probabilities,
+        _ => OutputKind::Logits,
+    }
+}
+
+fn read_labels(path: &PathBuf, output: &TensorSpec) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read labels {}: {e}", path.display()))?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+    let labels = match labels.iter().rposition(|l| !l.is_empty()) {
+        Some(last) => labels[..=last].to_vec(),
+        None => Vec::new(),
+    };
+    if let Some(&classes) = output.shape.last().filter(|&&d| d > 0) {
+        if labels.len() as i64 != classes {
+            return Err(format!(
+                "{} has {} labels but output {:?} has {classes} classes",
+                path.display(),
+                labels.len(),
+                output.name
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+/// One run at batch 1 so the first request doesn't pay ONNX Runtime's first-run cost (about
+/// 1.8x a warm run). Skipped when the input has unknown dimensions besides the batch.
+fn warm_up(model: &Model) -> Result<(), String> {
+    let input = model.spec.input_spec();
+    if model.spec.inputs.len() != 1 || input.shape.iter().skip(1).any(|&d| d < 0) {
+        return Ok(());
+    }
+    let shape: Vec<i64> = std::iter::once(1)
+        .chain(input.shape.iter().skip(1).copied())
+        .collect();
+    let count: i64 = shape.iter().product();
+    let values = match input.dtype {
+        DType::F32 => Values::F32(vec![0.0; count as usize]),
+        DType::I64 => Values::I64(vec![0; count as usize]),
+        DType::Other(_) => return Ok(()),
+    };
+    model
+        .worker
+        .run_blocking(
+            vec![(input.name.clone(), TensorData { shape, values })],
+            vec![model.spec.output.clone()],
+        )
+        .map(|_| ())
+        .map_err(|e| format!("warm-up run failed: {e}"))
+}

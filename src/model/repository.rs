@@ -1,0 +1,152 @@
+//! The set of models a server (or an in-process CLI run) knows, loaded at start.
+//!
+//! A repository is a directory with one sub-directory per model holding `model.onnx` and an
+//! optional `integrad.toml`. A model that fails to load is kept with its reason, so it shows
+//! up in ListModels and in the log, and does not take the others down.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ort::environment::Environment;
+
+use super::config::{ModelConfig, CONFIG_FILE};
+use super::{load_model, LoadOptions, Model};
+
+pub const MODEL_FILE: &str = "model.onnx";
+
+pub enum ModelEntry {
+    Ready(Model),
+    Failed { reason: String },
+}
+
+pub struct Repository {
+    models: BTreeMap<String, ModelEntry>,
+    default: Option<String>,
+}
+
+impl Repository {
+    /// Loads every model under `dir`. Only an unreadable `dir` itself is an error.
+    pub fn load_dir(dir: &Path, env: &Environment, options: &LoadOptions) -> std::io::Result<Self> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        let mut models = BTreeMap::new();
+        for name in names {
+            let model_dir = dir.join(&name);
+            let file = model_dir.join(MODEL_FILE);
+            let entry = if !file.exists() {
+                ModelEntry::Failed {
+                    reason: format!("{} has no {MODEL_FILE}", model_dir.display()),
+                }
+            } else {
+                load_entry(
+                    &name,
+                    &file,
+                    &model_dir.join(CONFIG_FILE),
+                    &model_dir,
+                    env,
+                    options,
+                )
+            };
+            models.insert(name, entry);
+        }
+        Ok(Self::new(models))
+    }
+
+    /// One model from a file, named after the file's stem; `PATH.toml` or an `integrad.toml`
+    /// beside it configures it when present.
+    pub fn load_file(file: &Path, env: &Environment, options: &LoadOptions) -> Self {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string();
+        let base = file.parent().unwrap_or(Path::new("."));
+        let own = file.with_extension("toml");
+        let config = if own.exists() {
+            own
+        } else {
+            base.join(CONFIG_FILE)
+        };
+        let entry = load_entry(&name, file, &config, base, env, options);
+        Self::new(BTreeMap::from([(name, entry)]))
+    }
+
+    fn new(models: BTreeMap<String, ModelEntry>) -> Self {
+        // With one model, it is the default; with several, clients must name one unless the
+        // operator picks a default.
+        let default = if models.len() == 1 {
+            models.keys().next().cloned()
+        } else {
+            None
+        };
+        Self { models, default }
+    }
+
+    /// Sets the model used when a request names none; it must exist.
+    pub fn set_default(&mut self, name: &str) -> Result<(), String> {
+        if self.models.contains_key(name) {
+            self.default = Some(name.to_string());
+            Ok(())
+        } else {
+            Err(format!(
+                "default model {name:?} is not in the repository (models: {:?})",
+                self.models.keys().collect::<Vec<_>>()
+            ))
+        }
+    }
+
+    pub fn default_model(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelEntry> {
+        self.models.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &ModelEntry)> {
+        self.models.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.models.iter().filter_map(|(name, entry)| match entry {
+            ModelEntry::Failed { reason } => Some((name, reason)),
+            ModelEntry::Ready(_) => None,
+        })
+    }
+}
+
+fn load_entry(
+    name: &str,
+    file: &Path,
+    config: &Path,
+    base: &Path,
+    env: &Environment,
+    options: &LoadOptions,
+) -> ModelEntry {
+    let started = std::time::Instant::now();
+    let loaded = ModelConfig::load(config)
+        .and_then(|config| load_model(name, file, &config, base, env, options));
+    match loaded {
+        Ok(model) => {
+            tracing::info!(model = name, path = %file.display(), elapsed_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up");
+            ModelEntry::Ready(model)
+        }
+        Err(reason) => {
+            tracing::error!(model = name, %reason, "model failed to load");
+            ModelEntry::Failed { reason }
+        }
+    }
+}

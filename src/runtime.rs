@@ -1,0 +1,318 @@
+//! ONNX Runtime that provisions itself.
+//!
+//! integrad loads ONNX Runtime dynamically (`ort`'s `load-dynamic`). The library comes from
+//! the `onnxruntime==1.31.1` wheel on PyPI: on first use it is fetched with pip, checked
+//! against pinned sha256 digests and cached, so a fresh machine needs no manual step. An
+//! explicit path (`--ort-lib` or `ORT_DYLIB_PATH`) always wins and is used as given.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use sha2::{Digest, Sha256};
+
+/// The ONNX Runtime release integrad is built and tested against.
+pub const ORT_VERSION: &str = "1.31.1";
+const LIBRARY_NAME: &str = "libonnxruntime.so.1.31.1";
+const LIBRARY_IN_WHEEL: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
+
+/// One pinned wheel: pip is asked for exactly this platform and Python tag, so the bytes (and
+/// their digests) do not depend on the local Python.
+struct PinnedWheel {
+    arch: &'static str,
+    platform: &'static str,
+    python_version: &'static str,
+    file_name: &'static str,
+    wheel_sha256: &'static str,
+    library_sha256: &'static str,
+}
+
+const WHEELS: &[PinnedWheel] = &[PinnedWheel {
+    arch: "x86_64",
+    platform: "manylinux_2_28_x86_64",
+    python_version: "3.11",
+    file_name: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+    wheel_sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+    library_sha256: "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
+}];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime library {path} does not exist (set by {source_of_path})")]
+    MissingLibrary {
+        path: PathBuf,
+        source_of_path: &'static str,
+    },
+    #[error("no pinned ONNX Runtime {ORT_VERSION} build for this machine ({arch}); set ORT_DYLIB_PATH or --ort-lib to a libonnxruntime.so {ORT_VERSION}")]
+    UnsupportedPlatform { arch: &'static str },
+    #[error("could not fetch ONNX Runtime {ORT_VERSION} with pip ({command}): {reason}; set ORT_DYLIB_PATH or --ort-lib to a libonnxruntime.so {ORT_VERSION} instead")]
+    Fetch { command: String, reason: String },
+    #[error("{what} {path} has sha256 {actual}, expected {expected}; refusing to load it")]
+    Checksum {
+        what: &'static str,
+        path: PathBuf,
+        actual: String,
+        expected: String,
+    },
+    #[error("ONNX Runtime cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("could not load ONNX Runtime from {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+}
+
+/// Where the library comes from, decided once per process.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// An explicit library path (flag); falls back to `ORT_DYLIB_PATH`, then the cache.
+    pub library: Option<PathBuf>,
+    /// The cache directory; falls back to `INTEGRAD_CACHE_DIR`, `$XDG_CACHE_HOME/integrad`,
+    /// `$HOME/.cache/integrad`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+static ENVIRONMENT: OnceLock<Result<Arc<ort::environment::Environment>, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, loading the library on first call.
+///
+/// ONNX Runtime can only be loaded once per process, so the first caller's options win and a
+/// failure is remembered (and returned to every later caller) rather than retried.
+pub fn environment(
+    options: &RuntimeOptions,
+) -> Result<Arc<ort::environment::Environment>, RuntimeError> {
+    let loaded = ENVIRONMENT.get_or_init(|| load(options).map_err(|e| e.to_string()));
+    loaded.clone().map_err(RuntimeError::Unavailable)
+}
+
+fn load(options: &RuntimeOptions) -> Result<Arc<ort::environment::Environment>, RuntimeError> {
+    let path = locate_library(options)?;
+    let builder = ort::init_from(&path).map_err(|e| RuntimeError::Load {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let env = builder
+        .with_name("integrad")
+        .build()
+        .map_err(|e| RuntimeError::Load {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(Arc::new(env))
+}
+
+/// Finds (or fetches) the library, without loading it.
+pub fn locate_library(options: &RuntimeOptions) -> Result<PathBuf, RuntimeError> {
+    if let Some(path) = &options.library {
+        return existing(path, "--ort-lib");
+    }
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return existing(Path::new(&path), "ORT_DYLIB_PATH");
+    }
+    let pinned = WHEELS
+        .iter()
+        .find(|w| w.arch == std::env::consts::ARCH)
+        .ok_or(RuntimeError::UnsupportedPlatform {
+            arch: std::env::consts::ARCH,
+        })?;
+    let dir = cache_dir(options).join(format!("onnxruntime-{ORT_VERSION}"));
+    let library = dir.join(LIBRARY_NAME);
+    if library.exists() {
+        verify(
+            &library,
+            pinned.library_sha256,
+            "cached ONNX Runtime library",
+        )?;
+        return Ok(library);
+    }
+    fetch(pinned, &dir)?;
+    Ok(library)
+}
+
+fn existing(path: &Path, source_of_path: &'static str) -> Result<PathBuf, RuntimeError> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(RuntimeError::MissingLibrary {
+            path: path.to_path_buf(),
+            source_of_path,
+        })
+    }
+}
+
+fn cache_dir(options: &RuntimeOptions) -> PathBuf {
+    if let Some(dir) = &options.cache_dir {
+        return dir.clone();
+    }
+    if let Some(dir) = std::env::var_os("INTEGRAD_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("integrad");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("integrad")
+}
+
+/// Downloads the pinned wheel with pip, checks it, and moves the library into `dir`.
+fn fetch(pinned: &PinnedWheel, dir: &Path) -> Result<(), RuntimeError> {
+    let cache_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Cache { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(cache_err(dir))?;
+    // NOTE: a per-process scratch directory keeps concurrent first runs (parallel tests) from
+    // seeing each other's half-written files; the final rename is atomic.
+    let scratch = dir.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(cache_err(&scratch))?;
+    let result = fetch_into(pinned, dir, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn fetch_into(pinned: &PinnedWheel, dir: &Path, scratch: &Path) -> Result<(), RuntimeError> {
+    let python = std::env::var("INTEGRAD_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let requirement = format!("onnxruntime=={ORT_VERSION}");
+    let args = [
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        pinned.python_version,
+        "--platform",
+        pinned.platform,
+        "--dest",
+    ];
+    let command = format!(
+        "{python} {} {} {requirement}",
+        args.join(" "),
+        scratch.display()
+    );
+    tracing::info!(%command, "fetching ONNX Runtime (first run only)");
+    let output = Command::new(&python)
+        .args(args)
+        .arg(scratch)
+        .arg(&requirement)
+        .output()
+        .map_err(|e| RuntimeError::Fetch {
+            command: command.clone(),
+            reason: e.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(RuntimeError::Fetch {
+            command,
+            reason: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let wheel = scratch.join(pinned.file_name);
+    verify(&wheel, pinned.wheel_sha256, "downloaded wheel")?;
+
+    let file = std::fs::File::open(&wheel).map_err(|source| RuntimeError::Cache {
+        path: wheel.clone(),
+        source,
+    })?;
+    let zip_err = |e: zip::result::ZipError| RuntimeError::Fetch {
+        command: command.clone(),
+        reason: format!("reading {}: {e}", wheel.display()),
+    };
+    let mut archive = zip::ZipArchive::new(file).map_err(zip_err)?;
+    let mut entry = archive.by_name(LIBRARY_IN_WHEEL).map_err(zip_err)?;
+    let mut bytes = Vec::with_capacity(entry.size() as usize);
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|source| RuntimeError::Cache {
+            path: wheel.clone(),
+            source,
+        })?;
+    let staged = scratch.join(LIBRARY_NAME);
+    std::fs::write(&staged, &bytes).map_err(|source| RuntimeError::Cache {
+        path: staged.clone(),
+        source,
+    })?;
+    verify(
+        &staged,
+        pinned.library_sha256,
+        "library extracted from the wheel",
+    )?;
+    let library = dir.join(LIBRARY_NAME);
+    std::fs::rename(&staged, &library).map_err(|source| RuntimeError::Cache {
+        path: library.clone(),
+        source,
+    })?;
+    tracing::info!(library = %library.display(), "ONNX Runtime cached");
+    Ok(())
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn verify(path: &Path, expected: &str, what: &'static str) -> Result<(), RuntimeError> {
+    let actual = sha256_file(path).map_err(|source| RuntimeError::Cache {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(RuntimeError::Checksum {
+            what,
+            path: path.to_path_buf(),
+            actual,
+            expected: expected.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tampered_cache_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib_dir = dir.path().join(format!("onnxruntime-{ORT_VERSION}"));
+        std::fs::create_dir_all(&lib_dir).unwrap();
+        std::fs::write(lib_dir.join(LIBRARY_NAME), b"not a library").unwrap();
+        let options = RuntimeOptions {
+            library: None,
+            cache_dir: Some(dir.path().to_path_buf()),
+        };
+        // ORT_DYLIB_PATH would bypass the cache; this test only runs the cache branch when it is unset.
+        if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+            let err = locate_library(&options).unwrap_err();
+            assert!(matches!(err, RuntimeError::Checksum { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_explicit_library_is_a_clear_error() {
+        let options = RuntimeOptions {
+            library: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+            cache_dir: None,
+        };
+        let err = locate_library(&options).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/libonnxruntime.so"),
+            "{err}"
+        );
+    }
+}

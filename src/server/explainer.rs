@@ -1,0 +1,160 @@
+//! The `integrad.v1.Explainer` service: a thin gRPC face over the [`Engine`].
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::image::{Layout, ResizePolicy};
+use crate::model::{DType, ModelEntry, ModelSpec, OutputKind, TensorSpec};
+use crate::proto::integrad::v1 as pb;
+use crate::proto::integrad::v1::explainer_server::Explainer;
+
+/// Serves requests once the engine (models loaded and warmed up) is set; UNAVAILABLE before.
+#[derive(Clone, Default)]
+pub struct ExplainerService {
+    engine: Arc<OnceLock<Arc<Engine>>>,
+}
+
+impl ExplainerService {
+    /// Called once, when every model has loaded (or failed to).
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    fn engine(&self) -> Result<&Engine, Status> {
+        self.engine.get().map(|e| e.as_ref()).ok_or_else(|| Status::unavailable("models are still loading; retry shortly (the health service says SERVING when ready)"))
+    }
+}
+
+type ExplainStream = Pin<Box<dyn Stream<Item = Result<pb::ExplainEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Explainer for ExplainerService {
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let repository = self.engine()?.repository();
+        let models = repository
+            .iter()
+            .map(|(name, entry)| model_info(name, entry))
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse {
+            models,
+            default_model: repository.default_model().unwrap_or_default().to_string(),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        let engine = self.engine()?;
+        let name = request.into_inner().model;
+        // A model that failed to load is still described (with its reason), not an error.
+        let name = match engine.model(&name) {
+            Ok(model) => model.spec.name.clone(),
+            Err(Error::ModelFailed { name, .. }) => name,
+            Err(other) => return Err(other.into()),
+        };
+        let entry = engine
+            .repository()
+            .get(&name)
+            .ok_or_else(|| Status::internal("model vanished"))?;
+        Ok(Response::new(model_info(&name, entry)))
+    }
+
+    async fn predict(
+        &self,
+        request: Request<pb::PredictRequest>,
+    ) -> Result<Response<pb::PredictResponse>, Status> {
+        let response = self.engine()?.predict(request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    type ExplainStream = ExplainStream;
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<Self::ExplainStream>, Status> {
+        let model = self.engine()?.model(&request.get_ref().model)?;
+        match &model.spec.explainable {
+            Err(reason) => Err(Status::failed_precondition(format!(
+                "model {:?} cannot be explained: {reason}",
+                model.spec.name
+            ))),
+            Ok(()) => Err(Status::unimplemented("Explain is not part of this build")),
+        }
+    }
+}
+
+pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
+    match entry {
+        ModelEntry::Failed { reason } => pb::ModelInfo {
+            name: name.to_string(),
+            state: pb::ModelState::Failed as i32,
+            error: reason.clone(),
+            ..Default::default()
+        },
+        ModelEntry::Ready(model) => ready_info(&model.spec),
+    }
+}
+
+fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
+    let preprocessing = spec.image.as_ref().map(|image| {
+        let p = &image.preprocessing;
+        pb::Preprocessing {
+            input: image.input.clone(),
+            layout: match p.layout {
+                Layout::Nchw => pb::Layout::Nchw,
+                Layout::Nhwc => pb::Layout::Nhwc,
+            } as i32,
+            height: p.height,
+            width: p.width,
+            resize: match p.resize {
+                ResizePolicy::ShorterSideCrop => pb::ResizePolicy::ShorterSideCrop,
+                ResizePolicy::Stretch => pb::ResizePolicy::Stretch,
+            } as i32,
+            crop_fraction: p.crop_fraction,
+            scale: p.scale,
+            mean: p.mean.to_vec(),
+            std: p.std.to_vec(),
+        }
+    });
+    pb::ModelInfo {
+        name: spec.name.clone(),
+        state: pb::ModelState::Ready as i32,
+        error: String::new(),
+        inputs: spec.inputs.iter().map(tensor_info).collect(),
+        outputs: spec.outputs.iter().map(tensor_info).collect(),
+        output: spec.output.clone(),
+        output_kind: match spec.output_kind {
+            OutputKind::Logits => pb::OutputKind::Logits,
+            OutputKind::Probabilities => pb::OutputKind::Probabilities,
+        } as i32,
+        labels: spec.labels.clone(),
+        preprocessing,
+        explainable: spec.explainable.is_ok(),
+        not_explainable_reason: spec.explainable.clone().err().unwrap_or_default(),
+        path: spec.path.display().to_string(),
+        sha256: spec.sha256.clone(),
+    }
+}
+
+fn tensor_info(spec: &TensorSpec) -> pb::TensorInfo {
+    let dtype = match spec.dtype {
+        DType::F32 => pb::DataType::Float32,
+        DType::I64 => pb::DataType::Int64,
+        DType::Other(_) => pb::DataType::Unspecified,
+    };
+    pb::TensorInfo {
+        name: spec.name.clone(),
+        dtype: dtype as i32,
+        shape: spec.shape.clone(),
+    }
+}
