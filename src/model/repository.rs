@@ -29,7 +29,9 @@ impl Repository {
     pub fn load_dir(dir: &Path, env: &Environment, options: &LoadOptions) -> std::io::Result<Self> {
         let mut names: Vec<String> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            // NOTE: path().is_dir() follows symlinks, which Kubernetes volumes (ConfigMaps,
+            // projected volumes) are made of.
+            .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
             .collect();

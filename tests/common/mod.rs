@@ -1,0 +1,111 @@
+//! Shared set-up for integration tests: a real integrad server on a loopback port, a real
+//! tonic client, and the shipped fixtures.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use integrad::config::{Cli, Command};
+use integrad::proto::integrad::v1 as pb;
+use integrad::proto::integrad::v1::explainer_client::ExplainerClient;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn demo_models() -> PathBuf {
+    root().join("models")
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(root().join("samples").join(name)).unwrap()
+}
+
+pub fn fixture(name: &str) -> (Vec<usize>, Vec<f32>) {
+    match integrad::npy::read(&root().join("tests/data").join(name)).unwrap() {
+        integrad::npy::NpyArray::F32 { shape, data } => (shape, data),
+        other => panic!("{name}: expected float32, got {other:?}"),
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), integrad::server::ServeError>>,
+}
+
+impl TestServer {
+    /// Starts `integrad serve <args>` in-process on a free loopback port and waits for SERVING.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut argv = vec!["integrad", "serve"];
+        argv.extend_from_slice(args);
+        let Command::Serve(serve) = Cli::parse_from(argv).command else { unreachable!() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(integrad::server::serve(serve, listener, async move {
+            let _ = stopped.await;
+        }));
+        let server = Self { url, stop: Some(stop), task };
+        server.wait_serving().await;
+        server
+    }
+
+    pub async fn client(&self) -> ExplainerClient<Channel> {
+        ExplainerClient::connect(self.url.clone()).await.unwrap().max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn health(&self) -> ServingStatus {
+        let channel = Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap();
+        let mut health = HealthClient::new(channel);
+        let response = health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        ServingStatus::try_from(response.into_inner().status).unwrap()
+    }
+
+    async fn wait_serving(&self) {
+        // Loading and warming up the demo model takes well under a second warm; a cold first
+        // run also fetches ONNX Runtime with pip, hence the generous bound.
+        for _ in 0..1200 {
+            let connected = Channel::from_shared(self.url.clone()).unwrap().connect().await.is_ok();
+            if connected && self.health().await == ServingStatus::Serving {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server at {} never reported SERVING", self.url);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+pub fn image_request(model: &str, bytes: Vec<u8>, top_k: u32) -> pb::PredictRequest {
+    pb::PredictRequest { model: model.into(), input: Some(pb::Input { kind: Some(pb::input::Kind::Image(bytes)) }), top_k }
+}
+
+pub fn tensor_request(model: &str, shape: &[usize], data: &[f32]) -> pb::PredictRequest {
+    let tensor = pb::Tensor {
+        shape: shape.iter().map(|&d| d as i64).collect(),
+        dtype: pb::DataType::Float32 as i32,
+        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    pb::PredictRequest { model: model.into(), input: Some(pb::Input { kind: Some(pb::input::Kind::Tensor(tensor)) }), top_k: 5 }
+}
+
+pub fn logits(response: &pb::PredictResponse) -> Vec<f32> {
+    let t = response.logits.as_ref().unwrap();
+    t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_integrad"))
+}
