@@ -15,7 +15,11 @@ fn mixed_repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(demo_models().join(GOOD), dir.path().join(GOOD)).unwrap();
     std::fs::create_dir(dir.path().join("broken")).unwrap();
-    std::fs::write(dir.path().join("broken/model.onnx"), b"this is a text file, not an ONNX model").unwrap();
+    std::fs::write(
+        dir.path().join("broken/model.onnx"),
+        b"this is a text file, not an ONNX model",
+    )
+    .unwrap();
     std::fs::create_dir(dir.path().join("empty")).unwrap();
     dir
 }
@@ -28,7 +32,11 @@ fn png_claiming_huge_size() -> Vec<u8> {
     header.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
     let empty_zlib = [0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, body) in [(&b"IHDR"[..], &header[..]), (b"IDAT", &empty_zlib), (b"IEND", &[])] {
+    for (kind, body) in [
+        (&b"IHDR"[..], &header[..]),
+        (b"IDAT", &empty_zlib),
+        (b"IEND", &[]),
+    ] {
         png.extend_from_slice(&(body.len() as u32).to_be_bytes());
         let chunk: Vec<u8> = kind.iter().chain(body).copied().collect();
         png.extend_from_slice(&chunk);
@@ -42,16 +50,31 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
 }
 
-fn assert_status(result: Result<tonic::Response<pb::PredictResponse>, tonic::Status>, code: Code, mentions: &str) {
+fn assert_status(
+    result: Result<tonic::Response<pb::PredictResponse>, tonic::Status>,
+    code: Code,
+    mentions: &str,
+) {
     let status = result.expect_err("the request must be refused");
     assert_eq!(status.code(), code, "{}", status.message());
-    assert!(status.message().to_lowercase().contains(&mentions.to_lowercase()), "message {:?} should mention {mentions:?}", status.message());
+    assert!(
+        status
+            .message()
+            .to_lowercase()
+            .contains(&mentions.to_lowercase()),
+        "message {:?} should mention {mentions:?}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -61,32 +84,111 @@ async fn should_refuse_bad_input_and_keep_serving() {
     let mut client = server.client().await;
 
     // Models: the broken ones are listed with their reasons and do not take the good one down.
-    let list = client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    let list = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let state = |name: &str| list.models.iter().find(|m| m.name == name).unwrap().clone();
     assert_eq!(state(GOOD).state, pb::ModelState::Ready as i32);
     assert_eq!(state("broken").state, pb::ModelState::Failed as i32);
-    assert!(state("broken").error.contains("not an ONNX model"), "{}", state("broken").error);
-    assert!(state("empty").error.contains("no model.onnx"), "{}", state("empty").error);
-    assert_eq!(list.default_model, "", "three models and no --default-model: no default");
+    assert!(
+        state("broken").error.contains("not an ONNX model"),
+        "{}",
+        state("broken").error
+    );
+    assert!(
+        state("empty").error.contains("no model.onnx"),
+        "{}",
+        state("empty").error
+    );
+    assert_eq!(
+        list.default_model, "",
+        "three models and no --default-model: no default"
+    );
 
     let coffee = sample("coffee.png");
-    assert_status(client.predict(image_request("", coffee.clone(), 1)).await, Code::InvalidArgument, "names no model");
-    assert_status(client.predict(image_request("resnet", coffee.clone(), 1)).await, Code::NotFound, "resnet");
-    assert_status(client.predict(image_request("broken", coffee.clone(), 1)).await, Code::FailedPrecondition, "not an ONNX model");
-    let info = client.get_model(pb::GetModelRequest { model: "broken".into() }).await.unwrap().into_inner();
-    assert_eq!(info.state, pb::ModelState::Failed as i32, "GetModel describes a failed model instead of failing");
+    assert_status(
+        client.predict(image_request("", coffee.clone(), 1)).await,
+        Code::InvalidArgument,
+        "names no model",
+    );
+    assert_status(
+        client
+            .predict(image_request("resnet", coffee.clone(), 1))
+            .await,
+        Code::NotFound,
+        "resnet",
+    );
+    assert_status(
+        client
+            .predict(image_request("broken", coffee.clone(), 1))
+            .await,
+        Code::FailedPrecondition,
+        "not an ONNX model",
+    );
+    let info = client
+        .get_model(pb::GetModelRequest {
+            model: "broken".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.state,
+        pb::ModelState::Failed as i32,
+        "GetModel describes a failed model instead of failing"
+    );
 
     // Images.
-    assert_status(client.predict(image_request(GOOD, Vec::new(), 1)).await, Code::InvalidArgument, "empty");
-    assert_status(client.predict(image_request(GOOD, coffee[..coffee.len() / 2].to_vec(), 1)).await, Code::InvalidArgument, "decode");
-    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    assert_status(client.predict(image_request(GOOD, noise, 1)).await, Code::InvalidArgument, "not recognised");
-    assert_status(client.predict(image_request(GOOD, png_claiming_huge_size(), 1)).await, Code::InvalidArgument, "above the limit");
+    assert_status(
+        client.predict(image_request(GOOD, Vec::new(), 1)).await,
+        Code::InvalidArgument,
+        "empty",
+    );
+    assert_status(
+        client
+            .predict(image_request(GOOD, coffee[..coffee.len() / 2].to_vec(), 1))
+            .await,
+        Code::InvalidArgument,
+        "decode",
+    );
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert_status(
+        client.predict(image_request(GOOD, noise, 1)).await,
+        Code::InvalidArgument,
+        "not recognised",
+    );
+    assert_status(
+        client
+            .predict(image_request(GOOD, png_claiming_huge_size(), 1))
+            .await,
+        Code::InvalidArgument,
+        "above the limit",
+    );
 
     // Tensors.
     let (shape, data) = fixture("coffee_input.npy");
-    assert_status(client.predict(tensor_request(GOOD, &[3, 224, 225], &vec![0.0; 3 * 224 * 225])).await, Code::InvalidArgument, "shape");
-    assert_status(client.predict(tensor_request(GOOD, &[1, 3, 224, 224], &data)).await, Code::InvalidArgument, "without the batch");
+    assert_status(
+        client
+            .predict(tensor_request(
+                GOOD,
+                &[3, 224, 225],
+                &vec![0.0; 3 * 224 * 225],
+            ))
+            .await,
+        Code::InvalidArgument,
+        "shape",
+    );
+    assert_status(
+        client
+            .predict(tensor_request(GOOD, &[1, 3, 224, 224], &data))
+            .await,
+        Code::InvalidArgument,
+        "without the batch",
+    );
     let mut short = tensor_request(GOOD, &shape, &data);
     if let Some(pb::input::Kind::Tensor(t)) = short.input.as_mut().and_then(|i| i.kind.as_mut()) {
         t.data.truncate(t.data.len() - 4);
@@ -95,24 +197,62 @@ async fn should_refuse_bad_input_and_keep_serving() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut poisoned = data.clone();
         poisoned[1234] = bad;
-        assert_status(client.predict(tensor_request(GOOD, &shape, &poisoned)).await, Code::InvalidArgument, "element 1234");
+        assert_status(
+            client
+                .predict(tensor_request(GOOD, &shape, &poisoned))
+                .await,
+            Code::InvalidArgument,
+            "element 1234",
+        );
     }
     let mut wrong_type = tensor_request(GOOD, &shape, &data);
-    if let Some(pb::input::Kind::Tensor(t)) = wrong_type.input.as_mut().and_then(|i| i.kind.as_mut()) {
+    if let Some(pb::input::Kind::Tensor(t)) =
+        wrong_type.input.as_mut().and_then(|i| i.kind.as_mut())
+    {
         t.dtype = pb::DataType::Int64 as i32;
         t.data.extend(vec![0u8; t.data.len()]);
     }
-    assert_status(client.predict(wrong_type).await, Code::InvalidArgument, "dtype");
-    let no_input = pb::PredictRequest { model: GOOD.into(), input: None, top_k: 1 };
-    assert_status(client.predict(no_input).await, Code::InvalidArgument, "input");
-    assert_status(client.predict(image_request(GOOD, coffee.clone(), 1001)).await, Code::InvalidArgument, "top_k");
+    assert_status(
+        client.predict(wrong_type).await,
+        Code::InvalidArgument,
+        "dtype",
+    );
+    let no_input = pb::PredictRequest {
+        model: GOOD.into(),
+        input: None,
+        top_k: 1,
+    };
+    assert_status(
+        client.predict(no_input).await,
+        Code::InvalidArgument,
+        "input",
+    );
+    assert_status(
+        client
+            .predict(image_request(GOOD, coffee.clone(), 1001))
+            .await,
+        Code::InvalidArgument,
+        "top_k",
+    );
 
     // Explain is refused with the reason until gradient graphs exist, never silently empty.
-    let explain = client.explain(pb::ExplainRequest { model: GOOD.into(), ..Default::default() }).await;
-    assert_eq!(explain.err().map(|s| s.code()), Some(Code::FailedPrecondition));
+    let explain = client
+        .explain(pb::ExplainRequest {
+            model: GOOD.into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        explain.err().map(|s| s.code()),
+        Some(Code::FailedPrecondition)
+    );
 
     // And after all that, the server still answers.
-    let ok = client.predict(image_request(GOOD, coffee, 1)).await.unwrap().into_inner();
+    let ok = client
+        .predict(image_request(GOOD, coffee, 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ok.top[0].label, "espresso");
     server.stop().await;
 }

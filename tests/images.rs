@@ -25,13 +25,23 @@ fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
 
 fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs()).sum::<f64>() / a.as_raw().len() as f64
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+        .sum::<f64>()
+        / a.as_raw().len() as f64
 }
 
 #[test]
 fn should_decode_lossless_formats_exactly() {
     let original = blocks();
-    for format in [ImageFormat::Png, ImageFormat::Bmp, ImageFormat::WebP, ImageFormat::Gif] {
+    for format in [
+        ImageFormat::Png,
+        ImageFormat::Bmp,
+        ImageFormat::WebP,
+        ImageFormat::Gif,
+    ] {
         let bytes = encode(&DynamicImage::ImageRgb8(original.clone()), format);
         let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
         assert_eq!(decoded, original, "{format:?}");
@@ -41,7 +51,10 @@ fn should_decode_lossless_formats_exactly() {
 #[test]
 fn should_decode_jpeg_within_compression_loss() {
     let original = blocks();
-    let bytes = encode(&DynamicImage::ImageRgb8(original.clone()), ImageFormat::Jpeg);
+    let bytes = encode(
+        &DynamicImage::ImageRgb8(original.clone()),
+        ImageFormat::Jpeg,
+    );
     let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
     // JPEG at the encoder's default quality blurs block edges; the average pixel stays within
     // a few levels (a wrong colour conversion would be off by tens).
@@ -51,16 +64,30 @@ fn should_decode_jpeg_within_compression_loss() {
 #[test]
 fn should_expand_grey_and_drop_alpha() {
     let grey = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8]));
-    let decoded = decode(&encode(&DynamicImage::ImageLuma8(grey.clone()), ImageFormat::Png), &DecodeLimits::default()).unwrap();
+    let decoded = decode(
+        &encode(&DynamicImage::ImageLuma8(grey.clone()), ImageFormat::Png),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     for (x, y, p) in decoded.enumerate_pixels() {
         let l = grey.get_pixel(x, y).0[0];
         assert_eq!(p.0, [l, l, l]);
     }
-    let rgba = RgbaImage::from_fn(8, 8, |x, y| Rgba([x as u8 * 20, y as u8 * 20, 99, (x * y) as u8]));
-    let decoded = decode(&encode(&DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Png), &DecodeLimits::default()).unwrap();
+    let rgba = RgbaImage::from_fn(8, 8, |x, y| {
+        Rgba([x as u8 * 20, y as u8 * 20, 99, (x * y) as u8])
+    });
+    let decoded = decode(
+        &encode(&DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Png),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     for (x, y, p) in decoded.enumerate_pixels() {
         let q = rgba.get_pixel(x, y).0;
-        assert_eq!(p.0, [q[0], q[1], q[2]], "alpha is dropped, colour kept (as PIL's convert)");
+        assert_eq!(
+            p.0,
+            [q[0], q[1], q[2]],
+            "alpha is dropped, colour kept (as PIL's convert)"
+        );
     }
 }
 
@@ -71,7 +98,9 @@ fn should_take_the_first_gif_frame() {
     let mut bytes = Vec::new();
     {
         let mut encoder = image::codecs::gif::GifEncoder::new(&mut bytes);
-        encoder.encode_frames([image::Frame::new(first), image::Frame::new(second)]).unwrap();
+        encoder
+            .encode_frames([image::Frame::new(first), image::Frame::new(second)])
+            .unwrap();
     }
     let decoded = decode(&bytes, &DecodeLimits::default()).unwrap();
     assert_eq!(decoded.get_pixel(5, 5).0, [255, 0, 0]);
@@ -107,5 +136,9 @@ fn should_apply_exif_orientation() {
     let decoded = decode(&with_exif_orientation(&jpeg, 6), &DecodeLimits::default()).unwrap();
     assert_eq!(decoded.dimensions(), photo.dimensions(), "upright again");
     // Same photo up to JPEG loss (a few levels on average; a wrong rotation is off by ~50).
-    assert!(mean_abs_diff(&decoded, &photo) < 6.0, "{}", mean_abs_diff(&decoded, &photo));
+    assert!(
+        mean_abs_diff(&decoded, &photo) < 6.0,
+        "{}",
+        mean_abs_diff(&decoded, &photo)
+    );
 }

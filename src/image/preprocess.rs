@@ -1,6 +1,6 @@
 //! Resize, crop and normalise an RGB image into a model's input tensor.
 
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -122,9 +122,21 @@ fn resize_exact(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if image.dimensions() == (width, height) {
         return image.clone();
     }
-    // NOTE: Triangle is bilinear with its support widened when shrinking, i.e. antialiased
-    // like PIL's and torchvision's bilinear resize, which the demo model was evaluated with.
-    imageops::resize(image, width, height, FilterType::Triangle)
+    use fast_image_resize::images::{Image, ImageRef};
+    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    // NOTE: a convolution with the bilinear filter, its support widened when shrinking, i.e.
+    // antialiased like PIL's and torchvision's bilinear resize (which the demo model was
+    // evaluated with); SIMD makes it ~10x faster than the image crate's generic resize.
+    let (w, h) = image.dimensions();
+    let source = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage holds w*h*3 bytes");
+    let mut target = Image::new(width, height, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(&source, &mut target, &options)
+        .expect("same pixel type, non-empty sizes");
+    RgbImage::from_raw(width, height, target.into_vec())
+        .expect("the target holds width*height*3 bytes")
 }
 
 fn normalise(image: &RgbImage, p: &Preprocessing) -> Vec<f32> {

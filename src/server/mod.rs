@@ -63,6 +63,19 @@ pub fn load_repository(
     Ok(repository)
 }
 
+/// Accepted connections with Nagle's algorithm off: a reply written in pieces would otherwise
+/// wait for the client's delayed ACK (about 40 ms on Linux) before its last piece leaves.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     args: ServeArgs,
@@ -138,7 +151,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(explainer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stop_rx => {}

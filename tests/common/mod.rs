@@ -44,26 +44,45 @@ impl TestServer {
     pub async fn start(args: &[&str]) -> Self {
         let mut argv = vec!["integrad", "serve"];
         argv.extend_from_slice(args);
-        let Command::Serve(serve) = Cli::parse_from(argv).command else { unreachable!() };
+        let Command::Serve(serve) = Cli::parse_from(argv).command else {
+            unreachable!()
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(integrad::server::serve(serve, listener, async move {
             let _ = stopped.await;
         }));
-        let server = Self { url, stop: Some(stop), task };
+        let server = Self {
+            url,
+            stop: Some(stop),
+            task,
+        };
         server.wait_serving().await;
         server
     }
 
     pub async fn client(&self) -> ExplainerClient<Channel> {
-        ExplainerClient::connect(self.url.clone()).await.unwrap().max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        ExplainerClient::connect(self.url.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 
     pub async fn health(&self) -> ServingStatus {
-        let channel = Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let mut health = HealthClient::new(channel);
-        let response = health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        let response = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
         ServingStatus::try_from(response.into_inner().status).unwrap()
     }
 
@@ -71,7 +90,11 @@ impl TestServer {
         // Loading and warming up the demo model takes well under a second warm; a cold first
         // run also fetches ONNX Runtime with pip, hence the generous bound.
         for _ in 0..1200 {
-            let connected = Channel::from_shared(self.url.clone()).unwrap().connect().await.is_ok();
+            let connected = Channel::from_shared(self.url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .is_ok();
             if connected && self.health().await == ServingStatus::Serving {
                 return;
             }
@@ -89,7 +112,13 @@ impl TestServer {
 }
 
 pub fn image_request(model: &str, bytes: Vec<u8>, top_k: u32) -> pb::PredictRequest {
-    pb::PredictRequest { model: model.into(), input: Some(pb::Input { kind: Some(pb::input::Kind::Image(bytes)) }), top_k }
+    pb::PredictRequest {
+        model: model.into(),
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Image(bytes)),
+        }),
+        top_k,
+    }
 }
 
 pub fn tensor_request(model: &str, shape: &[usize], data: &[f32]) -> pb::PredictRequest {
@@ -98,12 +127,21 @@ pub fn tensor_request(model: &str, shape: &[usize], data: &[f32]) -> pb::Predict
         dtype: pb::DataType::Float32 as i32,
         data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
-    pb::PredictRequest { model: model.into(), input: Some(pb::Input { kind: Some(pb::input::Kind::Tensor(tensor)) }), top_k: 5 }
+    pb::PredictRequest {
+        model: model.into(),
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Tensor(tensor)),
+        }),
+        top_k: 5,
+    }
 }
 
 pub fn logits(response: &pb::PredictResponse) -> Vec<f32> {
     let t = response.logits.as_ref().unwrap();
-    t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    t.data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 pub fn binary() -> &'static Path {

@@ -1,0 +1,225 @@
+//! The `integrad` binary as users run it: serve + predict over gRPC, predict in-process,
+//! SIGTERM, and clear errors for a missing or wrong ONNX Runtime library.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary());
+    command.args(args).current_dir(root());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn top1(output: &Output) -> i64 {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    json["top"][0]["class_index"].as_i64().unwrap()
+}
+
+#[test]
+fn should_predict_in_process() {
+    let out = run(
+        &["predict", "samples/coffee.png", "--json", "--top-k", "3"],
+        &[],
+    );
+    assert_eq!(top1(&out), 967);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["top"].as_array().unwrap().len(), 3);
+    for key in ["class_index", "label", "probability", "logit"] {
+        assert!(json["top"][0].get(key).is_some(), "missing {key}");
+    }
+    // A preprocessed tensor from a .npy file takes the same path without decoding.
+    assert_eq!(
+        top1(&run(
+            &[
+                "predict",
+                "--tensor",
+                "tests/data/coffee_input.npy",
+                "--json"
+            ],
+            &[]
+        )),
+        967
+    );
+    // One ONNX file, ad hoc: tensor input, names read from the graph.
+    let model = demo_models().join("efficientnet-lite0/model.onnx");
+    let out = run(
+        &[
+            "predict",
+            "--model-file",
+            model.to_str().unwrap(),
+            "--tensor",
+            "tests/data/chelsea_input.npy",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(
+        top1(&out),
+        282,
+        "tiger cat, as ONNX Runtime Python gives for this tensor"
+    );
+}
+
+#[test]
+fn should_refuse_a_model_file_that_is_not_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake.onnx");
+    std::fs::write(&fake, "a text file with an .onnx name").unwrap();
+    let out = run(
+        &[
+            "predict",
+            "--model-file",
+            fake.to_str().unwrap(),
+            "--tensor",
+            "tests/data/coffee_input.npy",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not an ONNX model"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn should_explain_a_missing_or_wrong_onnxruntime() {
+    for (library, expected) in [
+        ("/nonexistent/libonnxruntime.so", "does not exist"),
+        ("Cargo.toml", "could not load ONNX Runtime"),
+    ] {
+        let out = run(
+            &["predict", "samples/coffee.png"],
+            &[("ORT_DYLIB_PATH", library)],
+        );
+        assert!(!out.status.success(), "{library}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(expected) && stderr.contains(library),
+            "{library}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn should_serve_predict_over_grpc_and_stop_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Command::new(binary())
+        .args(["serve", "--listen", &listen])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    // No flags: the built-in demo model. Wait for health to say SERVING.
+    let started = Instant::now();
+    loop {
+        let status = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(channel) = status {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let reply = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if reply.ok().map(|r| r.into_inner().status)
+                == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+            {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "server never became SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run(
+                &["predict", "samples/chelsea.png", "--server", &url, "--json"],
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!([281, 282, 285].contains(&top1(&out)), "a cat class");
+
+    let pid = server.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status}; {stderr}"
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+#[test]
+fn should_fetch_check_and_cache_onnxruntime() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let fetch = || {
+        let mut command = Command::new(binary());
+        command
+            .args([
+                "predict",
+                "--tensor",
+                "tests/data/coffee_input.npy",
+                "--json",
+            ])
+            .current_dir(root());
+        command
+            .env_remove("ORT_DYLIB_PATH")
+            .env("INTEGRAD_CACHE_DIR", cache_dir);
+        command.output().unwrap()
+    };
+    // An empty cache: the first run fetches the pinned wheel with pip and keeps the library.
+    assert_eq!(top1(&fetch()), 967);
+    let library = cache
+        .path()
+        .join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1");
+    assert!(library.is_file());
+    // A cached library that was tampered with is refused, not loaded.
+    std::fs::write(&library, b"not the library we checked").unwrap();
+    let out = fetch();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sha256"), "{stderr}");
+}
