@@ -26,8 +26,8 @@ pub struct PredictArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub models: ModelArgs,
-    /// How many classes to print, best first.
-    #[arg(long, default_value_t = 5)]
+    /// How many classes to print, best first [default: 5, or all classes if fewer].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub top_k: u32,
     /// Print JSON: {"top": [{"class_index", "label", "probability", "logit"}, ...]}.
     #[arg(long)]

@@ -132,7 +132,7 @@ pub fn tensor_request(model: &str, shape: &[usize], data: &[f32]) -> pb::Predict
         input: Some(pb::Input {
             kind: Some(pb::input::Kind::Tensor(tensor)),
         }),
-        top_k: 5,
+        top_k: 0,
     }
 }
 
