@@ -22,10 +22,12 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
     onnx::ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(onnx::TypeProto {
-            value: Some(onnx::type_proto::Value::TensorType(onnx::type_proto::Tensor {
-                elem_type: Some(onnx::tensor_proto::DataType::Float as i32),
-                shape: Some(onnx::TensorShapeProto { dim }),
-            })),
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: Some(onnx::tensor_proto::DataType::Float as i32),
+                    shape: Some(onnx::TensorShapeProto { dim }),
+                },
+            )),
             ..Default::default()
         }),
         ..Default::default()
@@ -52,7 +54,10 @@ fn softmax_classifier() -> Vec<u8> {
     };
     let graph = onnx::GraphProto {
         name: Some("tiny".into()),
-        node: vec![node("MatMul", &["features", "W"], "scores"), node("Softmax", &["scores"], "probs")],
+        node: vec![
+            node("MatMul", &["features", "W"], "scores"),
+            node("Softmax", &["scores"], "probs"),
+        ],
         initializer: vec![w],
         input: vec![value_info("features", &[None, Some(2)])],
         output: vec![value_info("probs", &[None, Some(3)])],
@@ -60,7 +65,10 @@ fn softmax_classifier() -> Vec<u8> {
     };
     let model = onnx::ModelProto {
         ir_version: Some(8),
-        opset_import: vec![onnx::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        opset_import: vec![onnx::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
         graph: Some(graph),
         ..Default::default()
     };
@@ -75,28 +83,66 @@ async fn should_serve_a_bare_onnx_file_with_tensor_inputs() {
     let server = TestServer::start(&["--model-file", file.to_str().unwrap()]).await;
     let mut client = server.client().await;
 
-    let info = client.get_model(pb::GetModelRequest { model: "tiny".into() }).await.unwrap().into_inner();
-    assert_eq!(info.inputs[0].name, "features", "input name read from the graph");
+    let info = client
+        .get_model(pb::GetModelRequest {
+            model: "tiny".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.inputs[0].name, "features",
+        "input name read from the graph"
+    );
     assert_eq!(info.output, "probs");
-    assert_eq!(info.output_kind, pb::OutputKind::Probabilities as i32, "a Softmax at the output means probabilities");
+    assert_eq!(
+        info.output_kind,
+        pb::OutputKind::Probabilities as i32,
+        "a Softmax at the output means probabilities"
+    );
     assert!(info.preprocessing.is_none());
 
     // x = [1, 0.5]: scores = [1, 1, -1]; softmax = [e, e, 1/e] / (2e + 1/e).
-    let response = client.predict(tensor_request("", &[2], &[1.0, 0.5])).await.unwrap().into_inner();
+    let response = client
+        .predict(tensor_request("", &[2], &[1.0, 0.5]))
+        .await
+        .unwrap()
+        .into_inner();
     let e = std::f32::consts::E;
     let z = 2.0 * e + 1.0 / e;
-    assert_eq!(response.top.len(), 3, "default top-5 is capped at the 3 classes");
-    let p = |class: i64| response.top.iter().find(|t| t.class_index == class).unwrap().clone();
+    assert_eq!(
+        response.top.len(),
+        3,
+        "default top-5 is capped at the 3 classes"
+    );
+    let p = |class: i64| {
+        response
+            .top
+            .iter()
+            .find(|t| t.class_index == class)
+            .unwrap()
+            .clone()
+    };
     // Probabilities pass through as the model gives them (no second softmax): float32 softmax
     // of O(1) values is exact to a few ulps.
     assert!((p(2).probability - (1.0 / e) / z).abs() < 1e-6);
     assert!((p(0).probability - e / z).abs() < 1e-6);
-    assert!((p(2).logit - p(2).probability.ln()).abs() < 1e-6, "logit is ln(probability) for such models");
+    assert!(
+        (p(2).logit - p(2).probability.ln()).abs() < 1e-6,
+        "logit is ln(probability) for such models"
+    );
     assert_eq!(response.top[0].label, "", "no labels file, no labels");
 
     // Images need a preprocessing config this model does not have.
-    let refused = client.predict(image_request("", sample("coffee.png"), 1)).await.unwrap_err();
+    let refused = client
+        .predict(image_request("", sample("coffee.png"), 1))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("tensors only"), "{}", refused.message());
+    assert!(
+        refused.message().contains("tensors only"),
+        "{}",
+        refused.message()
+    );
     server.stop().await;
 }
