@@ -46,34 +46,40 @@ impl Worker {
 
     /// Runs the session on `inputs`, returning the named `outputs` in that order.
     pub async fn run(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            inputs,
-            outputs,
-            reply,
-            span: tracing::Span::current(),
-        };
-        let gone = || ModelError::WorkerGone {
-            model: self.model.clone(),
-        };
-        self.tx.send(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let (job, answer) = Job::new(inputs, outputs);
+        self.tx.send(job).await.map_err(|_| self.gone())?;
+        answer.await.map_err(|_| self.gone())?
     }
 
     /// The blocking form of [`Worker::run`], for callers outside an async runtime.
     pub fn run_blocking(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
+        let (job, answer) = Job::new(inputs, outputs);
+        self.tx.blocking_send(job).map_err(|_| self.gone())?;
+        answer.blocking_recv().map_err(|_| self.gone())?
+    }
+
+    fn gone(&self) -> ModelError {
+        ModelError::WorkerGone {
+            model: self.model.clone(),
+        }
+    }
+}
+
+impl Job {
+    /// A job under the caller's span, and the receiver its answer arrives on.
+    fn new(
+        inputs: Vec<(String, TensorData)>,
+        outputs: Vec<String>,
+    ) -> (Self, oneshot::Receiver<Reply>) {
         let (reply, answer) = oneshot::channel();
+        let span = tracing::Span::current();
         let job = Job {
             inputs,
             outputs,
             reply,
-            span: tracing::Span::current(),
+            span,
         };
-        let gone = || ModelError::WorkerGone {
-            model: self.model.clone(),
-        };
-        self.tx.blocking_send(job).map_err(|_| gone())?;
-        answer.blocking_recv().map_err(|_| gone())?
+        (job, answer)
     }
 }
 
@@ -123,31 +129,26 @@ fn run(
                 ValueType::Tensor {
                     ty: TensorElementType::Float32,
                     ..
-                } => {
-                    let (shape, data) = value
-                        .try_extract_tensor::<f32>()
-                        .map_err(|e| e.to_string())?;
-                    Ok(TensorData {
-                        shape: shape.to_vec(),
-                        values: Values::F32(data.to_vec()),
-                    })
-                }
+                } => extract(value, Values::F32),
                 ValueType::Tensor {
                     ty: TensorElementType::Int64,
                     ..
-                } => {
-                    let (shape, data) = value
-                        .try_extract_tensor::<i64>()
-                        .map_err(|e| e.to_string())?;
-                    Ok(TensorData {
-                        shape: shape.to_vec(),
-                        values: Values::I64(data.to_vec()),
-                    })
-                }
+                } => extract(value, Values::I64),
                 other => Err(format!(
                     "output {name:?} has type {other:?}; only float32 and int64 outputs are read"
                 )),
             }
         })
         .collect()
+}
+
+fn extract<T: ort::value::PrimitiveTensorElementType + Clone>(
+    value: &ort::value::DynValue,
+    wrap: fn(Vec<T>) -> Values,
+) -> Result<TensorData, String> {
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+    Ok(TensorData {
+        shape: shape.to_vec(),
+        values: wrap(data.to_vec()),
+    })
 }
