@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod ig;
 pub mod image;
 pub mod model;
 pub mod npy;
