@@ -22,8 +22,10 @@
 //! Evaluating F and its gradient is the caller's business (the model worker); this module only
 //! does the arithmetic around it, so that it can be tested against analytic functions.
 
+pub mod path;
 pub mod quadrature;
 
+pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
 
 /// What can go wrong in the arithmetic of Integrated Gradients. Every variant names the value
