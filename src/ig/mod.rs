@@ -22,9 +22,11 @@
 //! Evaluating F and its gradient is the caller's business (the model worker); this module only
 //! does the arithmetic around it, so that it can be tested against analytic functions.
 
+pub mod baseline;
 pub mod path;
 pub mod quadrature;
 
+pub use baseline::{make_baseline, BaselineKind};
 pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
 
