@@ -26,6 +26,9 @@ pub mod baseline;
 pub mod path;
 pub mod quadrature;
 
+#[cfg(test)]
+mod tests;
+
 pub use baseline::{make_baseline, BaselineKind};
 pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
