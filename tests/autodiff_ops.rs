@@ -87,3 +87,127 @@ fn should_diff_unary_math() {
     unary("Erf", F32, vec![], &x, 17);
     unary("Softplus", F32, vec![], &x, 17);
 }
+
+fn conv_case(
+    x_shape: &[i64],
+    w_shape: &[i64],
+    attrs: Vec<integrad::proto::onnx::AttributeProto>,
+    bias: bool,
+) {
+    let mut r = Rng::new(11);
+    let x = T::random(F32, x_shape, &mut r);
+    let w = T::random(F32, w_shape, &mut r);
+    let bvec = T::random(F32, &[w_shape[0]], &mut r);
+    let mut m = Tiny::new(17).input("x", F32, x_shape).init("w", &w);
+    let mut ins = vec!["x", "w"];
+    if bias {
+        m = m.init("b", &bvec);
+        ins.push("b");
+    }
+    let m = m.node("Conv", &ins, &["y"], attrs).output("y", F32).build();
+    // Conv is linear in x: central differences have no truncation error, only float32
+    // rounding (~1e-7 |f| / eps).
+    check(&m, "x", &[("x", &x)], F32_EPS, F32_TOL);
+}
+
+#[test]
+fn should_diff_conv_stride1_pads_dilation_groups() {
+    conv_case(
+        &[2, 3, 6, 7],
+        &[4, 3, 3, 3],
+        vec![ais("pads", &[1, 1, 1, 1])],
+        true,
+    );
+    conv_case(
+        &[1, 2, 7, 6],
+        &[3, 2, 3, 2],
+        vec![ais("pads", &[0, 2, 1, 0])],
+        false,
+    );
+    conv_case(
+        &[1, 2, 8, 8],
+        &[2, 2, 3, 3],
+        vec![ais("dilations", &[2, 2]), ais("pads", &[2, 1, 0, 2])],
+        false,
+    );
+    conv_case(
+        &[1, 4, 5, 5],
+        &[6, 2, 3, 3],
+        vec![ai("group", 2), ais("pads", &[1, 1, 1, 1])],
+        true,
+    );
+    conv_case(
+        &[1, 4, 5, 5],
+        &[4, 1, 3, 3],
+        vec![ai("group", 4), ais("pads", &[1, 1, 1, 1])],
+        false,
+    );
+    conv_case(
+        &[1, 3, 5, 5],
+        &[2, 3, 1, 1],
+        vec![ais("pads", &[1, 0, 0, 1])],
+        false,
+    );
+}
+
+#[test]
+fn should_diff_conv_strided_and_auto_pad() {
+    conv_case(
+        &[2, 3, 7, 8],
+        &[4, 3, 3, 3],
+        vec![ais("strides", &[2, 2]), ais("pads", &[0, 0, 1, 1])],
+        true,
+    );
+    conv_case(
+        &[1, 4, 9, 9],
+        &[4, 1, 5, 5],
+        vec![
+            ai("group", 4),
+            ais("strides", &[2, 2]),
+            ais("pads", &[1, 2, 2, 1]),
+        ],
+        false,
+    );
+    conv_case(
+        &[1, 2, 10, 11],
+        &[3, 2, 3, 3],
+        vec![ais("strides", &[3, 2]), ais("pads", &[1, 1, 1, 1])],
+        false,
+    );
+    conv_case(
+        &[1, 2, 8, 8],
+        &[3, 2, 1, 1],
+        vec![ais("strides", &[2, 2])],
+        false,
+    );
+    conv_case(
+        &[1, 2, 9, 9],
+        &[2, 2, 3, 3],
+        vec![ais("strides", &[2, 2]), ais("dilations", &[2, 2])],
+        false,
+    );
+    conv_case(
+        &[1, 2, 7, 7],
+        &[2, 2, 3, 3],
+        vec![ais("strides", &[2, 2]), astr("auto_pad", "SAME_UPPER")],
+        false,
+    );
+    conv_case(
+        &[1, 2, 8, 8],
+        &[2, 2, 4, 4],
+        vec![ais("strides", &[2, 2]), astr("auto_pad", "SAME_LOWER")],
+        false,
+    );
+    conv_case(
+        &[1, 2, 7, 7],
+        &[2, 2, 3, 3],
+        vec![astr("auto_pad", "VALID")],
+        false,
+    );
+    conv_case(
+        &[2, 3, 10],
+        &[4, 3, 3],
+        vec![ais("strides", &[2]), ais("pads", &[1, 0])],
+        true,
+    );
+}

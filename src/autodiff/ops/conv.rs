@@ -181,6 +181,8 @@ fn conv(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
                     attr_i("group", group),
                 ],
             )
+        } else if let Some(dx) = polyphase(b, &dy, w, &w_shape, &win, &x_shape, &y_shape, group) {
+            dx
         } else {
             transpose_to_size(b, &dy, w, &win, &y_shape[2..], &x_shape[2..], group)
         });
@@ -189,6 +191,106 @@ fn conv(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
         out[2] = Some(bias_grad(b, &dy, rank));
     }
     Ok(out)
+}
+
+/// dX of a strided 2-D conv (dilation 1) without ConvTranspose, which is slow in ONNX Runtime
+/// (depthwise above all). Per axis, with j = i + p_begin the padded input position, phase
+/// r = j mod s and q = j div s, the taps that reach j are t = r + s m, from o = q - m:
+///   dX_r[q] = sum_m dY[q - m] W[r + s m],
+/// a stride-1 correlation of dY with the flipped sub-kernel W[r::s] (k_r taps), pads begin
+/// k_r - 1 - q_lo (q_lo the first q of the phase) and end chosen so that every phase yields
+/// ceil(H / s) rows. The s*s phase results are interleaved with Unsqueeze + Concat + Reshape,
+/// in the order the phases occur from i = 0, then cropped to X's size.
+/// `None` where this does not apply (dilation, not 2-D, a phase with no tap).
+#[allow(clippy::too_many_arguments)]
+fn polyphase(
+    b: &mut Builder,
+    dy: &str,
+    w: &str,
+    w_shape: &[i64],
+    win: &Window,
+    x_shape: &[i64],
+    y_shape: &[i64],
+    group: i64,
+) -> Option<String> {
+    if win.kernel.len() != 2 || win.dilations.iter().any(|d| *d != 1) {
+        return None;
+    }
+    let (s, k) = (&win.strides, &win.kernel);
+    if (0..2).any(|a| s[a] > k[a]) {
+        return None;
+    }
+    let hw = [x_shape[2], x_shape[3]];
+    let ho = [y_shape[2], y_shape[3]];
+    let rows: Vec<i64> = (0..2).map(|a| (hw[a] + s[a] - 1) / s[a]).collect();
+    // phases[a][p] = (r, k_r, q_lo) for the p-th phase from i = 0 along axis a.
+    let phases: Vec<Vec<(i64, i64, i64)>> = (0..2)
+        .map(|a| {
+            (0..s[a])
+                .map(|p| {
+                    let j = win.begin[a] + p;
+                    let r = j.rem_euclid(s[a]);
+                    let kr = (k[a] - r + s[a] - 1) / s[a];
+                    (r, kr, j.div_euclid(s[a]))
+                })
+                .collect()
+        })
+        .collect();
+    let cin = x_shape[1];
+    let mut row_parts = Vec::new();
+    for ph in &phases[0] {
+        let mut parts = Vec::new();
+        for pw in &phases[1] {
+            let sub_shape = [w_shape[0], w_shape[1], ph.1, pw.1];
+            let (st, en, ax, stp) = (
+                b.const_i64(&[ph.0, pw.0]),
+                b.const_i64(&[k[0], k[1]]),
+                b.const_i64(&[2, 3]),
+                b.const_i64(&[s[0], s[1]]),
+            );
+            let sub = b.op("Slice", &[w, &st, &en, &ax, &stp], vec![]);
+            let wf = flipped_weight(b, &sub, &sub_shape, group);
+            let mut pads = [0i64; 4];
+            let mut crop_b = [0i64; 2];
+            let mut crop_e = [0i64; 2];
+            for (a, (kr, q_lo)) in [(ph.1, ph.2), (pw.1, pw.2)].into_iter().enumerate() {
+                let pb = kr - 1 - q_lo;
+                let pe = rows[a] - ho[a] - pb + kr - 1;
+                pads[a] = pb.max(0);
+                pads[2 + a] = pe.max(0);
+                crop_b[a] = -pb;
+                crop_e[a] = -pe;
+            }
+            let src = crop(b, dy, &crop_b, &crop_e);
+            let conv = b.op(
+                "Conv",
+                &[&src, &wf],
+                vec![attr_ints("pads", &pads), attr_i("group", group)],
+            );
+            parts.push(conv);
+        }
+        row_parts.push(interleave(b, &parts, 4, &[0, cin, rows[0], rows[1] * s[1]]));
+    }
+    let full = interleave(b, &row_parts, 3, &[0, cin, rows[0] * s[0], rows[1] * s[1]]);
+    let (extra_h, extra_w) = (rows[0] * s[0] - hw[0], rows[1] * s[1] - hw[1]);
+    Some(crop(b, &full, &[0, 0], &[extra_h, extra_w]))
+}
+
+/// Interleaves equally shaped `parts` along the axis before `new_axis` (Unsqueeze each at
+/// `new_axis`, Concat there, Reshape to `shape`, 0 keeping the batch dimension's symbol).
+fn interleave(b: &mut Builder, parts: &[String], new_axis: i64, shape: &[i64]) -> String {
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    let ax = b.const_i64(&[new_axis]);
+    let un: Vec<String> = parts
+        .iter()
+        .map(|p| b.op("Unsqueeze", &[p, &ax], vec![]))
+        .collect();
+    let refs: Vec<&str> = un.iter().map(String::as_str).collect();
+    let cat = b.op("Concat", &refs, vec![attr_i("axis", new_axis)]);
+    let shape = b.const_i64(shape);
+    b.op("Reshape", &[&cat, &shape], vec![])
 }
 
 /// ConvTranspose(dY, W) with window `win` whose output has exactly spatial size `want`
