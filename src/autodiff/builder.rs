@@ -125,6 +125,16 @@ impl<'a> Builder<'a> {
             .ok_or_else(|| format!("no shape known for tensor {name:?}"))
     }
 
+    /// Whether `tensor` depends on the differentiated tensor (needs a gradient).
+    pub fn is_active(&self, tensor: &str) -> bool {
+        self.active.contains(tensor)
+    }
+
+    /// The forward node that produces `tensor`.
+    pub fn producer(&self, tensor: &str) -> Option<&'a NodeProto> {
+        self.fwd.producers.get(tensor)
+    }
+
     /// Whether input `i` of `node` exists and needs a gradient.
     pub fn wants(&self, node: &NodeProto, i: usize) -> bool {
         node.input

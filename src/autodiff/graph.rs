@@ -85,6 +85,8 @@ pub struct ForwardGraph {
     /// Tensors that do not depend on any runtime input.
     pub constants: HashSet<String>,
     pub opset: i64,
+    /// The node producing each tensor.
+    pub producers: HashMap<String, NodeProto>,
 }
 
 /// Constants with more elements than this keep no value (rules only need small ones: axes,
@@ -159,11 +161,17 @@ impl ForwardGraph {
                 },
             );
         }
+        let producers = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(move |o| (o.clone(), n.clone())))
+            .collect();
         Ok(Self {
             infos,
             runtime_inputs,
             constants,
             opset,
+            producers,
         })
     }
 }

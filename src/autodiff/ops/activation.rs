@@ -6,7 +6,7 @@
 //! alone (see docs/autodiff.md); it is exact except for 0 < y < 2^-100.
 
 use super::super::builder::{attr_i, Builder};
-use super::super::graph::{attr_f as node_f, attr_i as node_i, attr_s as node_s};
+use super::super::graph::{self, attr_f as node_f, attr_i as node_i, attr_s as node_s};
 use super::super::registry::Registry;
 use super::axis;
 use crate::proto::onnx::NodeProto;
@@ -42,6 +42,23 @@ fn step(b: &mut Builder, t: &str, like: &str) -> Result<String, String> {
     Ok(b.op("Clip", &[&s, &zero, &one], vec![]))
 }
 
+/// `Clip(scale * t + shift, 0, 1)` for a float32 NCHW tensor `t` with static channels, as a
+/// depthwise 1x1 Conv (weights `scale`, bias `shift`) + Clip: ONNX Runtime fuses the two and
+/// keeps the tensor in its blocked layout (Mul + Clip would leave it). `None` when `t` is not such a tensor.
+fn conv_step(b: &mut Builder, t: &str, scale: f64, shift: f64) -> Option<String> {
+    let info = b.info(t).ok()?;
+    if info.dtype != graph::FLOAT || info.rank() != 4 || info.shape[1] < 1 {
+        return None;
+    }
+    let c = info.shape[1];
+    let w = b.const_tensor(graph::FLOAT, &[c, 1, 1, 1], &vec![scale; c as usize]);
+    let bias = b.const_tensor(graph::FLOAT, &[c], &vec![shift; c as usize]);
+    let zero = b.scalar(graph::FLOAT, 0.0);
+    let one = b.scalar(graph::FLOAT, 1.0);
+    let conv = b.op("Conv", &[t, &w, &bias], vec![attr_i("group", c)]);
+    Some(b.op("Clip", &[&conv, &zero, &one], vec![]))
+}
+
 /// Y = max(X, 0): dX = dY * [Y > 0].
 fn relu(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
@@ -56,6 +73,17 @@ fn clip(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let y = node.output[0].clone();
     let lo = node.input.get(1).filter(|s| !s.is_empty()).cloned();
     let hi = node.input.get(2).filter(|s| !s.is_empty()).cloned();
+    let bounds = (b.const_input(node, 1), b.const_input(node, 2));
+    if let (Some(l), Some(h)) = &bounds {
+        if let ([l], [h]) = (l.floats().as_slice(), h.floats().as_slice()) {
+            // [l < Y] * [Y < h] as two fused depthwise-conv steps (see `conv_step`).
+            if let Some(m_lo) = conv_step(b, &y, BIG, -BIG * l) {
+                let m_hi = conv_step(b, &y, -BIG, BIG * h).expect("same tensor");
+                let m = b.op("Mul", &[&m_lo, &m_hi], vec![]);
+                return Ok(vec![Some(b.op("Mul", &[&dy, &m], vec![]))]);
+            }
+        }
+    }
     let mut mask: Option<String> = None;
     if let Some(lo) = lo {
         let t = match b.const_input(node, 1) {

@@ -152,13 +152,28 @@ fn conv(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     if b.wants(node, 1) {
         return Err("gradient with respect to the weights is not supported".into());
     }
-    let x_shape = b.info(x)?.shape.clone();
+    let mut x_shape = b.info(x)?.shape.clone();
     let w_shape = b.info(w)?.shape.clone();
     let y_shape = b.info(&node.output[0])?.shape.clone();
     let rank = x_shape.len();
     let group = node_i(node, "group").unwrap_or(1);
-    let win = window(node, &x_shape[2..], &w_shape[2..])?;
+    let mut win = window(node, &x_shape[2..], &w_shape[2..])?;
     let mut out = vec![None, None, None];
+    // NOTE: Conv(Pad(X0)) is differentiated as one conv with the Pad's pads added: dX0 comes
+    // straight out (the Pad's gradient would only crop what the conv's adjoint produced, two
+    // full-size Slices per strided EfficientNet block). The pad value does not matter to dX0.
+    let mut folded = None;
+    if b.wants(node, 0) {
+        if let Some((inner, pads)) = foldable_pad(b, x, rank) {
+            let n = rank - 2;
+            for i in 0..n {
+                win.begin[i] += pads[2 + i];
+                win.end[i] += pads[rank + 2 + i];
+            }
+            x_shape = b.info(&inner)?.shape.clone();
+            folded = Some(inner);
+        }
+    }
     if b.wants(node, 0) {
         out[0] = Some(if win.strides.iter().all(|s| *s == 1) {
             let n = win.kernel.len();
@@ -190,7 +205,37 @@ fn conv(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     if b.wants(node, 2) {
         out[2] = Some(bias_grad(b, &dy, rank));
     }
+    if let Some(inner) = folded {
+        if let Some(dx) = out[0].take() {
+            b.add_grad(&inner, dx);
+        }
+    }
     Ok(out)
+}
+
+/// When `x` is made by a constant-mode Pad of spatial axes only (non-negative constant pads,
+/// no axes input) from an active tensor: that tensor and the pads.
+fn foldable_pad(b: &Builder, x: &str, rank: usize) -> Option<(String, Vec<i64>)> {
+    let pad = b.producer(x)?;
+    if pad.op_type() != "Pad" || !(pad.domain().is_empty() || pad.domain() == "ai.onnx") {
+        return None;
+    }
+    if node_s(pad, "mode").is_some_and(|m| m != "constant") {
+        return None;
+    }
+    if pad.input.get(3).is_some_and(|a| !a.is_empty()) {
+        return None;
+    }
+    let pads = match pad.input.get(1).filter(|s| !s.is_empty()) {
+        Some(_) => b.const_input(pad, 1)?.ints(),
+        None => node_ints(pad, "pads")?,
+    };
+    let inner = pad.input.first()?.clone();
+    let ok = pads.len() == 2 * rank
+        && pads.iter().all(|p| *p >= 0)
+        && [0, 1, rank, rank + 1].iter().all(|i| pads[*i] == 0)
+        && b.is_active(&inner);
+    ok.then_some((inner, pads))
 }
 
 /// dX of a strided 2-D conv (dilation 1) without ConvTranspose, which is slow in ONNX Runtime
