@@ -135,6 +135,8 @@ pub enum AutodiffError {
         node: String,
         reason: String,
     },
+    #[error("the model uses opset {opset}; autodiff supports opsets {MIN_OPSET} and later")]
+    OldOpset { opset: i64 },
     #[error("probing the forward graph with ONNX Runtime failed: {reason}")]
     Probe { reason: String },
 }
@@ -145,6 +147,9 @@ pub fn build_gradient(
     options: &GradOptions,
 ) -> Result<GradientModel, AutodiffError> {
     let fwd = ForwardGraph::analyse(model)?;
+    if fwd.opset < MIN_OPSET {
+        return Err(AutodiffError::OldOpset { opset: fwd.opset });
+    }
     let wrt = match &options.wrt {
         Some(name) => {
             if !fwd.infos.contains_key(name) {
@@ -323,10 +328,12 @@ fn seed(b: &mut Builder, of: &str, info: &TensorInfo, objective: Objective) -> S
     }
 }
 
-/// The opset the gradient graph is written in: the model's, raised to 16 when lower
-/// (ScatterElements with reduction needs 16; ops in our classes do not change meaning between
-/// 13 and 16).
-pub(crate) const MIN_OPSET: i64 = 16;
+/// The oldest default-domain opset supported: backward nodes use the axes-as-input forms of
+/// ReduceSum, Squeeze, Unsqueeze and Split, which start at 13.
+pub const MIN_OPSET: i64 = 13;
+/// ScatterElements with `reduction` (MaxPool's gradient) needs opset 16; a model between 13 and
+/// 15 that needs it is raised to 16 (no op integrad differentiates changes meaning there).
+const SCATTER_OPSET: i64 = 16;
 
 fn assemble(
     model: &ModelProto,
@@ -341,7 +348,9 @@ fn assemble(
     let mut out = model.clone();
     for op in out.opset_import.iter_mut() {
         if op.domain().is_empty() || op.domain() == "ai.onnx" {
-            op.version = Some(op.version().max(MIN_OPSET));
+            if bw_nodes.iter().any(|n| n.op_type() == "ScatterElements") {
+                op.version = Some(op.version().max(SCATTER_OPSET));
+            }
         }
     }
     if out.ir_version() < 8 {

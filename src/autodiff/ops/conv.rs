@@ -402,18 +402,24 @@ fn conv_transpose(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> 
         .unwrap_or(vec![1; n]);
     let auto_pad = node_s(node, "auto_pad").unwrap_or_default();
     let explicit = node_ints(node, "pads").filter(|v| !v.is_empty());
+    let output_padding = node_ints(node, "output_padding")
+        .filter(|v| !v.is_empty())
+        .unwrap_or(vec![0; n]);
+    let has_output_shape = node_ints(node, "output_shape").is_some_and(|v| !v.is_empty());
     let mut out = vec![None, None, None];
     if b.wants(node, 0) {
         let mut begin = vec![0; n];
         for i in 0..n {
-            // The full (uncropped) output length; what was cropped off is the total padding.
-            let full = (hx[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1;
+            // The full output length; what is missing from it is the total padding.
+            let full =
+                (hx[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 + output_padding[i];
             let total = full - hy[i];
-            begin[i] = match (&explicit, auto_pad.as_str()) {
-                (Some(p), "NOTSET" | "") if node_ints(node, "output_shape").is_none() => p[i],
-                (_, "SAME_UPPER") => total / 2,
-                (_, "VALID") => 0,
-                _ => total - total / 2,
+            begin[i] = match auto_pad.as_str() {
+                "SAME_UPPER" => total / 2,
+                "SAME_LOWER" => total - total / 2,
+                "VALID" => 0,
+                _ if has_output_shape => total - total / 2,
+                _ => explicit.as_ref().map_or(0, |p| p[i]),
             };
         }
         let mut pads_b = Vec::new();

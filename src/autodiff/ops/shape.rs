@@ -2,7 +2,9 @@
 //! (constant), Expand, Gather.
 
 use super::super::builder::{attr_i, attr_ints, Builder};
-use super::super::graph::{attr_i as node_i, attr_ints as node_ints, attr_s as node_s, DYNAMIC};
+use super::super::graph::{
+    self, attr_i as node_i, attr_ints as node_ints, attr_s as node_s, DYNAMIC,
+};
 use super::super::registry::Registry;
 use super::axis;
 use crate::proto::onnx::NodeProto;
@@ -292,8 +294,12 @@ fn gather(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let flat = b.const_i64(&[-1]);
     let i = b.op("Reshape", &[ind, &flat], vec![]);
     let depth = b.const_i64(&[dim]);
-    let values = b.const_tensor(dtype, &[2], &[0.0, 1.0]);
-    let oh = b.op("OneHot", &[&i, &depth, &values], vec![attr_i("axis", -1)]);
+    // NOTE: ONNX Runtime's OneHot has float32 values (not float64): cast afterwards.
+    let values = b.const_tensor(graph::FLOAT, &[2], &[0.0, 1.0]);
+    let mut oh = b.op("OneHot", &[&i, &depth, &values], vec![attr_i("axis", -1)]);
+    if dtype != graph::FLOAT {
+        oh = b.op("Cast", &[&oh], vec![attr_i("to", dtype as i64)]);
+    }
     let rest: Vec<i64> = xs[1..].to_vec();
     if rest.contains(&DYNAMIC) {
         return Err("dynamic feature dimensions are not supported".into());
