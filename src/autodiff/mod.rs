@@ -125,9 +125,8 @@ pub enum AutodiffError {
     NoPath { wrt: String, of: String },
     #[error("the model already has a tensor named {name:?}, reserved for the gradient model")]
     ReservedName { name: String },
-    #[error("unsupported op {op_type} on the path from the input to the output (node {node:?})")]
-    UnsupportedOp { op_type: String, node: String },
-    #[error("cannot differentiate {}: {}", .0.len(), .0.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("; "))]
+    /// Every node on the path that cannot be differentiated (op type, node name, reason).
+    #[error("cannot differentiate {} node(s) on the path from the input to the output: {}", .0.len(), .0.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("; "))]
     Unsupported(Vec<Unsupported>),
     #[error("{op_type} node {node:?}: {reason}")]
     Rule {

@@ -1,0 +1,215 @@
+//! The builder's contract beyond single ops: refusals name the op and node, ops off the path do
+//! not matter, inner tensors (a prefix model plus a gradient model), and the CLI entry point.
+
+mod ad_support;
+
+use ad_support::*;
+use integrad::autodiff::{
+    build_gradient, run_autodiff_cli, AutodiffError, GradOptions, Objective, COTANGENT, GRAD,
+};
+use integrad::proto::onnx::ModelProto;
+use prost::Message;
+
+fn options(wrt: Option<&str>) -> GradOptions {
+    GradOptions {
+        wrt: wrt.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn should_refuse_an_unsupported_op_on_the_path_naming_it() {
+    let m = Tiny::new(17)
+        .input("x", F32, &[2, 3])
+        .node("Relu", &["x"], &["r"], vec![])
+        .node("Sin", &["r"], &["s"], vec![])
+        .node("Add", &["s", "x"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    let err = build_gradient(&m, &options(None)).unwrap_err();
+    match &err {
+        AutodiffError::Unsupported(list) => {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].op_type, "Sin");
+            assert_eq!(list[0].node, "Sin_1");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("Sin") && text.contains("Sin_1"), "{text}");
+}
+
+#[test]
+fn should_refuse_ops_of_other_domains_and_refused_classes() {
+    let mut m = Tiny::new(17)
+        .input("x", F32, &[1, 1, 4, 4])
+        .node(
+            "MaxPool",
+            &["x"],
+            &["p", "i"],
+            vec![ais("kernel_shape", &[2, 2]), ais("strides", &[2, 2])],
+        )
+        .node(
+            "MaxUnpool",
+            &["p", "i"],
+            &["y"],
+            vec![ais("kernel_shape", &[2, 2]), ais("strides", &[2, 2])],
+        )
+        .output("y", F32)
+        .build();
+    let err = build_gradient(&m, &options(None)).unwrap_err();
+    assert!(err.to_string().contains("MaxUnpool"), "{err}");
+    // The same node in a custom domain is in no class at all.
+    let g = m.graph.as_mut().unwrap();
+    g.node[1].domain = Some("com.example".into());
+    m.opset_import
+        .push(integrad::proto::onnx::OperatorSetIdProto {
+            domain: Some("com.example".into()),
+            version: Some(1),
+        });
+    // (ONNX Runtime cannot run it, so the probe refuses first; either way it is an error.)
+    assert!(build_gradient(&m, &options(None)).is_err());
+}
+
+#[test]
+fn should_ignore_unsupported_ops_off_the_path() {
+    // Sin of a constant, and Sin of x feeding an output that is not differentiated.
+    let m = Tiny::new(17)
+        .input("x", F32, &[2, 3])
+        .init("c", &T::new(F32, &[3], vec![0.1, 0.2, 0.3]))
+        .node("Sin", &["c"], &["sc"], vec![])
+        .node("Mul", &["x", "sc"], &["y"], vec![])
+        .node("Sin", &["x"], &["other"], vec![])
+        .output("y", F32)
+        .output("other", F32)
+        .build();
+    let mut r = Rng::new(1);
+    let x = T::random(F32, &[2, 3], &mut r);
+    check(&m, "x", &[("x", &x)], F32_EPS, F32_TOL);
+    let grad = build_gradient(&m, &options(None)).unwrap();
+    let outs: Vec<&str> = grad
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .output
+        .iter()
+        .map(|o| o.name())
+        .collect();
+    assert_eq!(outs, [GRAD, "y", "other"]);
+}
+
+#[test]
+fn should_sum_gradients_of_a_tensor_used_twice_and_keep_batch_dynamic() {
+    // y = x * x + relu(x): x feeds three places; the batch dimension is symbolic.
+    let m = Tiny::new(17)
+        .input("x", F64, &[-1, 3])
+        .node("Mul", &["x", "x"], &["xx"], vec![])
+        .node("Relu", &["x"], &["r"], vec![])
+        .node("Add", &["xx", "r"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let mut r = Rng::new(2);
+    for batch in [1, 4] {
+        let x = T::random(F64, &[batch, 3], &mut r);
+        check(&m, "x", &[("x", &x)], F64_EPS, F64_TOL);
+    }
+}
+
+#[test]
+fn should_diff_the_probability_objective() {
+    let m = Tiny::new(17)
+        .input("x", F64, &[-1, 4])
+        .node("Tanh", &["x"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let mut r = Rng::new(3);
+    let x = T::random(F64, &[3, 4], &mut r);
+    check_with(
+        &m,
+        "x",
+        &[("x", &x)],
+        F64_EPS,
+        F64_TOL,
+        Objective::Probability,
+    );
+}
+
+/// An embedding lookup: ids -> Gather -> e -> MatMul -> Tanh -> y, differentiated with respect
+/// to the inner tensor e (layer attribution for token inputs).
+#[test]
+fn should_diff_with_respect_to_an_inner_tensor() {
+    let mut r = Rng::new(4);
+    let emb = T::random(F32, &[6, 4], &mut r);
+    let w = T::random(F32, &[4, 3], &mut r);
+    let m = Tiny::new(17)
+        .input("ids", I64, &[-1, 2])
+        .init("emb", &emb)
+        .init("w", &w)
+        .node("Gather", &["emb", "ids"], &["e"], vec![])
+        .node("MatMul", &["e", "w"], &["h"], vec![])
+        .node("Tanh", &["h"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    let grad = build_gradient(&m, &options(Some("e"))).unwrap();
+    let prefix = grad.prefix.as_ref().expect("a prefix model");
+    let ids = T::ints(&[2, 2], &[1, 5, 0, 1]);
+    let e = run(prefix, &[("ids", &ids)])["e"].clone();
+    assert_eq!(e.shape, [2, 2, 4]);
+    let inputs: Vec<&str> = grad
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .input
+        .iter()
+        .map(|i| i.name())
+        .collect();
+    assert_eq!(inputs, ["ids", "e", COTANGENT]);
+    // Finite differences on e through the gradient model itself (it returns y too).
+    let c = T::random(F32, &[2, 2, 3], &mut r);
+    let f = |e: &T| -> f64 {
+        let out = run_cached(&grad.model, &[("ids", &ids), ("e", e), (COTANGENT, &c)]);
+        out["y"].data.iter().zip(&c.data).map(|(a, b)| a * b).sum()
+    };
+    let g = run(&grad.model, &[("ids", &ids), ("e", &e), (COTANGENT, &c)])[GRAD].clone();
+    assert_eq!(g.shape, e.shape);
+    for i in 0..e.data.len() {
+        let (mut ep, mut em) = (e.clone(), e.clone());
+        ep.data[i] += F32_EPS;
+        em.data[i] -= F32_EPS;
+        let fd = (f(&ep) - f(&em)) / (2.0 * F32_EPS);
+        assert!(
+            (fd - g.data[i]).abs() <= F32_TOL * 2.0,
+            "{i}: fd {fd} grad {}",
+            g.data[i]
+        );
+    }
+}
+
+#[test]
+fn should_write_a_gradient_model_from_the_cli_entry_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("grad.onnx");
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/efficientnet-lite0/model.onnx");
+    let report = run_autodiff_cli(&model, &out, None, None, Objective::Probability).unwrap();
+    assert!(
+        report.contains("Conv") && report.contains("Clip"),
+        "{report}"
+    );
+    let written = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    let g = written.graph.unwrap();
+    assert_eq!(g.output[0].name(), GRAD);
+    assert_eq!(g.input.last().unwrap().name(), COTANGENT);
+    // A refusal is an error that names the op.
+    let bad = dir.path().join("bad.onnx");
+    let m = Tiny::new(17)
+        .input("x", F32, &[2])
+        .node("Sin", &["x"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    std::fs::write(&bad, m.encode_to_vec()).unwrap();
+    let err = run_autodiff_cli(&bad, &out, None, None, Objective::Logit).unwrap_err();
+    assert!(format!("{err:#}").contains("Sin"), "{err:#}");
+}
