@@ -712,7 +712,9 @@ fn should_diff_concat_and_split_both_forms() {
 fn should_diff_slice_steps_and_negative_indices() {
     let mut r = Rng::new(22);
     let x = T::random(F64, &[3, 8, 5], &mut r);
-    let cases: [(&[i64], &[i64], &[i64], &[i64]); 4] = [
+    // (starts, ends, axes, steps)
+    type SliceCase<'a> = (&'a [i64], &'a [i64], &'a [i64], &'a [i64]);
+    let cases: [SliceCase; 4] = [
         (&[1, 0], &[3, 6], &[0, 1], &[1, 2]),
         (&[-1], &[-100], &[1], &[-2]),
         (&[0, -4], &[2, 1000], &[2, 1], &[1, 1]),

@@ -346,10 +346,9 @@ fn assemble(
     let graph = model.graph.as_ref().ok_or(AutodiffError::NoGraph)?;
     let mut out = model.clone();
     for op in out.opset_import.iter_mut() {
-        if op.domain().is_empty() || op.domain() == "ai.onnx" {
-            if bw_nodes.iter().any(|n| n.op_type() == "ScatterElements") {
-                op.version = Some(op.version().max(SCATTER_OPSET));
-            }
+        let default_domain = op.domain().is_empty() || op.domain() == "ai.onnx";
+        if default_domain && bw_nodes.iter().any(|n| n.op_type() == "ScatterElements") {
+            op.version = Some(op.version().max(SCATTER_OPSET));
         }
     }
     if out.ir_version() < 8 {

@@ -39,9 +39,9 @@ fn add(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
     let ys = out_shape(b, node)?;
     let mut out = vec![None, None];
-    for i in 0..2 {
+    for (i, slot) in out.iter_mut().enumerate() {
         if b.wants(node, i) {
-            out[i] = Some(b.unbroadcast(&dy, &ys, &node.input[i])?);
+            *slot = Some(b.unbroadcast(&dy, &ys, &node.input[i])?);
         }
     }
     Ok(out)
@@ -67,10 +67,10 @@ fn mul(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
     let ys = out_shape(b, node)?;
     let mut out = vec![None, None];
-    for i in 0..2 {
+    for (i, slot) in out.iter_mut().enumerate() {
         if b.wants(node, i) {
             let g = b.op("Mul", &[&dy, &node.input[1 - i]], vec![]);
-            out[i] = Some(b.unbroadcast(&g, &ys, &node.input[i])?);
+            *slot = Some(b.unbroadcast(&g, &ys, &node.input[i])?);
         }
     }
     Ok(out)
