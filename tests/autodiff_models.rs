@@ -164,3 +164,32 @@ fn should_diff_transformer_block_like_pytorch() {
     let input = fixture_input("tests/data/autodiff/transformer_input.npy");
     check_model("transformer", &model, input, 1e-5, 0.999_999);
 }
+
+/// The model as ONNX Runtime's basic (level 1) optimiser leaves it: constants folded, Identity
+/// and Dropout removed, Conv+BatchNorm/Add/Mul fusions, standard ops only.
+fn ort_optimised(path: &str) -> ModelProto {
+    use ort::session::builder::GraphOptimizationLevel;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("optimised.onnx");
+    let _session = ort::session::Session::builder(&env())
+        .unwrap()
+        .with_optimization_level(GraphOptimizationLevel::Level1)
+        .unwrap()
+        .with_optimized_model_path(&out)
+        .unwrap()
+        .commit_from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap()
+}
+
+/// Graphs out of ONNX Runtime's own optimiser differentiate like the exported ones (same
+/// fixtures and tolerances as above).
+#[test]
+fn should_diff_models_optimised_by_onnx_runtime() {
+    let model = ort_optimised("tests/data/autodiff/inception.onnx");
+    let input = fixture_input("tests/data/autodiff/inception_input.npy");
+    check_model("inception", &model, input, 1e-5, 0.999_999);
+    let model = ort_optimised("tests/data/autodiff/transformer.onnx");
+    let input = fixture_input("tests/data/autodiff/transformer_input.npy");
+    check_model("transformer", &model, input, 1e-5, 0.999_999);
+}
