@@ -213,3 +213,16 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
     let err = run_autodiff_cli(&bad, &out, None, None, Objective::Logit).unwrap_err();
     assert!(format!("{err:#}").contains("Sin"), "{err:#}");
 }
+
+#[test]
+fn should_document_every_registered_op_type() {
+    let doc = include_str!("../docs/autodiff.md");
+    let words: std::collections::HashSet<&str> =
+        doc.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    for (op, class) in integrad::autodiff::registry::Registry::standard().op_types() {
+        assert!(
+            words.contains(op),
+            "docs/autodiff.md does not list {op} ({class})"
+        );
+    }
+}
