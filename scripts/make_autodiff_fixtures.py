@@ -17,6 +17,9 @@ input for a batch of 3 rows with a different target class per row (one-hot cotan
       attention with Softmax, exact GELU as Erf, residuals) + mean pooling + linear head,
       random weights, opset 17, TorchScript exporter
   transformer_input.npy, transformer_grad_logit.npy, transformer_grad_probability.npy
+  inception_dynamo.onnx, transformer_dynamo.onnx  the same two models (same weights, same
+      reference gradients) from PyTorch's dynamo exporter (torch.onnx.export(dynamo=True),
+      which needs onnxscript), opset 18
   targets.json  the target class of each row, per model
 
 Run with the dev virtualenv (scripts/requirements-dev.txt):
@@ -52,14 +55,23 @@ def grads(model, x, targets, objective):
     return x.grad.numpy()
 
 
-def export(model, x, path, opset):
+def export(model, x, path, opset, dynamo=False):
     model = model.float().eval()
-    torch.onnx.export(
-        model, (torch.tensor(x),), path, dynamo=False, export_params=True,
-        opset_version=opset, do_constant_folding=True,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        prog = torch.onnx.export(
+            model, (torch.tensor(x),), dynamo=True, opset_version=opset,
+            input_names=["input"], output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}}, optimize=True, external_data=False,
+        )
+        prog.save(path)
+    else:
+        torch.onnx.export(
+            model, (torch.tensor(x),), path, dynamo=False, export_params=True,
+            opset_version=opset, do_constant_folding=True,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     onnx.checker.check_model(path, full_check=True)
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
         None, {"input": x.astype(np.float32)})[0]
@@ -156,6 +168,7 @@ def main():
         x = torch.randn(*shape, generator=gen).numpy().astype(np.float32)
         path = os.path.join(OUT, f"{name}.onnx")
         export(model, x, path, opset)
+        export(model, x, os.path.join(OUT, f"{name}_dynamo.onnx"), 18, dynamo=True)
         np.save(os.path.join(OUT, f"{name}_input.npy"), x)
         targets[name] = {"logit": [1, classes - 1, 2], "probability": [0, 3, classes - 2]}
         for objective, t in targets[name].items():

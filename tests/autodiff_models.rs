@@ -193,3 +193,15 @@ fn should_diff_models_optimised_by_onnx_runtime() {
     let input = fixture_input("tests/data/autodiff/transformer_input.npy");
     check_model("transformer", &model, input, 1e-5, 0.999_999);
 }
+
+/// The same two models from PyTorch's dynamo exporter (opset 18: ReduceMean with axes as an
+/// input, Split with sizes, no Flatten/Shape subgraphs), same weights and fixtures.
+#[test]
+fn should_diff_models_from_the_dynamo_exporter() {
+    let model = load("tests/data/autodiff/inception_dynamo.onnx");
+    let input = fixture_input("tests/data/autodiff/inception_input.npy");
+    check_model("inception", &model, input, 1e-5, 0.999_999);
+    let model = load("tests/data/autodiff/transformer_dynamo.onnx");
+    let input = fixture_input("tests/data/autodiff/transformer_input.npy");
+    check_model("transformer", &model, input, 1e-5, 0.999_999);
+}
