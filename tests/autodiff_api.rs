@@ -226,3 +226,51 @@ fn should_document_every_registered_op_type() {
         );
     }
 }
+
+#[test]
+fn should_pick_the_output_and_reject_unknown_names() {
+    let m = Tiny::new(17)
+        .input("x", F64, &[2, 3])
+        .node("Exp", &["x"], &["first"], vec![])
+        .node("Tanh", &["x"], &["second"], vec![])
+        .output("first", F64)
+        .output("second", F64)
+        .build();
+    let mut r = Rng::new(5);
+    let x = T::random(F64, &[2, 3], &mut r);
+    let grad = build_gradient(
+        &m,
+        &GradOptions {
+            of: Some("second".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(grad.of, "second");
+    let c = T::random(F64, &[2, 3], &mut r);
+    let out = run(&grad.model, &[("x", &x), (COTANGENT, &c)]);
+    // d sum(c * tanh x) / dx = c (1 - tanh^2 x)
+    for i in 0..6 {
+        let want = c.data[i] * (1.0 - x.data[i].tanh().powi(2));
+        assert!((out[GRAD].data[i] - want).abs() < 1e-12);
+    }
+    let unknown = |wrt: Option<&str>, of: Option<&str>| {
+        build_gradient(
+            &m,
+            &GradOptions {
+                wrt: wrt.map(str::to_string),
+                of: of.map(str::to_string),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+    };
+    assert!(matches!(
+        unknown(Some("nope"), None),
+        AutodiffError::UnknownWrt { .. }
+    ));
+    assert!(matches!(
+        unknown(None, Some("nope")),
+        AutodiffError::UnknownOutput { .. }
+    ));
+}

@@ -236,67 +236,18 @@ impl Tiny {
     }
 }
 
-/// Runs `model` on `inputs`; returns every output by name.
+/// Runs `model` on `inputs` in a fresh session; returns every output by name.
 pub fn run(model: &ModelProto, inputs: &[(&str, &T)]) -> HashMap<String, T> {
     let env = env();
-    let bytes = model.encode_to_vec();
     let mut session = Session::builder(&env)
         .unwrap()
         .with_optimization_level(GraphOptimizationLevel::All)
         .unwrap()
         .with_intra_threads(1)
         .unwrap()
-        .commit_from_memory(&bytes)
+        .commit_from_memory(&model.encode_to_vec())
         .unwrap_or_else(|e| panic!("ONNX Runtime refused the model: {e}"));
-    let values: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = inputs
-        .iter()
-        .map(|(name, t)| {
-            let v: SessionInputValue = match t.dtype {
-                F64 => Tensor::from_array((t.shape.clone(), t.data.clone()))
-                    .unwrap()
-                    .into(),
-                I64 => Tensor::from_array((
-                    t.shape.clone(),
-                    t.data.iter().map(|v| *v as i64).collect::<Vec<_>>(),
-                ))
-                .unwrap()
-                .into(),
-                _ => Tensor::from_array((
-                    t.shape.clone(),
-                    t.data.iter().map(|v| *v as f32).collect::<Vec<_>>(),
-                ))
-                .unwrap()
-                .into(),
-            };
-            (Cow::Owned(name.to_string()), v)
-        })
-        .collect();
-    let out = session
-        .run(values)
-        .unwrap_or_else(|e| panic!("run failed: {e}"));
-    let mut result = HashMap::new();
-    for (name, v) in out.iter() {
-        let ValueType::Tensor { ty, .. } = v.dtype() else {
-            continue;
-        };
-        let t = match ty {
-            TensorElementType::Float64 => {
-                let (s, d) = v.try_extract_tensor::<f64>().unwrap();
-                T::new(F64, s, d.to_vec())
-            }
-            TensorElementType::Float32 => {
-                let (s, d) = v.try_extract_tensor::<f32>().unwrap();
-                T::new(F32, s, d.iter().map(|x| *x as f64).collect())
-            }
-            TensorElementType::Int64 => {
-                let (s, d) = v.try_extract_tensor::<i64>().unwrap();
-                T::new(I64, s, d.iter().map(|x| *x as f64).collect())
-            }
-            _ => continue,
-        };
-        result.insert(name.to_string(), t);
-    }
-    result
+    run_session(&mut session, inputs)
 }
 
 /// What a numerical check measured.
@@ -449,7 +400,9 @@ fn run_session(session: &mut Session, inputs: &[(&str, &T)]) -> HashMap<String, 
             (Cow::Owned(name.to_string()), v)
         })
         .collect();
-    let out = session.run(values).unwrap();
+    let out = session
+        .run(values)
+        .unwrap_or_else(|e| panic!("run failed: {e}"));
     let mut result = HashMap::new();
     for (name, v) in out.iter() {
         let ValueType::Tensor { ty, .. } = v.dtype() else {
@@ -463,6 +416,10 @@ fn run_session(session: &mut Session, inputs: &[(&str, &T)]) -> HashMap<String, 
             TensorElementType::Float32 => {
                 let (s, d) = v.try_extract_tensor::<f32>().unwrap();
                 T::new(F32, s, d.iter().map(|x| *x as f64).collect())
+            }
+            TensorElementType::Int64 => {
+                let (s, d) = v.try_extract_tensor::<i64>().unwrap();
+                T::new(I64, s, d.iter().map(|x| *x as f64).collect())
             }
             _ => continue,
         };
