@@ -274,3 +274,27 @@ fn should_pick_the_output_and_reject_unknown_names() {
         AutodiffError::UnknownOutput { .. }
     ));
 }
+
+#[test]
+fn should_diff_with_respect_to_one_output_of_a_multi_output_node() {
+    // x -> Split -> (p, q); y = p * q. With respect to p, q stays computed from x.
+    let m = Tiny::new(13)
+        .input("x", F64, &[2, 4])
+        .node("Split", &["x"], &["p", "q"], vec![ai("axis", 1)])
+        .node("Mul", &["p", "q"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let grad = build_gradient(&m, &options(Some("p"))).unwrap();
+    let mut r = Rng::new(6);
+    let x = T::random(F64, &[2, 4], &mut r);
+    let p = run(grad.prefix.as_ref().unwrap(), &[("x", &x)])["p"].clone();
+    let c = T::random(F64, &[2, 2], &mut r);
+    let out = run(&grad.model, &[("x", &x), ("p", &p), (COTANGENT, &c)]);
+    // d sum(c * p * q) / dp = c * q, q = the right half of x.
+    for row in 0..2 {
+        for j in 0..2 {
+            let want = c.data[row * 2 + j] * x.data[row * 4 + 2 + j];
+            assert!((out[GRAD].data[row * 2 + j] - want).abs() < 1e-12);
+        }
+    }
+}

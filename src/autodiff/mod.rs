@@ -358,8 +358,15 @@ fn assemble(
     let inner = !fwd.runtime_inputs.iter().any(|i| i == wrt);
     let mut prefix = None;
     if inner {
-        // The wrt tensor becomes an input; its producer goes (the prefix model computes it).
-        g.node.retain(|n| !n.output.iter().any(|o| o == wrt));
+        // The wrt tensor becomes an input; its producer goes (the prefix model computes it),
+        // or, when the producer has other outputs, only stops writing that tensor.
+        g.node
+            .retain(|n| !(n.output.iter().any(|o| o == wrt) && n.output.len() == 1));
+        for n in g.node.iter_mut() {
+            for o in n.output.iter_mut().filter(|o| *o == wrt) {
+                *o = format!("{wrt}/replaced_by_input");
+            }
+        }
         let info = &fwd.infos[wrt];
         g.input
             .push(graph::value_info(wrt, info.dtype, &info.shape));
