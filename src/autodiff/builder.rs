@@ -101,7 +101,8 @@ fn f32_to_f16_bits(x: f32) -> u16 {
     } else if exp <= 0 {
         sign
     } else {
-        sign | ((exp as u16) << 10) | ((mant + 0x1000) >> 13) as u16
+        // Adding (not or-ing) lets a rounding carry move into the exponent.
+        sign | (((exp as u16) << 10) + ((mant + 0x1000) >> 13) as u16)
     }
 }
 
@@ -299,27 +300,27 @@ impl<'a> Builder<'a> {
         Ok(self.op("Squeeze", &[&summed, &lead_t], vec![]))
     }
 
-    /// A shape for `Reshape` that turns a tensor shaped `from` into one shaped `to`, keeping
-    /// dynamic dimensions symbolic: 0 (copy) where both have the same dynamic dimension at the
-    /// same place, -1 for one other dynamic dimension. `None` when that cannot express it.
+    /// A shape for `Reshape` that turns a tensor shaped `from` into one shaped `to` while
+    /// keeping the batch symbol: with one dynamic dimension on each side at the same index and
+    /// equal static products, 0 (copy); with one dynamic dimension in `to`, -1; with several,
+    /// `None` (the caller uses `Shape` of the target).
     fn reshape_spec(from: &[i64], to: &[i64]) -> Option<Vec<i64>> {
-        let mut spec = Vec::with_capacity(to.len());
-        let mut inferred = false;
-        for (i, d) in to.iter().enumerate() {
-            if *d != DYNAMIC {
-                spec.push(*d);
-            } else if from.get(i) == Some(&DYNAMIC) {
-                spec.push(0);
-            } else if !inferred {
-                inferred = true;
-                spec.push(-1);
-            } else {
-                return None;
-            }
-        }
-        // A literal 0 size would mean "copy" to Reshape; such tensors are empty anyway.
         if to.contains(&0) {
+            // A literal 0 would mean "copy" to Reshape; such tensors are empty anyway.
             return None;
+        }
+        let dynamic: Vec<usize> = (0..to.len()).filter(|i| to[*i] == DYNAMIC).collect();
+        let mut spec = to.to_vec();
+        match dynamic.as_slice() {
+            [] => {}
+            [i] => {
+                let statics = |s: &[i64]| s.iter().filter(|d| **d != DYNAMIC).product::<i64>();
+                let same = from.iter().filter(|d| **d == DYNAMIC).count() == 1
+                    && from.get(*i) == Some(&DYNAMIC)
+                    && statics(from) == statics(to);
+                spec[*i] = if same { 0 } else { -1 };
+            }
+            _ => return None,
         }
         Some(spec)
     }
@@ -366,5 +367,38 @@ impl<'a> Builder<'a> {
 
     pub fn finish(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
         (self.nodes, self.inits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_convert_constants_to_f16() {
+        assert_eq!(f32_to_f16_bits(1.0), 0x3c00);
+        assert_eq!(f32_to_f16_bits(-2.0), 0xc000);
+        assert_eq!(f32_to_f16_bits(0.5), 0x3800);
+        assert_eq!(f32_to_f16_bits(65504.0), 0x7bff);
+        // 2047.9 rounds up to 2048: the carry moves into the exponent.
+        assert_eq!(f32_to_f16_bits(2047.9), 0x6800);
+    }
+
+    #[test]
+    fn should_keep_the_batch_symbol_in_reshape_specs() {
+        // [N, 1280] -> [N, 1280, 1, 1]: copy the batch (0), constants elsewhere.
+        assert_eq!(
+            Builder::reshape_spec(&[DYNAMIC, 1280], &[DYNAMIC, 1280, 1, 1]),
+            Some(vec![0, 1280, 1, 1])
+        );
+        // A dynamic dimension that moved: -1 once.
+        assert_eq!(
+            Builder::reshape_spec(&[DYNAMIC, 4], &[2, DYNAMIC]),
+            Some(vec![2, -1])
+        );
+        assert_eq!(
+            Builder::reshape_spec(&[DYNAMIC, DYNAMIC], &[3, DYNAMIC, DYNAMIC]),
+            None
+        );
     }
 }
