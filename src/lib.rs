@@ -6,6 +6,7 @@
 //! the gRPC face and `cli` the command-line clients. Data flows one way: request -> decode ->
 //! preprocess -> worker (ORT) -> response.
 
+pub mod autodiff;
 pub mod cli;
 pub mod config;
 pub mod engine;

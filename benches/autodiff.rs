@@ -1,0 +1,86 @@
+//! The autodiff benchmark (docs/autodiff.md): on the demo model (EfficientNet-Lite0) at batch
+//! 32 on CPU, one gradient-model run against one forward run of the original model, in the
+//! same process with the same session options, and the time to build the gradient graph.
+//!
+//!     cargo bench --bench autodiff
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use integrad::autodiff::{build_gradient, GradOptions, COTANGENT};
+use integrad::proto::onnx::ModelProto;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use prost::Message;
+
+const BATCH: i64 = 32;
+
+fn session(bytes: &[u8]) -> Session {
+    let env = integrad::runtime::environment(&Default::default()).expect("ONNX Runtime");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Session::builder(&env)
+        .unwrap()
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .unwrap()
+        .with_intra_threads(threads)
+        .unwrap()
+        .commit_from_memory(bytes)
+        .unwrap()
+}
+
+fn inputs(with_cotangent: bool) -> Vec<(Cow<'static, str>, SessionInputValue<'static>)> {
+    let n = (BATCH * 3 * 224 * 224) as usize;
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
+        .collect();
+    let mut v = vec![(
+        Cow::Borrowed("input"),
+        Tensor::from_array((vec![BATCH, 3, 224, 224], x))
+            .unwrap()
+            .into(),
+    )];
+    if with_cotangent {
+        let mut c = vec![0f32; (BATCH * 1000) as usize];
+        for r in 0..BATCH as usize {
+            c[r * 1000 + (r * 37) % 1000] = 1.0;
+        }
+        v.push((
+            Cow::Borrowed(COTANGENT),
+            Tensor::from_array((vec![BATCH, 1000], c)).unwrap().into(),
+        ));
+    }
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0/model.onnx");
+    let model = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let grad = build_gradient(&model, &GradOptions::default()).unwrap();
+
+    let mut g = c.benchmark_group("autodiff");
+    g.sample_size(10).warm_up_time(Duration::from_secs(3));
+    g.bench_function("build_gradient", |b| {
+        b.iter(|| build_gradient(&model, &GradOptions::default()).unwrap())
+    });
+
+    let mut forward = session(&model.encode_to_vec());
+    let mut backward = session(&grad.model.encode_to_vec());
+    g.measurement_time(Duration::from_secs(20));
+    g.bench_function("forward_batch32", |b| {
+        b.iter(|| {
+            forward.run(inputs(false)).unwrap();
+        })
+    });
+    g.bench_function("gradient_batch32", |b| {
+        b.iter(|| {
+            backward.run(inputs(true)).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

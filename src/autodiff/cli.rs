@@ -1,0 +1,68 @@
+//! The work behind `integrad autodiff MODEL.onnx --output GRAD.onnx`: read, differentiate,
+//! write, report. The clap subcommand lives in `src/cli`; this is a plain function.
+
+use std::path::Path;
+
+use anyhow::Context;
+use prost::Message;
+
+use super::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};
+use crate::proto::onnx::ModelProto;
+
+/// Writes the gradient model of `model` to `output` (and, for an inner `wrt`, the prefix model
+/// next to it as `<output stem>.prefix.onnx`); returns a human-readable report.
+pub fn run_autodiff_cli(
+    model: &Path,
+    output: &Path,
+    wrt: Option<&str>,
+    of: Option<&str>,
+    objective: Objective,
+) -> anyhow::Result<String> {
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let proto = ModelProto::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not an ONNX model", model.display()))?;
+    let started = std::time::Instant::now();
+    let grad = build_gradient(
+        &proto,
+        &GradOptions {
+            wrt: wrt.map(str::to_string),
+            of: of.map(str::to_string),
+            objective,
+        },
+    )
+    .with_context(|| format!("differentiating {}", model.display()))?;
+    let elapsed = started.elapsed();
+    std::fs::write(output, grad.model.encode_to_vec())
+        .with_context(|| format!("writing {}", output.display()))?;
+    let mut report = format!(
+        "wrote {}: {GRAD} = d sum({COTANGENT} * {objective:?}({of})) / d {wrt}, built in {:.0} ms\n",
+        output.display(),
+        elapsed.as_secs_f64() * 1e3,
+        of = grad.of,
+        wrt = grad.wrt,
+    );
+    if let Some(prefix) = &grad.prefix {
+        let path = output.with_extension("prefix.onnx");
+        std::fs::write(&path, prefix.encode_to_vec())
+            .with_context(|| format!("writing {}", path.display()))?;
+        report.push_str(&format!(
+            "wrote {}: computes {} from the model's inputs\n",
+            path.display(),
+            grad.wrt
+        ));
+    }
+    report.push_str(&format!(
+        "differentiated op types: {}\nbackward op types: {}\n",
+        grad.differentiated_ops
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        grad.emitted_ops
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    Ok(report)
+}

@@ -1,0 +1,407 @@
+//! ONNX autodiff: turns a forward ONNX graph into a gradient graph that ONNX Runtime runs.
+//!
+//! [`build_gradient`] takes a forward [`ModelProto`], the tensor to differentiate with respect
+//! to (`wrt`), the output to differentiate (`of`) and an [`Objective`], and returns a new model
+//! with this interface (a contract other tools rely on):
+//!
+//! - inputs: every input of the original model (same names and shapes), plus `cotangent`,
+//!   shaped like the chosen output, of the output's element type (float32 for float32 models);
+//! - outputs: first `grad`, the gradient of `sum(cotangent * objective(output))` with respect
+//!   to `wrt` (its shape), then the original outputs unchanged.
+//!
+//! The module is a registry of rules ([`registry`]): every op type is in exactly one class:
+//! it has a gradient rule (one file per op family under `ops/`), it has no gradient (its
+//! outputs are not differentiable, e.g. `Shape`), or it is refused. An op in no class, or a
+//! refused op, on a path from `wrt` to `of` is a hard error naming the op type and the node.
+//! Only nodes on such a path get backward nodes; everything else is a constant.
+//!
+//! Plain library: no tonic, no tokio. It needs ONNX Runtime once, to probe the shapes (and the
+//! values of constant subgraphs) of the forward graph; see [`graph`].
+
+pub mod builder;
+mod cli;
+pub mod graph;
+mod ops;
+pub mod registry;
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::proto::onnx::{ModelProto, NodeProto};
+
+pub use cli::run_autodiff_cli;
+
+use builder::Builder;
+use graph::{ForwardGraph, TensorInfo};
+use registry::{Class, Registry};
+
+/// The name of the extra input that carries the output's cotangent (the seed).
+pub const COTANGENT: &str = "cotangent";
+/// The name of the gradient output (always the first output).
+pub const GRAD: &str = "grad";
+
+/// What is differentiated: the chosen output itself or its softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Objective {
+    /// The output as is (e.g. logits).
+    #[default]
+    Logit,
+    /// Softmax over the output's last axis, added inside the gradient graph.
+    Probability,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "logit" => Ok(Objective::Logit),
+            "probability" => Ok(Objective::Probability),
+            other => Err(format!(
+                "unknown objective {other:?} (expected logit or probability)"
+            )),
+        }
+    }
+}
+
+/// Which gradient to build.
+#[derive(Debug, Clone, Default)]
+pub struct GradOptions {
+    /// The tensor to differentiate with respect to; default: the first float graph input.
+    /// An inner tensor makes it an input of the gradient model (see [`GradientModel::prefix`]).
+    pub wrt: Option<String>,
+    /// The output to differentiate; default: the first graph output.
+    pub of: Option<String>,
+    pub objective: Objective,
+}
+
+/// The result of [`build_gradient`].
+#[derive(Debug, Clone)]
+pub struct GradientModel {
+    /// The gradient model (see the module docs for its interface).
+    pub model: ModelProto,
+    /// When `wrt` is an inner tensor: a model computing it from the original inputs (its only
+    /// output has the tensor's name). The gradient model then takes that tensor as an input in
+    /// place of the subgraph that produced it.
+    pub prefix: Option<ModelProto>,
+    /// The tensor differentiated with respect to, and the output differentiated.
+    pub wrt: String,
+    pub of: String,
+    /// The op types of the forward nodes that got backward nodes.
+    pub differentiated_ops: BTreeSet<String>,
+    /// The op types of the backward nodes emitted.
+    pub emitted_ops: BTreeSet<String>,
+}
+
+/// One node that cannot be differentiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub op_type: String,
+    pub node: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (node {:?}): {}",
+            self.op_type, self.node, self.reason
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AutodiffError {
+    #[error("the model has no graph")]
+    NoGraph,
+    #[error("the model has no float input to differentiate with respect to")]
+    NoFloatInput,
+    #[error("the model has no tensor named {name:?} (wrt)")]
+    UnknownWrt { name: String },
+    #[error("the model has no output named {name:?} (of)")]
+    UnknownOutput { name: String },
+    #[error("{name:?} has element type {dtype}, not a float type")]
+    NotFloat { name: String, dtype: i32 },
+    #[error("output {of:?} does not depend on {wrt:?}")]
+    NoPath { wrt: String, of: String },
+    #[error("the model already has a tensor named {name:?}, reserved for the gradient model")]
+    ReservedName { name: String },
+    /// Every node on the path that cannot be differentiated (op type, node name, reason).
+    #[error("cannot differentiate {} node(s) on the path from the input to the output: {}", .0.len(), .0.iter().map(|u| u.to_string()).collect::<Vec<_>>().join("; "))]
+    Unsupported(Vec<Unsupported>),
+    #[error("{op_type} node {node:?}: {reason}")]
+    Rule {
+        op_type: String,
+        node: String,
+        reason: String,
+    },
+    #[error("the model uses opset {opset}; autodiff supports opsets {MIN_OPSET} and later")]
+    OldOpset { opset: i64 },
+    #[error("probing the forward graph with ONNX Runtime failed: {reason}")]
+    Probe { reason: String },
+}
+
+/// Builds the gradient model of `model` (see the module docs for its interface).
+pub fn build_gradient(
+    model: &ModelProto,
+    options: &GradOptions,
+) -> Result<GradientModel, AutodiffError> {
+    let fwd = ForwardGraph::analyse(model)?;
+    if fwd.opset < MIN_OPSET {
+        return Err(AutodiffError::OldOpset { opset: fwd.opset });
+    }
+    let wrt = match &options.wrt {
+        Some(name) => {
+            if !fwd.infos.contains_key(name) {
+                return Err(AutodiffError::UnknownWrt { name: name.clone() });
+            }
+            name.clone()
+        }
+        None => fwd
+            .runtime_inputs
+            .iter()
+            .find(|name| {
+                fwd.infos
+                    .get(*name)
+                    .is_some_and(|i| graph::is_float(i.dtype))
+            })
+            .cloned()
+            .ok_or(AutodiffError::NoFloatInput)?,
+    };
+    let wrt_info = &fwd.infos[&wrt];
+    if !graph::is_float(wrt_info.dtype) {
+        return Err(AutodiffError::NotFloat {
+            name: wrt,
+            dtype: wrt_info.dtype,
+        });
+    }
+    let graph = model.graph.as_ref().ok_or(AutodiffError::NoGraph)?;
+    let of = match &options.of {
+        Some(name) => {
+            if !graph.output.iter().any(|o| o.name() == name) {
+                return Err(AutodiffError::UnknownOutput { name: name.clone() });
+            }
+            name.clone()
+        }
+        None => graph.output.first().map(|o| o.name().to_string()).ok_or(
+            AutodiffError::UnknownOutput {
+                name: String::new(),
+            },
+        )?,
+    };
+    let of_info = fwd.infos[&of].clone();
+    if !graph::is_float(of_info.dtype) {
+        return Err(AutodiffError::NotFloat {
+            name: of,
+            dtype: of_info.dtype,
+        });
+    }
+    for reserved in [COTANGENT, GRAD] {
+        if fwd.infos.contains_key(reserved) {
+            return Err(AutodiffError::ReservedName {
+                name: reserved.to_string(),
+            });
+        }
+    }
+
+    let registry = Registry::standard();
+    let class = |node: &NodeProto| registry.class_of(node);
+    let nodes = &graph.node;
+
+    // Forward: the tensors that depend on `wrt` through differentiable ops.
+    let mut active: HashSet<String> = HashSet::from([wrt.clone()]);
+    for node in nodes {
+        if !node.input.iter().any(|i| active.contains(i)) {
+            continue;
+        }
+        if let Some(Class::NoGradient) = class(node) {
+            continue;
+        }
+        for out in node.output.iter().filter(|o| !o.is_empty()) {
+            if fwd.infos.get(out).is_some_and(|i| graph::is_float(i.dtype)) {
+                active.insert(out.clone());
+            }
+        }
+    }
+    // Backward: the tensors `of` depends on.
+    let mut needed: HashSet<String> = HashSet::from([of.clone()]);
+    for node in nodes.iter().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
+        }
+    }
+    if !active.contains(&of) {
+        return Err(AutodiffError::NoPath { wrt, of });
+    }
+
+    // The nodes on a path from `wrt` to `of`, and the refusals among them.
+    let on_path = |node: &NodeProto| {
+        node.input.iter().any(|i| active.contains(i))
+            && node.output.iter().any(|o| needed.contains(o))
+    };
+    let mut refused = Vec::new();
+    for node in nodes.iter().filter(|n| on_path(n)) {
+        let reason = match class(node) {
+            Some(Class::Rule(_)) | Some(Class::NoGradient) => continue,
+            Some(Class::Refused(reason)) => reason.to_string(),
+            None => "no gradient rule for this op type".to_string(),
+        };
+        let domain = node.domain();
+        refused.push(Unsupported {
+            op_type: if domain.is_empty() || domain == "ai.onnx" {
+                node.op_type().to_string()
+            } else {
+                format!("{domain}.{}", node.op_type())
+            },
+            node: node.name().to_string(),
+            reason,
+        });
+    }
+    if !refused.is_empty() {
+        return Err(AutodiffError::Unsupported(refused));
+    }
+
+    // The backward pass, in reverse topological order.
+    let mut b = Builder::new(&fwd, &active);
+    let seed = seed(&mut b, &of, &of_info, options.objective);
+    b.add_grad(&of, seed);
+    let mut differentiated_ops = BTreeSet::new();
+    for node in nodes.iter().rev().filter(|n| on_path(n)) {
+        let Some(Class::Rule(rule)) = class(node) else {
+            continue;
+        };
+        let dys: Vec<Option<String>> = node.output.iter().map(|o| b.take_grad(o)).collect();
+        if dys.iter().all(Option::is_none) {
+            continue;
+        }
+        differentiated_ops.insert(node.op_type().to_string());
+        let dxs = rule(&mut b, node, &dys).map_err(|reason| AutodiffError::Rule {
+            op_type: node.op_type().to_string(),
+            node: node.name().to_string(),
+            reason,
+        })?;
+        for (input, dx) in node.input.iter().zip(dxs) {
+            if let Some(dx) = dx {
+                if active.contains(input) {
+                    b.add_grad(input, dx);
+                }
+            }
+        }
+    }
+    let grad = b.take_grad(&wrt).ok_or_else(|| AutodiffError::NoPath {
+        wrt: wrt.clone(),
+        of: of.clone(),
+    })?;
+    b.identity_to(&grad, GRAD);
+    let emitted_ops = b.emitted_ops();
+    let (bw_nodes, bw_inits) = b.finish();
+
+    let (model, prefix) = assemble(model, &fwd, &wrt, &of, &of_info, bw_nodes, bw_inits)?;
+    Ok(GradientModel {
+        model,
+        prefix,
+        wrt,
+        of,
+        differentiated_ops,
+        emitted_ops,
+    })
+}
+
+/// The cotangent of `of` for the objective: `cotangent` itself for logits; for probabilities
+/// p = softmax(y) over the last axis, d sum(c * p) / dy = p * (c - sum(c * p, last axis)).
+fn seed(b: &mut Builder, of: &str, info: &TensorInfo, objective: Objective) -> String {
+    match objective {
+        Objective::Logit => COTANGENT.to_string(),
+        Objective::Probability => {
+            let rank = info.shape.len() as i64;
+            let p = b.op("Softmax", &[of], vec![builder::attr_i("axis", rank - 1)]);
+            let cp = b.op("Mul", &[COTANGENT, &p], vec![]);
+            let axes = b.const_i64(&[rank - 1]);
+            let s = b.op(
+                "ReduceSum",
+                &[&cp, &axes],
+                vec![builder::attr_i("keepdims", 1)],
+            );
+            let d = b.op("Sub", &[COTANGENT, &s], vec![]);
+            b.op("Mul", &[&p, &d], vec![])
+        }
+    }
+}
+
+/// The oldest default-domain opset supported: backward nodes use the axes-as-input forms of
+/// ReduceSum, Squeeze, Unsqueeze and Split, which start at 13.
+pub const MIN_OPSET: i64 = 13;
+/// ScatterElements with `reduction` (MaxPool's gradient) needs opset 16; a model between 13 and
+/// 15 that needs it is raised to 16 (no op integrad differentiates changes meaning there).
+const SCATTER_OPSET: i64 = 16;
+
+fn assemble(
+    model: &ModelProto,
+    fwd: &ForwardGraph,
+    wrt: &str,
+    of: &str,
+    of_info: &TensorInfo,
+    bw_nodes: Vec<NodeProto>,
+    bw_inits: Vec<crate::proto::onnx::TensorProto>,
+) -> Result<(ModelProto, Option<ModelProto>), AutodiffError> {
+    let graph = model.graph.as_ref().ok_or(AutodiffError::NoGraph)?;
+    let mut out = model.clone();
+    for op in out.opset_import.iter_mut() {
+        let default_domain = op.domain().is_empty() || op.domain() == "ai.onnx";
+        if default_domain && bw_nodes.iter().any(|n| n.op_type() == "ScatterElements") {
+            op.version = Some(op.version().max(SCATTER_OPSET));
+        }
+    }
+    if out.ir_version() < 8 {
+        out.ir_version = Some(8);
+    }
+    let g = out.graph.as_mut().expect("checked above");
+    let inner = !fwd.runtime_inputs.iter().any(|i| i == wrt);
+    let mut prefix = None;
+    if inner {
+        // The wrt tensor becomes an input; its producer goes (the prefix model computes it),
+        // or, when the producer has other outputs, only stops writing that tensor.
+        g.node
+            .retain(|n| !(n.output.iter().any(|o| o == wrt) && n.output.len() == 1));
+        for n in g.node.iter_mut() {
+            for o in n.output.iter_mut().filter(|o| *o == wrt) {
+                *o = format!("{wrt}/replaced_by_input");
+            }
+        }
+        let info = &fwd.infos[wrt];
+        g.input
+            .push(graph::value_info(wrt, info.dtype, &info.shape));
+        let mut p = model.clone();
+        let pg = p.graph.as_mut().expect("checked above");
+        pg.output = vec![graph::value_info(wrt, info.dtype, &info.shape)];
+        prune(pg);
+        prefix = Some(p);
+    }
+    g.input.push(
+        graph::declared_value_info(graph, of, COTANGENT)
+            .unwrap_or_else(|| graph::value_info(COTANGENT, of_info.dtype, &of_info.shape)),
+    );
+    let wrt_info = &fwd.infos[wrt];
+    let mut outputs = vec![graph::declared_value_info(graph, wrt, GRAD)
+        .unwrap_or_else(|| graph::value_info(GRAD, wrt_info.dtype, &wrt_info.shape))];
+    outputs.extend(graph.output.iter().cloned());
+    g.output = outputs;
+    g.node.extend(bw_nodes);
+    g.initializer.extend(bw_inits);
+    Ok((out, prefix))
+}
+
+/// Drops nodes whose outputs nothing uses (the prefix model keeps only what computes its output).
+fn prune(g: &mut crate::proto::onnx::GraphProto) {
+    let mut needed: HashSet<String> = g.output.iter().map(|o| o.name().to_string()).collect();
+    let mut keep = vec![false; g.node.len()];
+    for (i, node) in g.node.iter().enumerate().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(node.input.iter().cloned());
+        }
+    }
+    let mut it = keep.iter();
+    g.node.retain(|_| *it.next().unwrap());
+    g.initializer.retain(|t| needed.contains(t.name()));
+    g.input.retain(|i| needed.contains(i.name()));
+}

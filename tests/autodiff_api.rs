@@ -1,0 +1,300 @@
+//! The builder's contract beyond single ops: refusals name the op and node, ops off the path do
+//! not matter, inner tensors (a prefix model plus a gradient model), and the CLI entry point.
+
+mod ad_support;
+
+use ad_support::*;
+use integrad::autodiff::{
+    build_gradient, run_autodiff_cli, AutodiffError, GradOptions, Objective, COTANGENT, GRAD,
+};
+use integrad::proto::onnx::ModelProto;
+use prost::Message;
+
+fn options(wrt: Option<&str>) -> GradOptions {
+    GradOptions {
+        wrt: wrt.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn should_refuse_an_unsupported_op_on_the_path_naming_it() {
+    let m = Tiny::new(17)
+        .input("x", F32, &[2, 3])
+        .node("Relu", &["x"], &["r"], vec![])
+        .node("Sin", &["r"], &["s"], vec![])
+        .node("Add", &["s", "x"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    let err = build_gradient(&m, &options(None)).unwrap_err();
+    match &err {
+        AutodiffError::Unsupported(list) => {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].op_type, "Sin");
+            assert_eq!(list[0].node, "Sin_1");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("Sin") && text.contains("Sin_1"), "{text}");
+}
+
+#[test]
+fn should_refuse_ops_of_other_domains_and_refused_classes() {
+    let mut m = Tiny::new(17)
+        .input("x", F32, &[1, 1, 4, 4])
+        .node(
+            "MaxPool",
+            &["x"],
+            &["p", "i"],
+            vec![ais("kernel_shape", &[2, 2]), ais("strides", &[2, 2])],
+        )
+        .node(
+            "MaxUnpool",
+            &["p", "i"],
+            &["y"],
+            vec![ais("kernel_shape", &[2, 2]), ais("strides", &[2, 2])],
+        )
+        .output("y", F32)
+        .build();
+    let err = build_gradient(&m, &options(None)).unwrap_err();
+    assert!(err.to_string().contains("MaxUnpool"), "{err}");
+    // The same node in a custom domain is in no class at all.
+    let g = m.graph.as_mut().unwrap();
+    g.node[1].domain = Some("com.example".into());
+    m.opset_import
+        .push(integrad::proto::onnx::OperatorSetIdProto {
+            domain: Some("com.example".into()),
+            version: Some(1),
+        });
+    // (ONNX Runtime cannot run it, so the probe refuses first; either way it is an error.)
+    assert!(build_gradient(&m, &options(None)).is_err());
+}
+
+#[test]
+fn should_ignore_unsupported_ops_off_the_path() {
+    // Sin of a constant, and Sin of x feeding an output that is not differentiated.
+    let m = Tiny::new(17)
+        .input("x", F32, &[2, 3])
+        .init("c", &T::new(F32, &[3], vec![0.1, 0.2, 0.3]))
+        .node("Sin", &["c"], &["sc"], vec![])
+        .node("Mul", &["x", "sc"], &["y"], vec![])
+        .node("Sin", &["x"], &["other"], vec![])
+        .output("y", F32)
+        .output("other", F32)
+        .build();
+    let mut r = Rng::new(1);
+    let x = T::random(F32, &[2, 3], &mut r);
+    check(&m, "x", &[("x", &x)], F32_EPS, F32_TOL);
+    let grad = build_gradient(&m, &options(None)).unwrap();
+    let outs: Vec<&str> = grad
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .output
+        .iter()
+        .map(|o| o.name())
+        .collect();
+    assert_eq!(outs, [GRAD, "y", "other"]);
+}
+
+#[test]
+fn should_sum_gradients_of_a_tensor_used_twice_and_keep_batch_dynamic() {
+    // y = x * x + relu(x): x feeds three places; the batch dimension is symbolic.
+    let m = Tiny::new(17)
+        .input("x", F64, &[-1, 3])
+        .node("Mul", &["x", "x"], &["xx"], vec![])
+        .node("Relu", &["x"], &["r"], vec![])
+        .node("Add", &["xx", "r"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let mut r = Rng::new(2);
+    for batch in [1, 4] {
+        let x = T::random(F64, &[batch, 3], &mut r);
+        check(&m, "x", &[("x", &x)], F64_EPS, F64_TOL);
+    }
+}
+
+#[test]
+fn should_diff_the_probability_objective() {
+    let m = Tiny::new(17)
+        .input("x", F64, &[-1, 4])
+        .node("Tanh", &["x"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let mut r = Rng::new(3);
+    let x = T::random(F64, &[3, 4], &mut r);
+    check_with(
+        &m,
+        "x",
+        &[("x", &x)],
+        F64_EPS,
+        F64_TOL,
+        Objective::Probability,
+    );
+}
+
+/// An embedding lookup: ids -> Gather -> e -> MatMul -> Tanh -> y, differentiated with respect
+/// to the inner tensor e (layer attribution for token inputs).
+#[test]
+fn should_diff_with_respect_to_an_inner_tensor() {
+    let mut r = Rng::new(4);
+    let emb = T::random(F32, &[6, 4], &mut r);
+    let w = T::random(F32, &[4, 3], &mut r);
+    let m = Tiny::new(17)
+        .input("ids", I64, &[-1, 2])
+        .init("emb", &emb)
+        .init("w", &w)
+        .node("Gather", &["emb", "ids"], &["e"], vec![])
+        .node("MatMul", &["e", "w"], &["h"], vec![])
+        .node("Tanh", &["h"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    let grad = build_gradient(&m, &options(Some("e"))).unwrap();
+    let prefix = grad.prefix.as_ref().expect("a prefix model");
+    let ids = T::ints(&[2, 2], &[1, 5, 0, 1]);
+    let e = run(prefix, &[("ids", &ids)])["e"].clone();
+    assert_eq!(e.shape, [2, 2, 4]);
+    let inputs: Vec<&str> = grad
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .input
+        .iter()
+        .map(|i| i.name())
+        .collect();
+    assert_eq!(inputs, ["ids", "e", COTANGENT]);
+    // Finite differences on e through the gradient model itself (it returns y too).
+    let c = T::random(F32, &[2, 2, 3], &mut r);
+    let f = |e: &T| -> f64 {
+        let out = run_cached(&grad.model, &[("ids", &ids), ("e", e), (COTANGENT, &c)]);
+        out["y"].data.iter().zip(&c.data).map(|(a, b)| a * b).sum()
+    };
+    let g = run(&grad.model, &[("ids", &ids), ("e", &e), (COTANGENT, &c)])[GRAD].clone();
+    assert_eq!(g.shape, e.shape);
+    for i in 0..e.data.len() {
+        let (mut ep, mut em) = (e.clone(), e.clone());
+        ep.data[i] += F32_EPS;
+        em.data[i] -= F32_EPS;
+        let fd = (f(&ep) - f(&em)) / (2.0 * F32_EPS);
+        assert!(
+            (fd - g.data[i]).abs() <= F32_TOL * 2.0,
+            "{i}: fd {fd} grad {}",
+            g.data[i]
+        );
+    }
+}
+
+#[test]
+fn should_write_a_gradient_model_from_the_cli_entry_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("grad.onnx");
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/efficientnet-lite0/model.onnx");
+    let report = run_autodiff_cli(&model, &out, None, None, Objective::Probability).unwrap();
+    assert!(
+        report.contains("Conv") && report.contains("Clip"),
+        "{report}"
+    );
+    let written = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    let g = written.graph.unwrap();
+    assert_eq!(g.output[0].name(), GRAD);
+    assert_eq!(g.input.last().unwrap().name(), COTANGENT);
+    // A refusal is an error that names the op.
+    let bad = dir.path().join("bad.onnx");
+    let m = Tiny::new(17)
+        .input("x", F32, &[2])
+        .node("Sin", &["x"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    std::fs::write(&bad, m.encode_to_vec()).unwrap();
+    let err = run_autodiff_cli(&bad, &out, None, None, Objective::Logit).unwrap_err();
+    assert!(format!("{err:#}").contains("Sin"), "{err:#}");
+}
+
+#[test]
+fn should_document_every_registered_op_type() {
+    let doc = include_str!("../docs/autodiff.md");
+    let words: std::collections::HashSet<&str> =
+        doc.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    for (op, class) in integrad::autodiff::registry::Registry::standard().op_types() {
+        assert!(
+            words.contains(op),
+            "docs/autodiff.md does not list {op} ({class})"
+        );
+    }
+}
+
+#[test]
+fn should_pick_the_output_and_reject_unknown_names() {
+    let m = Tiny::new(17)
+        .input("x", F64, &[2, 3])
+        .node("Exp", &["x"], &["first"], vec![])
+        .node("Tanh", &["x"], &["second"], vec![])
+        .output("first", F64)
+        .output("second", F64)
+        .build();
+    let mut r = Rng::new(5);
+    let x = T::random(F64, &[2, 3], &mut r);
+    let grad = build_gradient(
+        &m,
+        &GradOptions {
+            of: Some("second".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(grad.of, "second");
+    let c = T::random(F64, &[2, 3], &mut r);
+    let out = run(&grad.model, &[("x", &x), (COTANGENT, &c)]);
+    // d sum(c * tanh x) / dx = c (1 - tanh^2 x)
+    for i in 0..6 {
+        let want = c.data[i] * (1.0 - x.data[i].tanh().powi(2));
+        assert!((out[GRAD].data[i] - want).abs() < 1e-12);
+    }
+    let unknown = |wrt: Option<&str>, of: Option<&str>| {
+        build_gradient(
+            &m,
+            &GradOptions {
+                wrt: wrt.map(str::to_string),
+                of: of.map(str::to_string),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+    };
+    assert!(matches!(
+        unknown(Some("nope"), None),
+        AutodiffError::UnknownWrt { .. }
+    ));
+    assert!(matches!(
+        unknown(None, Some("nope")),
+        AutodiffError::UnknownOutput { .. }
+    ));
+}
+
+#[test]
+fn should_diff_with_respect_to_one_output_of_a_multi_output_node() {
+    // x -> Split -> (p, q); y = p * q. With respect to p, q stays computed from x.
+    let m = Tiny::new(13)
+        .input("x", F64, &[2, 4])
+        .node("Split", &["x"], &["p", "q"], vec![ai("axis", 1)])
+        .node("Mul", &["p", "q"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let grad = build_gradient(&m, &options(Some("p"))).unwrap();
+    let mut r = Rng::new(6);
+    let x = T::random(F64, &[2, 4], &mut r);
+    let p = run(grad.prefix.as_ref().unwrap(), &[("x", &x)])["p"].clone();
+    let c = T::random(F64, &[2, 2], &mut r);
+    let out = run(&grad.model, &[("x", &x), ("p", &p), (COTANGENT, &c)]);
+    // d sum(c * p * q) / dp = c * q, q = the right half of x.
+    for row in 0..2 {
+        for j in 0..2 {
+            let want = c.data[row * 2 + j] * x.data[row * 4 + 2 + j];
+            assert!((out[GRAD].data[row * 2 + j] - want).abs() < 1e-12);
+        }
+    }
+}
