@@ -27,6 +27,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Classify an image or a tensor, through a server or in-process.
     Predict(crate::cli::PredictArgs),
+    /// Write the gradient model of an ONNX file (runs in any ONNX Runtime).
+    Autodiff(crate::cli::AutodiffArgs),
 }
 
 /// Where ONNX Runtime comes from and how sessions run.
@@ -116,6 +118,9 @@ pub struct ServeArgs {
     /// Largest image accepted, in pixels (width x height), checked before decoding.
     #[arg(long, env = "INTEGRAD_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
     pub max_image_pixels: u64,
+    /// Most IG steps an Explain may ask for (and reach by adaptive refinement).
+    #[arg(long, env = "INTEGRAD_MAX_STEPS", default_value_t = crate::explain::ExplainLimits::default().max_steps)]
+    pub max_steps: u32,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

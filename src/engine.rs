@@ -21,6 +21,7 @@ const MAX_ELEMENTS: i64 = 1 << 30;
 #[derive(Debug, Clone, Default)]
 pub struct EngineLimits {
     pub decode: DecodeLimits,
+    pub explain: crate::explain::ExplainLimits,
 }
 
 pub struct Engine {
@@ -39,6 +40,10 @@ pub struct PreparedInput {
 impl Engine {
     pub fn new(repository: Arc<Repository>, limits: EngineLimits) -> Self {
         Self { repository, limits }
+    }
+
+    pub fn explain_limits(&self) -> &crate::explain::ExplainLimits {
+        &self.limits.explain
     }
 
     pub fn repository(&self) -> &Repository {

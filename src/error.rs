@@ -21,6 +21,10 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("the client went away (cancelled, or its deadline passed)")]
+    Cancelled,
+    #[error("the request's deadline passed")]
+    DeadlineExceeded,
     #[error("internal error: {0}")]
     Internal(String),
 }

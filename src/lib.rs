@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod ig;
 pub mod image;
 pub mod model;

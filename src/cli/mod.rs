@@ -1,8 +1,10 @@
 //! Client subcommands. Each runs against a server (`--server URL`) or in-process, through the
 //! same [`Engine`](crate::engine::Engine) the server uses.
 
+mod autodiff;
 mod predict;
 
+pub use autodiff::{run_autodiff, AutodiffArgs};
 pub use predict::{run_predict, PredictArgs};
 
 use std::path::Path;

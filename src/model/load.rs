@@ -11,7 +11,8 @@ use ort::value::{TensorElementType, ValueType};
 use prost::Message;
 
 use super::config::{ModelConfig, OutputKind};
-use super::{DType, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
+use super::{DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
+use crate::autodiff::{build_gradient, GradOptions, Objective};
 use crate::image::Layout;
 use crate::proto::onnx::ModelProto;
 
@@ -93,12 +94,12 @@ pub fn load_model(
         Some(path) => read_labels(&base_dir.join(path), &output)?,
         None => Vec::new(),
     };
-    // NOTE: gradient graphs (and with them Explain) arrive with the autodiff work; until then
-    // every model says so instead of failing later.
-    let explainable = Err(
-        "this server cannot build gradient graphs yet (autodiff is not part of this build)"
-            .to_string(),
-    );
+    // A model whose graph can't be differentiated still serves Predict; GetModel says why.
+    let gradients = build_gradients(name, &graph, &output.name, output_kind, env, options);
+    let explainable = gradients.as_ref().map(|_| ()).map_err(Clone::clone);
+    if let Err(reason) = &explainable {
+        tracing::warn!(model = name, %reason, "model is not explainable");
+    }
 
     let worker =
         Worker::spawn(name, session).map_err(|e| format!("cannot start a worker thread: {e}"))?;
@@ -118,16 +119,58 @@ pub fn load_model(
     let model = Model {
         spec: Arc::new(spec),
         worker,
+        gradients: gradients.ok(),
     };
     warm_up(&model)?;
     Ok(model)
 }
 
-fn open_session(file: &Path, env: &Environment, options: &LoadOptions) -> ort::Result<Session> {
-    let mut builder = Session::builder(env)?
+/// The gradient models of `output` (see [`Gradients`]), each on its own worker.
+fn build_gradients(
+    name: &str,
+    graph: &ModelProto,
+    output: &str,
+    kind: OutputKind,
+    env: &Environment,
+    options: &LoadOptions,
+) -> Result<Gradients, String> {
+    let started = std::time::Instant::now();
+    let build = |objective: Objective| -> Result<Worker, String> {
+        let grad = build_gradient(
+            graph,
+            &GradOptions {
+                wrt: None,
+                of: Some(output.to_string()),
+                objective,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let bytes = grad.model.encode_to_vec();
+        let session = session_builder(env, options)
+            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .map_err(|e| format!("ONNX Runtime cannot load the gradient model: {e}"))?;
+        Worker::spawn(&format!("{name}-grad"), session)
+            .map_err(|e| format!("cannot start a worker thread: {e}"))
+    };
+    let gradients = Gradients {
+        output: build(Objective::Logit)?,
+        softmax: match kind {
+            OutputKind::Logits => Some(build(Objective::Probability)?),
+            OutputKind::Probabilities => None,
+        },
+    };
+    tracing::info!(model = name, elapsed_ms = started.elapsed().as_millis() as u64, "gradient models built");
+    Ok(gradients)
+}
+
+fn session_builder(env: &Environment, options: &LoadOptions) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Ok(Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
-        .with_intra_threads(options.intra_threads)?;
-    builder.commit_from_file(file)
+        .with_intra_threads(options.intra_threads)?)
+}
+
+fn open_session(file: &Path, env: &Environment, options: &LoadOptions) -> ort::Result<Session> {
+    session_builder(env, options)?.commit_from_file(file)
 }
 
 fn spec(name: &str, ty: &ValueType) -> TensorSpec {

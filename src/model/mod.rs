@@ -128,6 +128,18 @@ impl ModelSpec {
 pub struct Model {
     pub spec: std::sync::Arc<ModelSpec>,
     pub worker: Worker,
+    /// The gradient models, when the graph can be differentiated.
+    pub gradients: Option<Gradients>,
+}
+
+/// Gradient models of the served output w.r.t. the input (the autodiff contract: inputs are
+/// the model's plus `cotangent`; outputs `grad`, then the model's outputs).
+#[derive(Clone)]
+pub struct Gradients {
+    /// Of the output as is (logits, or the probabilities of a model that outputs them).
+    pub output: Worker,
+    /// Of the softmax of the output; for models that output logits.
+    pub softmax: Option<Worker>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
@@ -91,6 +91,24 @@ impl Explainer for ExplainerService {
             Ok(()) => Err(Status::unimplemented("Explain is not part of this build")),
         }
     }
+}
+
+/// The client's deadline from the `grpc-timeout` header ("<digits><unit>", unit one of
+/// H M S m u n, as the gRPC over HTTP/2 spec defines it).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    let nanos_per_unit: u64 = match unit {
+        "H" => 3_600_000_000_000,
+        "M" => 60_000_000_000,
+        "S" => 1_000_000_000,
+        "m" => 1_000_000,
+        "u" => 1_000,
+        "n" => 1,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_nanos(value.saturating_mul(nanos_per_unit)))
 }
 
 pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {

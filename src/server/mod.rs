@@ -115,6 +115,10 @@ pub async fn serve(
             let engine = Engine::new(
                 Arc::new(repository),
                 EngineLimits {
+                    explain: crate::explain::ExplainLimits {
+                        max_steps: args.max_steps,
+                        ..Default::default()
+                    },
                     decode: args.decode_limits(),
                 },
             );

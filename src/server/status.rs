@@ -15,6 +15,8 @@ impl From<Error> for Status {
             }
             Error::Image(_) => Code::InvalidArgument,
             Error::Model(ModelError::WorkerGone { .. }) => Code::Unavailable,
+            Error::Cancelled => Code::Cancelled,
+            Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::Model(ModelError::Runtime { .. }) | Error::Internal(_) => Code::Internal,
         };
         if code == Code::Internal {

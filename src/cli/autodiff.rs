@@ -1,0 +1,37 @@
+//! `integrad autodiff`: write the gradient model of an ONNX file.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::autodiff::Objective;
+use crate::config::RuntimeArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct AutodiffArgs {
+    /// The forward ONNX model.
+    pub model: PathBuf,
+    /// Where to write the gradient model (and, for an inner --wrt, GRAD.prefix.onnx).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// The tensor to differentiate with respect to [default: the first float input]; an inner
+    /// tensor makes it an input of the gradient model, computed by the prefix model.
+    #[arg(long)]
+    pub wrt: Option<String>,
+    /// The output to differentiate [default: the first output].
+    #[arg(long)]
+    pub of: Option<String>,
+    /// logit: the output as is; probability: its softmax over the last axis.
+    #[arg(long, default_value = "logit")]
+    pub objective: Objective,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub fn run_autodiff(args: AutodiffArgs) -> anyhow::Result<()> {
+    // The builder probes the forward graph with ONNX Runtime; load it as the flags say first.
+    crate::runtime::environment(&args.runtime.runtime_options())?;
+    let report = crate::autodiff::run_autodiff_cli(&args.model, &args.output, args.wrt.as_deref(), args.of.as_deref(), args.objective)?;
+    println!("{report}");
+    Ok(())
+}
