@@ -935,3 +935,63 @@ fn should_diff_gather_constant_scalar_and_dynamic_indices() {
         .build();
     check(&m, "x", &[("x", &x), ("ids", &ids)], F64_EPS, F64_TOL);
 }
+
+/// Opsets 11 and 12: axes (and split sizes) are attributes of ReduceSum, Squeeze, Unsqueeze
+/// and Split, in the forward graph and in the backward nodes the builder writes; Softmax
+/// normalises over every axis from `axis` on.
+#[test]
+fn should_diff_opset_11_attribute_forms() {
+    let mut r = Rng::new(27);
+    let x = T::random(F64, &[2, 3, 4], &mut r);
+    for keep in [0, 1] {
+        unary(
+            "ReduceSum",
+            F64,
+            vec![ais("axes", &[0, 2]), ai("keepdims", keep)],
+            &x,
+            11,
+        );
+        unary(
+            "ReduceMean",
+            F64,
+            vec![ais("axes", &[1]), ai("keepdims", keep)],
+            &x,
+            11,
+        );
+    }
+    unary("Unsqueeze", F64, vec![ais("axes", &[0, 3])], &x, 11);
+    let y = T::random(F64, &[2, 1, 4, 1], &mut r);
+    unary("Squeeze", F64, vec![ais("axes", &[1])], &y, 11);
+    unary("Softmax", F64, vec![ai("axis", 1)], &x, 11);
+    unary("LogSoftmax", F64, vec![], &x, 12);
+    let m = Tiny::new(11)
+        .input("x", F64, &[2, 7])
+        .node(
+            "Split",
+            &["x"],
+            &["p", "q"],
+            vec![ai("axis", 1), ais("split", &[3, 4])],
+        )
+        .node("Exp", &["q"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    check(
+        &m,
+        "x",
+        &[("x", &T::random(F64, &[2, 7], &mut r))],
+        F64_EPS,
+        F64_TOL,
+    );
+    // Backward nodes that un-broadcast (ReduceSum + Squeeze) or handle 1-D MatMul operands.
+    let a = T::random(F64, &[2, 3, 4], &mut r);
+    let b = T::random(F64, &[4], &mut r);
+    let m = Tiny::new(11)
+        .input("a", F64, &a.shape)
+        .input("b", F64, &b.shape)
+        .node("Add", &["a", "b"], &["s"], vec![])
+        .node("MatMul", &["s", "b"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    check(&m, "a", &[("a", &a), ("b", &b)], F64_EPS, F64_TOL);
+    check(&m, "b", &[("a", &a), ("b", &b)], F64_EPS, F64_TOL);
+}

@@ -174,8 +174,9 @@ impl<'a> Builder<'a> {
     ) -> Vec<String> {
         let outputs: Vec<String> = (0..n).map(|_| self.fresh(op_type)).collect();
         let name = self.fresh(&format!("{op_type}_node"));
+        let (inputs, attrs) = self.legacy_form(op_type, inputs, attrs);
         self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
+            input: inputs,
             output: outputs.clone(),
             name: Some(name),
             op_type: Some(op_type.to_string()),
@@ -183,6 +184,35 @@ impl<'a> Builder<'a> {
             ..Default::default()
         });
         outputs
+    }
+
+    /// Before opset 13, ReduceSum, Squeeze and Unsqueeze take `axes` and Split takes `split`
+    /// as attributes: rules always pass them as (constant) inputs, rewritten here.
+    fn legacy_form(
+        &self,
+        op_type: &str,
+        inputs: &[&str],
+        mut attrs: Vec<AttributeProto>,
+    ) -> (Vec<String>, Vec<AttributeProto>) {
+        let mut inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
+        let attr = match op_type {
+            "ReduceSum" | "Squeeze" | "Unsqueeze" => "axes",
+            "Split" => "split",
+            _ => return (inputs, attrs),
+        };
+        if self.fwd.opset >= 13 || inputs.len() < 2 {
+            return (inputs, attrs);
+        }
+        let values = self
+            .inits
+            .iter()
+            .find(|t| t.name() == inputs[1])
+            .and_then(graph::tensor_values);
+        if let Some(v) = values {
+            attrs.push(attr_ints(attr, &v.ints()));
+            inputs.truncate(1);
+        }
+        (inputs, attrs)
     }
 
     pub fn identity_to(&mut self, src: &str, dst: &str) {

@@ -327,9 +327,10 @@ fn seed(b: &mut Builder, of: &str, info: &TensorInfo, objective: Objective) -> S
     }
 }
 
-/// The oldest default-domain opset supported: backward nodes use the axes-as-input forms of
-/// ReduceSum, Squeeze, Unsqueeze and Split, which start at 13.
-pub const MIN_OPSET: i64 = 13;
+/// The oldest default-domain opset supported (Clip, Pad and Slice take their arguments as
+/// inputs from 11; before 13 the builder writes the attribute forms of ReduceSum, Squeeze,
+/// Unsqueeze and Split).
+pub const MIN_OPSET: i64 = 11;
 /// ScatterElements with `reduction` (MaxPool's gradient) needs opset 16; a model between 13 and
 /// 15 that needs it is raised to 16 (no op integrad differentiates changes meaning there).
 const SCATTER_OPSET: i64 = 16;

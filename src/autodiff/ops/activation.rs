@@ -280,21 +280,24 @@ fn gelu(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     Ok(vec![Some(b.op("Mul", &[&dy, &d], vec![]))])
 }
 
-fn softmax_axis(b: &Builder, node: &NodeProto) -> Result<i64, String> {
-    if b.fwd.opset < 13 {
-        return Err("Softmax/LogSoftmax before opset 13 (flattening semantics)".into());
-    }
+/// The axes a Softmax/LogSoftmax normalises over: `axis` from opset 13; before, the input is
+/// coerced to 2-D at `axis` (default 1), i.e. every axis from `axis` on.
+fn softmax_axes(b: &Builder, node: &NodeProto) -> Result<Vec<i64>, String> {
     let rank = b.info(&node.input[0])?.rank();
-    Ok(axis(node_i(node, "axis").unwrap_or(-1), rank) as i64)
+    if b.fwd.opset >= 13 {
+        return Ok(vec![axis(node_i(node, "axis").unwrap_or(-1), rank) as i64]);
+    }
+    let first = axis(node_i(node, "axis").unwrap_or(1), rank);
+    Ok((first as i64..rank as i64).collect())
 }
 
 /// Y = softmax(X) along axis: dX = Y * (dY - sum(dY * Y, axis, keepdims)).
 fn softmax(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
-    let ax = softmax_axis(b, node)?;
+    let axes = softmax_axes(b, node)?;
     let y = &node.output[0];
     let t = b.op("Mul", &[&dy, y], vec![]);
-    let axes = b.const_i64(&[ax]);
+    let axes = b.const_i64(&axes);
     let s = b.op("ReduceSum", &[&t, &axes], vec![attr_i("keepdims", 1)]);
     let d = b.op("Sub", &[&dy, &s], vec![]);
     Ok(vec![Some(b.op("Mul", &[y, &d], vec![]))])
@@ -303,8 +306,8 @@ fn softmax(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
 /// Y = X - log(sum(exp X, axis)): dX = dY - exp(Y) * sum(dY, axis, keepdims).
 fn log_softmax(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
-    let ax = softmax_axis(b, node)?;
-    let axes = b.const_i64(&[ax]);
+    let axes = softmax_axes(b, node)?;
+    let axes = b.const_i64(&axes);
     let s = b.op("ReduceSum", &[&dy, &axes], vec![attr_i("keepdims", 1)]);
     let p = b.op("Exp", &[&node.output[0]], vec![]);
     let t = b.op("Mul", &[&p, &s], vec![]);

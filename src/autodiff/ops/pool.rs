@@ -124,6 +124,13 @@ fn average_pool(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Gr
 fn max_pool(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
     let x = &node.input[0];
+    if b.fwd.opset < 13 {
+        return Err(
+            "MaxPool's gradient needs opset 13 or later (it is written at opset 16, \
+                    for ScatterElements with reduction)"
+                .into(),
+        );
+    }
     if node_i(node, "storage_order").unwrap_or(0) != 0 {
         return Err("MaxPool with storage_order = 1 is not supported".into());
     }
