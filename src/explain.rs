@@ -80,26 +80,50 @@ impl Engine {
                     reason: format!("model {:?} cannot be explained: {reason}", spec.name),
                 })
             }
-            (Ok(()), None) => return Err(Error::Internal("explainable model without gradients".into())),
+            (Ok(()), None) => {
+                return Err(Error::Internal(
+                    "explainable model without gradients".into(),
+                ))
+            }
         };
-        let classes = spec.output_spec().shape.last().copied().filter(|&k| k > 0).unwrap_or(spec.labels.len() as i64) as usize;
+        let classes = spec
+            .output_spec()
+            .shape
+            .last()
+            .copied()
+            .filter(|&k| k > 0)
+            .unwrap_or(spec.labels.len() as i64) as usize;
         if spec.output_spec().shape.len() != 2 || classes == 0 {
             return Err(Error::FailedPrecondition {
                 field: "model",
-                reason: format!("Explain needs a [batch, classes] output; {:?} has shape {:?}", spec.output, spec.output_spec().shape),
+                reason: format!(
+                    "Explain needs a [batch, classes] output; {:?} has shape {:?}",
+                    spec.output,
+                    spec.output_spec().shape
+                ),
             });
         }
 
         let objective = match pb::Objective::try_from(request.objective) {
-            Ok(pb::Objective::Unspecified) | Ok(pb::Objective::Probability) => pb::Objective::Probability,
+            Ok(pb::Objective::Unspecified) | Ok(pb::Objective::Probability) => {
+                pb::Objective::Probability
+            }
             Ok(pb::Objective::Logit) if spec.output_kind == OutputKind::Probabilities => {
                 return Err(Error::invalid("objective", format!("model {:?} outputs probabilities, so it has no logits to explain; use OBJECTIVE_PROBABILITY", spec.name)));
             }
             Ok(pb::Objective::Logit) => pb::Objective::Logit,
-            Err(_) => return Err(Error::invalid("objective", format!("unknown value {}", request.objective))),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "objective",
+                    format!("unknown value {}", request.objective),
+                ))
+            }
         };
         let gradient = match (objective, spec.output_kind) {
-            (pb::Objective::Probability, OutputKind::Logits) => gradients.softmax.clone().ok_or_else(|| Error::Internal("no softmax gradient model".into()))?,
+            (pb::Objective::Probability, OutputKind::Logits) => gradients
+                .softmax
+                .clone()
+                .ok_or_else(|| Error::Internal("no softmax gradient model".into()))?,
             _ => gradients.output.clone(),
         };
         let method = match pb::Method::try_from(request.method) {
@@ -108,20 +132,48 @@ impl Engine {
             Ok(pb::Method::Right) => Method::Right,
             Ok(pb::Method::Midpoint) => Method::Midpoint,
             Ok(pb::Method::GaussLegendre) => Method::GaussLegendre,
-            Err(_) => return Err(Error::invalid("method", format!("unknown value {}", request.method))),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "method",
+                    format!("unknown value {}", request.method),
+                ))
+            }
         };
-        let steps = match request.steps {
-            0 => DEFAULT_STEPS,
-            s if s > limits.max_steps => return Err(Error::invalid("steps", format!("{s} is above this server's maximum of {}", limits.max_steps))),
+        let steps = match request.steps.unwrap_or(DEFAULT_STEPS) {
+            0 => {
+                return Err(Error::invalid(
+                    "steps",
+                    "must be at least 1 (leave it unset for the default)",
+                ))
+            }
+            s if s > limits.max_steps => {
+                return Err(Error::invalid(
+                    "steps",
+                    format!("{s} is above this server's maximum of {}", limits.max_steps),
+                ))
+            }
             s => s,
         };
         if !request.tolerance.is_finite() || request.tolerance < 0.0 {
-            return Err(Error::invalid("tolerance", format!("must be a finite number >= 0, got {}", request.tolerance)));
+            return Err(Error::invalid(
+                "tolerance",
+                format!("must be a finite number >= 0, got {}", request.tolerance),
+            ));
         }
         let max_steps = match request.max_steps {
             0 => limits.max_steps.max(steps),
-            m if m < steps => return Err(Error::invalid("max_steps", format!("{m} is below steps ({steps})"))),
-            m if m > limits.max_steps => return Err(Error::invalid("max_steps", format!("{m} is above this server's maximum of {}", limits.max_steps))),
+            m if m < steps => {
+                return Err(Error::invalid(
+                    "max_steps",
+                    format!("{m} is below steps ({steps})"),
+                ))
+            }
+            m if m > limits.max_steps => {
+                return Err(Error::invalid(
+                    "max_steps",
+                    format!("{m} is above this server's maximum of {}", limits.max_steps),
+                ))
+            }
             m => m,
         };
         if request.tolerance > 0.0 && method != Method::Trapezoid {
@@ -131,18 +183,42 @@ impl Engine {
             None => Targets::TopK(1),
             Some(pb::target::Kind::ClassIndex(c)) => {
                 if c < 0 || c as usize >= classes {
-                    return Err(Error::invalid("target.class_index", format!("{c} is not a class of model {:?} (0..{classes})", spec.name)));
+                    return Err(Error::invalid(
+                        "target.class_index",
+                        format!("{c} is not a class of model {:?} (0..{classes})", spec.name),
+                    ));
                 }
                 Targets::Classes(vec![c as usize])
             }
-            Some(pb::target::Kind::Label(label)) => match spec.labels.iter().position(|l| *l == label) {
-                Some(c) => Targets::Classes(vec![c]),
-                None if spec.labels.is_empty() => return Err(Error::invalid("target.label", format!("model {:?} has no labels; give target.class_index", spec.name))),
-                None => return Err(Error::invalid("target.label", format!("{label:?} is not a label of model {:?}", spec.name))),
-            },
+            Some(pb::target::Kind::Label(label)) => {
+                match spec.labels.iter().position(|l| *l == label) {
+                    Some(c) => Targets::Classes(vec![c]),
+                    None if spec.labels.is_empty() => {
+                        return Err(Error::invalid(
+                            "target.label",
+                            format!(
+                                "model {:?} has no labels; give target.class_index",
+                                spec.name
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(Error::invalid(
+                            "target.label",
+                            format!("{label:?} is not a label of model {:?}", spec.name),
+                        ))
+                    }
+                }
+            }
             Some(pb::target::Kind::TopK(k)) => {
                 if k == 0 || k > limits.max_targets || k as usize > classes {
-                    return Err(Error::invalid("target.top_k", format!("must be in 1..={}, got {k}", limits.max_targets.min(classes as u32))));
+                    return Err(Error::invalid(
+                        "target.top_k",
+                        format!(
+                            "must be in 1..={}, got {k}",
+                            limits.max_targets.min(classes as u32)
+                        ),
+                    ));
                 }
                 Targets::TopK(k as usize)
             }
@@ -160,8 +236,15 @@ impl Engine {
         // The baseline's kind is checked before the input is decoded, the rest after.
         let kind = request.baseline.and_then(|b| b.kind);
         let input = self.prepare_input(&model, request.input).await?;
-        let values = input.tensor.as_f32().ok_or_else(|| Error::invalid("input.tensor.dtype", "Explain needs a float32 input"))?;
-        let preprocessing = input.image.as_ref().and(spec.image.as_ref()).map(|i| &i.preprocessing);
+        let values = input
+            .tensor
+            .as_f32()
+            .ok_or_else(|| Error::invalid("input.tensor.dtype", "Explain needs a float32 input"))?;
+        let preprocessing = input
+            .image
+            .as_ref()
+            .and(spec.image.as_ref())
+            .map(|i| &i.preprocessing);
         let baseline = match kind {
             Some(pb::baseline::Kind::Tensor(t)) => baseline_tensor(t, &input.tensor)?,
             other => {
@@ -174,7 +257,8 @@ impl Engine {
                     Some(pb::baseline::Kind::Blur(b)) => BaselineKind::Blur { sigma: b.sigma },
                     Some(pb::baseline::Kind::Tensor(_)) => unreachable!("handled above"),
                 };
-                ig::make_baseline(kind, values, preprocessing).map_err(|e| Error::invalid("baseline", e.to_string()))?
+                ig::make_baseline(kind, values, preprocessing)
+                    .map_err(|e| Error::invalid("baseline", e.to_string()))?
             }
         };
         Ok(ExplainJob {
@@ -196,17 +280,41 @@ impl Engine {
 
 fn baseline_tensor(t: pb::Tensor, input: &TensorData) -> Result<Vec<f32>, Error> {
     if t.shape != input.shape {
-        return Err(Error::invalid("baseline.tensor", format!("shape {:?} differs from the input's {:?}", t.shape, input.shape)));
+        return Err(Error::invalid(
+            "baseline.tensor",
+            format!(
+                "shape {:?} differs from the input's {:?}",
+                t.shape, input.shape
+            ),
+        ));
     }
     if t.dtype != pb::DataType::Float32 as i32 {
-        return Err(Error::invalid("baseline.tensor.dtype", "must be DATA_TYPE_FLOAT32"));
+        return Err(Error::invalid(
+            "baseline.tensor.dtype",
+            "must be DATA_TYPE_FLOAT32",
+        ));
     }
     if t.data.len() != input.len() * 4 {
-        return Err(Error::invalid("baseline.tensor.data", format!("has {} bytes; shape {:?} needs {}", t.data.len(), t.shape, input.len() * 4)));
+        return Err(Error::invalid(
+            "baseline.tensor.data",
+            format!(
+                "has {} bytes; shape {:?} needs {}",
+                t.data.len(),
+                t.shape,
+                input.len() * 4
+            ),
+        ));
     }
-    let values: Vec<f32> = t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::invalid("baseline.tensor.data", format!("element {i} is {}", values[i])));
+        return Err(Error::invalid(
+            "baseline.tensor.data",
+            format!("element {i} is {}", values[i]),
+        ));
     }
     Ok(values)
 }
@@ -240,12 +348,18 @@ impl ExplainJob {
         let classes = score_input.len();
         let t = targets.len();
 
-        let mut integrator = Integrator::new(self.method, self.steps, input_len, t).map_err(|e| Error::invalid("steps", e.to_string()))?;
+        let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
+            .map_err(|e| Error::invalid("steps", e.to_string()))?;
         let mut rows = vec![0f32; self.batch as usize * input_len];
         loop {
             while let Some(batch) = integrator.next_batch(self.batch as usize) {
                 let b = batch.len();
-                ig::interpolate(input, &self.baseline, batch.alphas(), &mut rows[..b * input_len]);
+                ig::interpolate(
+                    input,
+                    &self.baseline,
+                    batch.alphas(),
+                    &mut rows[..b * input_len],
+                );
                 // Row r = alpha (r / t), target (r % t): the order Integrator::feed expects.
                 let mut z = Vec::with_capacity(b * t * input_len);
                 let mut cotangent = vec![0f32; b * t * classes];
@@ -262,38 +376,60 @@ impl ExplainJob {
                     .run(
                         vec![
                             (spec.input.clone(), TensorData::f32(shape, z)),
-                            (crate::autodiff::COTANGENT.to_string(), TensorData::f32(vec![(b * t) as i64, classes as i64], cotangent)),
+                            (
+                                crate::autodiff::COTANGENT.to_string(),
+                                TensorData::f32(vec![(b * t) as i64, classes as i64], cotangent),
+                            ),
                         ],
                         vec![crate::autodiff::GRAD.to_string(), spec.output.clone()],
                     )
                     .await?;
-                let grads = outputs[0].as_f32().ok_or_else(|| Error::Internal("grad is not float32".into()))?;
-                let out = outputs[1].as_f32().ok_or_else(|| Error::Internal("output is not float32".into()))?;
+                let grads = outputs[0]
+                    .as_f32()
+                    .ok_or_else(|| Error::Internal("grad is not float32".into()))?;
+                let out = outputs[1]
+                    .as_f32()
+                    .ok_or_else(|| Error::Internal("output is not float32".into()))?;
                 let scores: Vec<f32> = (0..b * t)
                     .map(|r| {
                         let row = self.objective_scores(&out[r * classes..(r + 1) * classes]);
                         row[targets[r % t]]
                     })
                     .collect();
-                integrator.feed(&batch, grads, &scores).map_err(|e| Error::Internal(e.to_string()))?;
+                integrator
+                    .feed(&batch, grads, &scores)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
                 let progress = pb::Progress {
                     steps_done: integrator.evaluations() as u32,
                     steps_total: (integrator.evaluations() + integrator.remaining()) as u32,
                     elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
                     steps: integrator.estimate_steps().unwrap_or(0),
-                    relative_delta: self.worst_delta(&integrator, &targets, &score_input, &score_baseline).unwrap_or(f32::NAN),
+                    relative_delta: self
+                        .worst_delta(&integrator, &targets, &score_input, &score_baseline)
+                        .unwrap_or(f32::NAN),
                 };
                 send(events, pb::explain_event::Event::Progress(progress)).await?;
             }
-            let converged = self.tolerance <= 0.0 || self.worst_delta(&integrator, &targets, &score_input, &score_baseline).is_some_and(|d| d <= self.tolerance);
+            let converged = self.tolerance <= 0.0
+                || self
+                    .worst_delta(&integrator, &targets, &score_input, &score_baseline)
+                    .is_some_and(|d| d <= self.tolerance);
             if converged || integrator.steps().saturating_mul(2) > self.max_steps {
                 break;
             }
-            integrator.refine().map_err(|e| Error::Internal(e.to_string()))?;
+            integrator
+                .refine()
+                .map_err(|e| Error::Internal(e.to_string()))?;
         }
 
         for (j, &class) in targets.iter().enumerate() {
-            let explanation = self.explanation(&integrator, j, class, score_input[class], score_baseline[class])?;
+            let explanation = self.explanation(
+                &integrator,
+                j,
+                class,
+                score_input[class],
+                score_baseline[class],
+            )?;
             send(events, pb::explain_event::Event::Result(explanation)).await?;
         }
         Ok(())
@@ -312,28 +448,56 @@ impl ExplainJob {
         let spec = &self.model.spec;
         let mut shape = vec![1];
         shape.extend_from_slice(&self.input.tensor.shape);
-        let outputs = self.model.worker.run(vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))], vec![spec.output.clone()]).await?;
-        let out = outputs[0].as_f32().ok_or_else(|| Error::Internal("output is not float32".into()))?;
+        let outputs = self
+            .model
+            .worker
+            .run(
+                vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))],
+                vec![spec.output.clone()],
+            )
+            .await?;
+        let out = outputs[0]
+            .as_f32()
+            .ok_or_else(|| Error::Internal("output is not float32".into()))?;
         Ok(self.objective_scores(out))
     }
 
     /// The largest |delta| / |F(x) - F(x')| over the targets, once a round is complete.
-    fn worst_delta(&self, integrator: &Integrator, targets: &[usize], f_input: &[f32], f_baseline: &[f32]) -> Option<f32> {
+    fn worst_delta(
+        &self,
+        integrator: &Integrator,
+        targets: &[usize],
+        f_input: &[f32],
+        f_baseline: &[f32],
+    ) -> Option<f32> {
         integrator.estimate_steps()?;
         let input = self.input.tensor.as_f32()?;
         let mut worst = 0f64;
         for (j, &class) in targets.iter().enumerate() {
             let avg = integrator.average_gradient(j).ok()?;
             let attributions = ig::attributions(input, &self.baseline, &avg);
-            let c = ig::Completeness::new(&attributions, f64::from(f_input[class]), f64::from(f_baseline[class]));
+            let c = ig::Completeness::new(
+                &attributions,
+                f64::from(f_input[class]),
+                f64::from(f_baseline[class]),
+            );
             worst = worst.max(c.relative_delta());
         }
         Some(worst as f32)
     }
 
-    fn explanation(&self, integrator: &Integrator, j: usize, class: usize, f_input: f32, f_baseline: f32) -> Result<pb::Explanation, Error> {
+    fn explanation(
+        &self,
+        integrator: &Integrator,
+        j: usize,
+        class: usize,
+        f_input: f32,
+        f_baseline: f32,
+    ) -> Result<pb::Explanation, Error> {
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
-        let avg = integrator.average_gradient(j).map_err(|e| Error::Internal(e.to_string()))?;
+        let avg = integrator
+            .average_gradient(j)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let attributions = ig::attributions(input, &self.baseline, &avg);
         let c = ig::Completeness::new(&attributions, f64::from(f_input), f64::from(f_baseline));
         let path = integrator
@@ -347,9 +511,18 @@ impl ExplainJob {
             })
             .collect();
         Ok(pb::Explanation {
-            attributions: Some(to_proto(&TensorData::f32(self.input.tensor.shape.clone(), attributions))),
+            attributions: Some(to_proto(&TensorData::f32(
+                self.input.tensor.shape.clone(),
+                attributions,
+            ))),
             target_class: class as i64,
-            label: self.model.spec.labels.get(class).cloned().unwrap_or_default(),
+            label: self
+                .model
+                .spec
+                .labels
+                .get(class)
+                .cloned()
+                .unwrap_or_default(),
             score_input: f_input,
             score_baseline: f_baseline,
             attribution_sum: c.attribution_sum as f32,
@@ -370,6 +543,12 @@ impl ExplainJob {
     }
 }
 
-async fn send(events: &mpsc::Sender<ExplainItem>, event: pb::explain_event::Event) -> Result<(), Error> {
-    events.send(Ok(pb::ExplainEvent { event: Some(event) })).await.map_err(|_| Error::Cancelled)
+async fn send(
+    events: &mpsc::Sender<ExplainItem>,
+    event: pb::explain_event::Event,
+) -> Result<(), Error> {
+    events
+        .send(Ok(pb::ExplainEvent { event: Some(event) }))
+        .await
+        .map_err(|_| Error::Cancelled)
 }

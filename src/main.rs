@@ -25,7 +25,9 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Predict(args) => integrad::cli::run_predict(args).await,
-            Command::Autodiff(args) => tokio::task::spawn_blocking(move || integrad::cli::run_autodiff(args)).await?,
+            Command::Autodiff(args) => {
+                tokio::task::spawn_blocking(move || integrad::cli::run_autodiff(args)).await?
+            }
         }
     })
 }

@@ -235,17 +235,14 @@ async fn should_refuse_bad_input_and_keep_serving() {
         "top_k",
     );
 
-    // Explain is refused with the reason until gradient graphs exist, never silently empty.
+    // Explain checks its input like Predict does, before any work.
     let explain = client
         .explain(pb::ExplainRequest {
             model: GOOD.into(),
             ..Default::default()
         })
         .await;
-    assert_eq!(
-        explain.err().map(|s| s.code()),
-        Some(Code::FailedPrecondition)
-    );
+    assert_eq!(explain.err().map(|s| s.code()), Some(Code::InvalidArgument));
 
     // And after all that, the server still answers.
     let ok = client

@@ -5,81 +5,12 @@ mod common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;
-use integrad::proto::onnx;
-use prost::Message;
-
-fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| onnx::tensor_shape_proto::Dimension {
-            value: Some(match d {
-                Some(v) => onnx::tensor_shape_proto::dimension::Value::DimValue(*v),
-                None => onnx::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    onnx::ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(onnx::TypeProto {
-            value: Some(onnx::type_proto::Value::TensorType(
-                onnx::type_proto::Tensor {
-                    elem_type: Some(onnx::tensor_proto::DataType::Float as i32),
-                    shape: Some(onnx::TensorShapeProto { dim }),
-                },
-            )),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// probs = Softmax(x @ W) with W = [[1, 0, -1], [0, 2, 0]]: a 2-feature, 3-class classifier
-/// whose output is already probabilities.
-fn softmax_classifier() -> Vec<u8> {
-    let weights = [1.0f32, 0.0, -1.0, 0.0, 2.0, 0.0];
-    let w = onnx::TensorProto {
-        name: Some("W".into()),
-        dims: vec![2, 3],
-        data_type: Some(onnx::tensor_proto::DataType::Float as i32),
-        float_data: weights.to_vec(),
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], output: &str| onnx::NodeProto {
-        op_type: Some(op.into()),
-        name: Some(format!("{op}_0")),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
-    let graph = onnx::GraphProto {
-        name: Some("tiny".into()),
-        node: vec![
-            node("MatMul", &["features", "W"], "scores"),
-            node("Softmax", &["scores"], "probs"),
-        ],
-        initializer: vec![w],
-        input: vec![value_info("features", &[None, Some(2)])],
-        output: vec![value_info("probs", &[None, Some(3)])],
-        ..Default::default()
-    };
-    let model = onnx::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![onnx::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    model.encode_to_vec()
-}
 
 #[tokio::test]
 async fn should_serve_a_bare_onnx_file_with_tensor_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tiny.onnx");
-    std::fs::write(&file, softmax_classifier()).unwrap();
+    std::fs::write(&file, tiny_classifier("Softmax")).unwrap();
     let server = TestServer::start(&["--model-file", file.to_str().unwrap()]).await;
     let mut client = server.client().await;
 
@@ -144,5 +75,50 @@ async fn should_serve_a_bare_onnx_file_with_tensor_inputs() {
         "{}",
         refused.message()
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn should_serve_predict_but_refuse_explain_for_a_model_it_cannot_differentiate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wavy.onnx");
+    // Sin has no gradient rule: the model predicts, but cannot be explained.
+    std::fs::write(&file, tiny_classifier("Sin")).unwrap();
+    let server = TestServer::start(&["--model-file", file.to_str().unwrap()]).await;
+    let mut client = server.client().await;
+    let info = client
+        .get_model(pb::GetModelRequest {
+            model: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!info.explainable);
+    assert!(
+        info.not_explainable_reason.contains("Sin"),
+        "names the op: {}",
+        info.not_explainable_reason
+    );
+    let response = client
+        .predict(tensor_request("", &[2], &[1.0, 0.5]))
+        .await
+        .unwrap()
+        .into_inner();
+    // sin([1, 1, -1]) = [0.841, 0.841, -0.841]: raw scores, top class 0 (ties by index).
+    assert_eq!(response.top[0].class_index, 0);
+    assert!((response.top[0].logit - 1f32.sin()).abs() < 1e-6);
+    let request = pb::ExplainRequest {
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Tensor(pb::Tensor {
+                shape: vec![2],
+                dtype: 1,
+                data: [1f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            })),
+        }),
+        ..Default::default()
+    };
+    let status = client.explain(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("Sin"), "{}", status.message());
     server.stop().await;
 }

@@ -31,7 +31,13 @@ pub struct AutodiffArgs {
 pub fn run_autodiff(args: AutodiffArgs) -> anyhow::Result<()> {
     // The builder probes the forward graph with ONNX Runtime; load it as the flags say first.
     crate::runtime::environment(&args.runtime.runtime_options())?;
-    let report = crate::autodiff::run_autodiff_cli(&args.model, &args.output, args.wrt.as_deref(), args.of.as_deref(), args.objective)?;
+    let report = crate::autodiff::run_autodiff_cli(
+        &args.model,
+        &args.output,
+        args.wrt.as_deref(),
+        args.of.as_deref(),
+        args.objective,
+    )?;
     println!("{report}");
     Ok(())
 }

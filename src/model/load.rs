@@ -159,11 +159,18 @@ fn build_gradients(
             OutputKind::Probabilities => None,
         },
     };
-    tracing::info!(model = name, elapsed_ms = started.elapsed().as_millis() as u64, "gradient models built");
+    tracing::info!(
+        model = name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "gradient models built"
+    );
     Ok(gradients)
 }
 
-fn session_builder(env: &Environment, options: &LoadOptions) -> ort::Result<ort::session::builder::SessionBuilder> {
+fn session_builder(
+    env: &Environment,
+    options: &LoadOptions,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
     Ok(Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(options.intra_threads)?)

@@ -82,14 +82,25 @@ impl Explainer for ExplainerService {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<Self::ExplainStream>, Status> {
-        let model = self.engine()?.model(&request.get_ref().model)?;
-        match &model.spec.explainable {
-            Err(reason) => Err(Status::failed_precondition(format!(
-                "model {:?} cannot be explained: {reason}",
-                model.spec.name
-            ))),
-            Ok(()) => Err(Status::unimplemented("Explain is not part of this build")),
-        }
+        let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
+        // Every check happens here, before the stream starts: a bad request is a status.
+        let job = self.engine()?.plan_explain(request.into_inner()).await?;
+        let (events, stream) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let stopped = events.clone();
+            let Some(deadline) = deadline else {
+                return job.run(events).await;
+            };
+            tokio::select! {
+                _ = job.run(events) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = stopped.send(Err(Error::DeadlineExceeded)).await;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(stream)
+            .map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -108,7 +119,9 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Du
         "n" => 1,
         _ => return None,
     };
-    Some(std::time::Duration::from_nanos(value.saturating_mul(nanos_per_unit)))
+    Some(std::time::Duration::from_nanos(
+        value.saturating_mul(nanos_per_unit),
+    ))
 }
 
 pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {

@@ -9,6 +9,8 @@ use clap::Parser;
 use integrad::config::{Cli, Command};
 use integrad::proto::integrad::v1 as pb;
 use integrad::proto::integrad::v1::explainer_client::ExplainerClient;
+use integrad::proto::onnx;
+use prost::Message;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -146,4 +148,71 @@ pub fn logits(response: &pb::PredictResponse) -> Vec<f32> {
 
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_integrad"))
+}
+
+pub fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| onnx::tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Some(v) => onnx::tensor_shape_proto::dimension::Value::DimValue(*v),
+                None => onnx::tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    onnx::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(onnx::TypeProto {
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: Some(onnx::tensor_proto::DataType::Float as i32),
+                    shape: Some(onnx::TensorShapeProto { dim }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// out = op(x @ W) with W = [[1, 0, -1], [0, 2, 0]]: a 2-feature, 3-class classifier; with
+/// op "Softmax" its output is probabilities.
+pub fn tiny_classifier(op: &str) -> Vec<u8> {
+    let weights = [1.0f32, 0.0, -1.0, 0.0, 2.0, 0.0];
+    let w = onnx::TensorProto {
+        name: Some("W".into()),
+        dims: vec![2, 3],
+        data_type: Some(onnx::tensor_proto::DataType::Float as i32),
+        float_data: weights.to_vec(),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| onnx::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(format!("{op}_0")),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let graph = onnx::GraphProto {
+        name: Some("tiny".into()),
+        node: vec![
+            node("MatMul", &["features", "W"], "scores"),
+            node(op, &["scores"], "probs"),
+        ],
+        initializer: vec![w],
+        input: vec![value_info("features", &[None, Some(2)])],
+        output: vec![value_info("probs", &[None, Some(3)])],
+        ..Default::default()
+    };
+    let model = onnx::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![onnx::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    model.encode_to_vec()
 }
