@@ -27,6 +27,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Classify an image or a tensor, through a server or in-process.
     Predict(crate::cli::PredictArgs),
+    /// Explain a prediction with Integrated Gradients, through a server or in-process.
+    Explain(crate::cli::ExplainArgs),
     /// Write the gradient model of an ONNX file (runs in any ONNX Runtime).
     Autodiff(crate::cli::AutodiffArgs),
 }

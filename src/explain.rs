@@ -7,6 +7,7 @@
 //! each gradient run: every alpha's row is repeated once per target with that target's
 //! one-hot cotangent.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::engine::{softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
 use crate::ig::{self, BaselineKind, Integrator, Method};
+use crate::image::{Colormap, RenderOptions};
 use crate::model::{Model, OutputKind, TensorData, Worker};
 use crate::proto::integrad::v1 as pb;
 
@@ -59,7 +61,17 @@ pub struct ExplainJob {
     max_steps: u32,
     tolerance: f32,
     batch: u32,
+    pictures: Option<PictureRequest>,
     started: Instant,
+}
+
+/// Which pictures to draw, how, and over what.
+struct PictureRequest {
+    options: RenderOptions,
+    mask: bool,
+    overlay: bool,
+    preprocessing: crate::image::Preprocessing,
+    picture: Arc<::image::RgbImage>,
 }
 
 /// What a stream of Explain events carries: an event, or the error that ended it.
@@ -233,6 +245,21 @@ impl Engine {
         }
         .clamp(1, (MAX_ROWS / target_count).max(1));
 
+        let render = request.render.filter(|r| r.mask || r.overlay);
+        let render_options = match &render {
+            None => None,
+            Some(_) if spec.image.is_none() => {
+                return Err(Error::invalid(
+                    "render",
+                    format!(
+                        "model {:?} takes tensors, not pictures: there is nothing to draw on",
+                        spec.name
+                    ),
+                ));
+            }
+            Some(r) => Some(render_options(r)?),
+        };
+
         // The baseline's kind is checked before the input is decoded, the rest after.
         let kind = request.baseline.and_then(|b| b.kind);
         let input = self.prepare_input(&model, request.input).await?;
@@ -264,7 +291,6 @@ impl Engine {
         Ok(ExplainJob {
             model,
             gradient,
-            input,
             baseline,
             targets,
             objective,
@@ -272,10 +298,57 @@ impl Engine {
             steps,
             max_steps,
             tolerance: request.tolerance,
+            pictures: match (render, render_options, spec.image.as_ref()) {
+                (Some(r), Some(options), Some(image)) => Some(PictureRequest {
+                    options,
+                    mask: r.mask,
+                    overlay: r.overlay,
+                    preprocessing: image.preprocessing.clone(),
+                    picture: Arc::new(match &input.image {
+                        Some(picture) => picture.clone(),
+                        None => crate::image::picture_from_input(values, &image.preprocessing),
+                    }),
+                }),
+                _ => None,
+            },
             batch,
+            input,
             started,
         })
     }
+}
+
+fn render_options(r: &pb::RenderOptions) -> Result<RenderOptions, Error> {
+    let defaults = RenderOptions::default();
+    let clip_percentile = r.clip_percentile.unwrap_or(defaults.clip_percentile);
+    if !(0.0..=100.0).contains(&clip_percentile) {
+        return Err(Error::invalid(
+            "render.clip_percentile",
+            format!("must be in [0, 100], got {clip_percentile}"),
+        ));
+    }
+    let overlay_alpha = r.overlay_alpha.unwrap_or(defaults.overlay_alpha);
+    if !(0.0..=1.0).contains(&overlay_alpha) {
+        return Err(Error::invalid(
+            "render.overlay_alpha",
+            format!("must be in [0, 1], got {overlay_alpha}"),
+        ));
+    }
+    let colormap = match pb::Colormap::try_from(r.colormap) {
+        Ok(pb::Colormap::Unspecified) | Ok(pb::Colormap::Inferno) => Colormap::Inferno,
+        Ok(pb::Colormap::Viridis) => Colormap::Viridis,
+        Err(_) => {
+            return Err(Error::invalid(
+                "render.colormap",
+                format!("unknown value {}", r.colormap),
+            ))
+        }
+    };
+    Ok(RenderOptions {
+        colormap,
+        clip_percentile,
+        overlay_alpha,
+    })
 }
 
 fn baseline_tensor(t: pb::Tensor, input: &TensorData) -> Result<Vec<f32>, Error> {
@@ -423,14 +496,49 @@ impl ExplainJob {
         }
 
         for (j, &class) in targets.iter().enumerate() {
-            let explanation = self.explanation(
+            let mut explanation = self.explanation(
                 &integrator,
                 j,
                 class,
                 score_input[class],
                 score_baseline[class],
             )?;
+            self.draw(&mut explanation).await?;
             send(events, pb::explain_event::Event::Result(explanation)).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the requested pictures to `explanation` (drawing is CPU work: off the async threads).
+    async fn draw(&self, explanation: &mut pb::Explanation) -> Result<(), Error> {
+        let Some(request) = &self.pictures else {
+            return Ok(());
+        };
+        let attributions = explanation
+            .attributions
+            .as_ref()
+            .map(|t| {
+                t.data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect::<Vec<f32>>()
+            })
+            .unwrap_or_default();
+        let (options, preprocessing, picture) = (
+            request.options,
+            request.preprocessing.clone(),
+            request.picture.clone(),
+        );
+        let pictures = tokio::task::spawn_blocking(move || {
+            crate::image::render(&attributions, &preprocessing, &picture, &options)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("drawing failed: {e}")))?;
+        if request.mask {
+            explanation.mask_png = crate::image::png(&pictures.mask);
+        }
+        if request.overlay {
+            explanation.overlay_png = crate::image::png(&pictures.overlay);
         }
         Ok(())
     }
@@ -539,6 +647,8 @@ impl ExplainJob {
             evaluations: integrator.evaluations() as u32,
             elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
             path,
+            mask_png: Vec::new(),
+            overlay_png: Vec::new(),
         })
     }
 }

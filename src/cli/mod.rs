@@ -2,9 +2,12 @@
 //! same [`Engine`](crate::engine::Engine) the server uses.
 
 mod autodiff;
+mod explain;
+mod plot;
 mod predict;
 
 pub use autodiff::{run_autodiff, AutodiffArgs};
+pub use explain::{run_explain, ExplainArgs};
 pub use predict::{run_predict, PredictArgs};
 
 use std::path::Path;
@@ -40,4 +43,33 @@ pub fn read_input(image: Option<&Path>, tensor: Option<&Path>) -> anyhow::Result
         _ => anyhow::bail!("give exactly one of IMAGE or --tensor FILE.npy"),
     };
     Ok(pb::Input { kind: Some(kind) })
+}
+
+/// An engine over the models of `models`, in this process (for commands without --server).
+pub async fn local_engine(
+    models: &crate::config::ModelArgs,
+    runtime: &crate::config::RuntimeArgs,
+) -> anyhow::Result<std::sync::Arc<crate::engine::Engine>> {
+    let source = models.source();
+    let runtime = runtime.clone();
+    let repository = tokio::task::spawn_blocking(move || {
+        crate::server::load_repository(
+            &source,
+            &runtime.runtime_options(),
+            &runtime.load_options(),
+            None,
+        )
+    })
+    .await??;
+    if let Some((name, reason)) = repository
+        .failures()
+        .next()
+        .filter(|_| repository.len() == 1)
+    {
+        anyhow::bail!("model {name:?} failed to load: {reason}");
+    }
+    Ok(std::sync::Arc::new(crate::engine::Engine::new(
+        std::sync::Arc::new(repository),
+        Default::default(),
+    )))
 }

@@ -1,12 +1,10 @@
 //! `integrad predict`: top-k classes for an image or tensor.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 
 use crate::config::{ModelArgs, RuntimeArgs};
-use crate::engine::{Engine, EngineLimits};
 use crate::proto::integrad::v1 as pb;
 use crate::proto::integrad::v1::explainer_client::ExplainerClient;
 
@@ -58,26 +56,10 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
                 .into_inner()
         }
         None => {
-            let source = args.models.source();
-            let runtime = args.runtime.clone();
-            let repository = tokio::task::spawn_blocking(move || {
-                crate::server::load_repository(
-                    &source,
-                    &runtime.runtime_options(),
-                    &runtime.load_options(),
-                    None,
-                )
-            })
-            .await??;
-            if let Some((name, reason)) = repository
-                .failures()
-                .next()
-                .filter(|_| repository.len() == 1)
-            {
-                anyhow::bail!("model {name:?} failed to load: {reason}");
-            }
-            let engine = Engine::new(Arc::new(repository), EngineLimits::default());
-            engine.predict(request).await?
+            super::local_engine(&args.models, &args.runtime)
+                .await?
+                .predict(request)
+                .await?
         }
     };
     print(&response, args.json)

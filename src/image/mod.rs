@@ -3,9 +3,13 @@
 
 mod decode;
 mod preprocess;
+mod render;
 
 pub use decode::{decode, DecodeLimits};
-pub use preprocess::{preprocess, Layout, Preprocessing, ResizePolicy};
+pub use preprocess::{preprocess, Geometry, Layout, Preprocessing, ResizePolicy};
+pub use render::{
+    channel_sum_abs, picture_from_input, png, render, Colormap, Pictures, RenderOptions,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -92,33 +92,82 @@ pub fn preprocess(image: &RgbImage, p: &Preprocessing) -> Vec<f32> {
     normalise(&resized, p)
 }
 
-fn resize(image: &RgbImage, p: &Preprocessing) -> RgbImage {
-    let (w, h) = image.dimensions();
-    match p.resize {
-        ResizePolicy::Stretch => resize_exact(image, p.width, p.height),
-        ResizePolicy::ShorterSideCrop => {
-            let cover_w = f64::from(p.width) / f64::from(p.crop_fraction);
-            let cover_h = f64::from(p.height) / f64::from(p.crop_fraction);
-            // As torchvision's Resize: the side that sets the scale is rounded, the other
-            // truncated (a 451x300 photo becomes 384x256, not 385x256).
-            let (sw, sh) = (cover_w / f64::from(w), cover_h / f64::from(h));
-            let (new_w, new_h) = if sw >= sh {
-                (cover_w.round(), (f64::from(h) * sw).floor())
-            } else {
-                ((f64::from(w) * sh).floor(), cover_h.round())
-            };
-            let new_w = (new_w as u32).max(p.width);
-            let new_h = (new_h as u32).max(p.height);
-            let resized = resize_exact(image, new_w, new_h);
-            // Same rounding as torchvision's CenterCrop.
-            let left = (f64::from(new_w - p.width) / 2.0).round() as u32;
-            let top = (f64::from(new_h - p.height) / 2.0).round() as u32;
-            imageops::crop_imm(&resized, left, top, p.width, p.height).to_image()
+/// Where the model's input comes from in a picture: resize to `resized`, then crop
+/// `p.width x p.height` at (`left`, `top`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geometry {
+    pub resized: (u32, u32),
+    pub left: u32,
+    pub top: u32,
+}
+
+impl Preprocessing {
+    /// The resize and crop for a `w x h` picture.
+    pub fn geometry(&self, w: u32, h: u32) -> Geometry {
+        match self.resize {
+            ResizePolicy::Stretch => Geometry {
+                resized: (self.width, self.height),
+                left: 0,
+                top: 0,
+            },
+            ResizePolicy::ShorterSideCrop => {
+                let cover_w = f64::from(self.width) / f64::from(self.crop_fraction);
+                let cover_h = f64::from(self.height) / f64::from(self.crop_fraction);
+                // As torchvision's Resize: the side that sets the scale is rounded, the other
+                // truncated (a 451x300 photo becomes 384x256, not 385x256).
+                let (sw, sh) = (cover_w / f64::from(w), cover_h / f64::from(h));
+                let (new_w, new_h) = if sw >= sh {
+                    (cover_w.round(), (f64::from(h) * sw).floor())
+                } else {
+                    ((f64::from(w) * sh).floor(), cover_h.round())
+                };
+                let new_w = (new_w as u32).max(self.width);
+                let new_h = (new_h as u32).max(self.height);
+                // Same rounding as torchvision's CenterCrop.
+                Geometry {
+                    resized: (new_w, new_h),
+                    left: (f64::from(new_w - self.width) / 2.0).round() as u32,
+                    top: (f64::from(new_h - self.height) / 2.0).round() as u32,
+                }
+            }
         }
+    }
+
+    /// The region of a `w x h` picture the model sees, in the picture's pixels:
+    /// (left, top, width, height).
+    pub fn source_region(&self, w: u32, h: u32) -> (f64, f64, f64, f64) {
+        let g = self.geometry(w, h);
+        let sx = f64::from(w) / f64::from(g.resized.0);
+        let sy = f64::from(h) / f64::from(g.resized.1);
+        (
+            f64::from(g.left) * sx,
+            f64::from(g.top) * sy,
+            f64::from(self.width) * sx,
+            f64::from(self.height) * sy,
+        )
+    }
+
+    /// The 8-bit pixel a model-space value stands for (the inverse of [`normalise`]).
+    ///
+    /// [`normalise`]: Preprocessing::normalise
+    pub fn denormalise(&self, c: usize, value: f32) -> u8 {
+        ((value * self.std[c] + self.mean[c]) / self.scale)
+            .round()
+            .clamp(0.0, 255.0) as u8
     }
 }
 
-fn resize_exact(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+fn resize(image: &RgbImage, p: &Preprocessing) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let g = p.geometry(w, h);
+    let resized = resize_exact(image, g.resized.0, g.resized.1);
+    if g.resized == (p.width, p.height) {
+        return resized;
+    }
+    imageops::crop_imm(&resized, g.left, g.top, p.width, p.height).to_image()
+}
+
+pub(crate) fn resize_exact(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if image.dimensions() == (width, height) {
         return image.clone();
     }

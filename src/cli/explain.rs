@@ -1,0 +1,293 @@
+//! `integrad explain`: Integrated Gradients for an image or tensor, with a progress bar, and
+//! the files people look at: attributions.npy, mask.png, overlay.png, saturation.png and
+//! explanation.json.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use tokio_stream::StreamExt;
+
+use crate::config::{ModelArgs, RuntimeArgs};
+use crate::proto::integrad::v1 as pb;
+use crate::proto::integrad::v1::explainer_client::ExplainerClient;
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// An image file (PNG, JPEG, WebP, BMP, GIF).
+    #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
+    pub image: Option<PathBuf>,
+    /// A preprocessed input tensor (.npy, float32, without the batch dimension).
+    #[arg(long)]
+    pub tensor: Option<PathBuf>,
+    /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
+    #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
+    pub server: Option<String>,
+    /// The model to use [default: the default model].
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// The class to explain: an index or a label [default: the top-1 prediction].
+    #[arg(long, conflicts_with = "top_k")]
+    pub target: Option<String>,
+    /// Explain the top K classes, in the same gradient passes.
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Intervals of the path integral.
+    #[arg(long, default_value_t = crate::explain::DEFAULT_STEPS)]
+    pub steps: u32,
+    /// trapezoid, left, right, midpoint or gauss-legendre.
+    #[arg(long, default_value = "trapezoid")]
+    pub method: crate::ig::Method,
+    /// probability (softmax of the logits) or logit.
+    #[arg(long, default_value = "probability")]
+    pub objective: String,
+    /// zeros, black, white, uniform, blur, or a .npy file [default: black for images, zeros
+    /// for tensors].
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Seed of the uniform baseline.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sigma of the blur baseline, in pixels.
+    #[arg(long, default_value_t = 10.0)]
+    pub sigma: f32,
+    /// Refine (doubling trapezoid steps) until |delta| <= T * |F(x) - F(x')|.
+    #[arg(long, default_value_t = 0.0)]
+    pub tolerance: f32,
+    /// The most steps refinement may reach [default: the server's maximum].
+    #[arg(long)]
+    pub max_steps: Option<u32>,
+    /// Alphas per gradient run [default: chosen by the server].
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// inferno or viridis.
+    #[arg(long, default_value = "inferno")]
+    pub colormap: String,
+    /// Clip the mask at this percentile (0: no clipping).
+    #[arg(long, default_value_t = 99.0)]
+    pub clip_percentile: f32,
+    /// Where to write the files.
+    #[arg(long, default_value = "explanation")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let request = request(&args)?;
+    let has_picture = args.image.is_some();
+    let mut events: std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = anyhow::Result<pb::ExplainEvent>> + Send>,
+    > =
+        match &args.server {
+            Some(url) => {
+                let client = ExplainerClient::connect(url.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+                let mut client = client
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(64 << 20);
+                let stream = client
+                    .explain(request)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                Box::pin(stream.map(|item| {
+                    item.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+                }))
+            }
+            None => {
+                let engine = super::local_engine(&args.models, &args.runtime).await?;
+                let job = engine.plan_explain(request).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(job.run(tx));
+                Box::pin(
+                    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+                        let _keep_models_alive = &engine;
+                        item.map_err(anyhow::Error::from)
+                    }),
+                )
+            }
+        };
+
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} gradients {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut results = Vec::new();
+    while let Some(event) = events.next().await {
+        match event?.event {
+            Some(pb::explain_event::Event::Progress(p)) => {
+                bar.set_length(u64::from(p.steps_total));
+                bar.set_position(u64::from(p.steps_done));
+                if p.steps > 0 && p.relative_delta.is_finite() {
+                    bar.set_message(format!(
+                        "{} steps, |delta| {:.2} %",
+                        p.steps,
+                        100.0 * p.relative_delta
+                    ));
+                }
+            }
+            Some(pb::explain_event::Event::Result(r)) => results.push(r),
+            None => {}
+        }
+    }
+    bar.finish_and_clear();
+    anyhow::ensure!(!results.is_empty(), "the server sent no explanation");
+    std::fs::create_dir_all(&args.out)?;
+    for (rank, r) in results.iter().enumerate() {
+        let dir = if results.len() == 1 {
+            args.out.clone()
+        } else {
+            args.out.join(format!("{}-{}", rank + 1, r.target_class))
+        };
+        write_files(
+            &dir,
+            r,
+            &args.objective,
+            has_picture || args.tensor.is_some(),
+        )?;
+        println!(
+            "class {} {:?}: F(input) {:.4}, F(baseline) {:.4}, sum of attributions {:.4}, delta {:.2e} ({:.2} %), {} steps, {:.0} ms -> {}",
+            r.target_class,
+            r.label,
+            r.score_input,
+            r.score_baseline,
+            r.attribution_sum,
+            r.convergence_delta,
+            100.0 * (r.convergence_delta / (r.score_input - r.score_baseline)).abs(),
+            r.steps,
+            r.elapsed_ms,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
+    let input = super::read_input(args.image.as_deref(), args.tensor.as_deref())?;
+    let target = match (&args.target, args.top_k) {
+        (Some(t), _) => Some(match t.parse::<i64>() {
+            Ok(index) => pb::target::Kind::ClassIndex(index),
+            Err(_) => pb::target::Kind::Label(t.clone()),
+        }),
+        (None, Some(k)) => Some(pb::target::Kind::TopK(k)),
+        (None, None) => None,
+    };
+    let baseline = match args.baseline.as_deref() {
+        None => None,
+        Some("zeros") => Some(pb::baseline::Kind::Zeros(true)),
+        Some("black") => Some(pb::baseline::Kind::Black(true)),
+        Some("white") => Some(pb::baseline::Kind::White(true)),
+        Some("uniform") => Some(pb::baseline::Kind::Uniform(pb::UniformBaseline {
+            seed: args.seed,
+        })),
+        Some("blur") => Some(pb::baseline::Kind::Blur(pb::BlurBaseline {
+            sigma: args.sigma,
+        })),
+        Some(path) if path.ends_with(".npy") => {
+            match super::read_input(None, Some(Path::new(path)))?.kind {
+                Some(pb::input::Kind::Tensor(t)) => Some(pb::baseline::Kind::Tensor(t)),
+                _ => unreachable!("read_input gives a tensor for a .npy file"),
+            }
+        }
+        Some(other) => anyhow::bail!(
+            "--baseline {other:?}: expected zeros, black, white, uniform, blur or a .npy file"
+        ),
+    };
+    let objective = match args.objective.as_str() {
+        "probability" => pb::Objective::Probability,
+        "logit" => pb::Objective::Logit,
+        other => anyhow::bail!("--objective {other:?}: expected probability or logit"),
+    };
+    let colormap = match args.colormap.as_str() {
+        "inferno" => pb::Colormap::Inferno,
+        "viridis" => pb::Colormap::Viridis,
+        other => anyhow::bail!("--colormap {other:?}: expected inferno or viridis"),
+    };
+    let method = match args.method {
+        crate::ig::Method::Trapezoid => pb::Method::Trapezoid,
+        crate::ig::Method::Left => pb::Method::Left,
+        crate::ig::Method::Right => pb::Method::Right,
+        crate::ig::Method::Midpoint => pb::Method::Midpoint,
+        crate::ig::Method::GaussLegendre => pb::Method::GaussLegendre,
+    };
+    Ok(pb::ExplainRequest {
+        model: args.model.clone().unwrap_or_default(),
+        input: Some(input),
+        target: target.map(|kind| pb::Target { kind: Some(kind) }),
+        objective: objective as i32,
+        baseline: baseline.map(|kind| pb::Baseline { kind: Some(kind) }),
+        method: method as i32,
+        steps: Some(args.steps),
+        batch_size: args.batch_size.unwrap_or(0),
+        tolerance: args.tolerance,
+        max_steps: args.max_steps.unwrap_or(0),
+        render: Some(pb::RenderOptions {
+            mask: true,
+            overlay: true,
+            colormap: colormap as i32,
+            clip_percentile: Some(args.clip_percentile),
+            overlay_alpha: None,
+        }),
+    })
+}
+
+fn write_files(
+    dir: &Path,
+    r: &pb::Explanation,
+    objective: &str,
+    _pictures: bool,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let attributions = r
+        .attributions
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("explanation without attributions"))?;
+    let values: Vec<f32> = attributions
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let shape: Vec<usize> = attributions.shape.iter().map(|&d| d as usize).collect();
+    crate::npy::write_f32(&dir.join("attributions.npy"), &shape, &values)?;
+    if !r.mask_png.is_empty() {
+        std::fs::write(dir.join("mask.png"), &r.mask_png)?;
+    }
+    if !r.overlay_png.is_empty() {
+        std::fs::write(dir.join("overlay.png"), &r.overlay_png)?;
+    }
+    std::fs::write(
+        dir.join("saturation.png"),
+        super::plot::saturation_png(r, objective)?,
+    )?;
+    let method = pb::Method::try_from(r.method)
+        .map(|m| m.as_str_name())
+        .unwrap_or("METHOD_UNSPECIFIED");
+    let objective_name = pb::Objective::try_from(r.objective)
+        .map(|o| o.as_str_name())
+        .unwrap_or("OBJECTIVE_UNSPECIFIED");
+    let json = serde_json::json!({
+        "target_class": r.target_class,
+        "label": r.label,
+        "score_input": r.score_input,
+        "score_baseline": r.score_baseline,
+        "attribution_sum": r.attribution_sum,
+        "convergence_delta": r.convergence_delta,
+        "steps": r.steps,
+        "method": method,
+        "objective": objective_name,
+        "evaluations": r.evaluations,
+        "elapsed_ms": r.elapsed_ms,
+        "attributions_shape": attributions.shape,
+        "path": r.path.iter().map(|p| serde_json::json!({"alpha": p.alpha, "score": p.score, "mean_abs_gradient": p.mean_abs_gradient})).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        dir.join("explanation.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The saturation plots of IG.md, side by side: the target's score along the path, and the
+//! mean absolute gradient along the path (which collapses as alpha nears 1).
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::proto::integrad::v1 as pb;
+
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const SIZE: (u32, u32) = (1200, 450);
+
+/// PNG bytes of the two plots for `explanation`.
+pub fn saturation_png(explanation: &pb::Explanation, objective: &str) -> anyhow::Result<Vec<u8>> {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (left, right) = root.split_horizontally(SIZE.0 / 2);
+        let alphas: Vec<f64> = explanation
+            .path
+            .iter()
+            .map(|p| f64::from(p.alpha))
+            .collect();
+        let scores: Vec<f64> = explanation
+            .path
+            .iter()
+            .map(|p| f64::from(p.score))
+            .collect();
+        let grads: Vec<f64> = explanation
+            .path
+            .iter()
+            .map(|p| f64::from(p.mean_abs_gradient))
+            .collect();
+        let title = format!("{} ({}) along the path", objective, explanation.label);
+        line_chart(
+            &left,
+            &title,
+            "target score",
+            &alphas,
+            &scores,
+            &RGBColor(31, 119, 180),
+        )?;
+        line_chart(
+            &right,
+            "mean |gradient| along the path",
+            "mean |gradient|",
+            &alphas,
+            &grads,
+            &RGBColor(214, 39, 40),
+        )?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer)
+        .ok_or_else(|| anyhow::anyhow!("plot buffer size"))?;
+    Ok(crate::image::png(&image))
+}
+
+fn line_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    y_label: &str,
+    xs: &[f64],
+    ys: &[f64],
+    colour: &RGBColor,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e}");
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+            (a.min(y), b.max(y))
+        });
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo, hi + (hi - lo) * 0.05)
+    } else {
+        (0.0, 1.0)
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..1f64, lo.min(0.0)..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("alpha")
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            xs.iter().copied().zip(ys.iter().copied()),
+            colour.stroke_width(2),
+        ))
+        .map_err(err)?;
+    Ok(())
+}
