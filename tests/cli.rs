@@ -223,3 +223,117 @@ fn should_fetch_check_and_cache_onnxruntime() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sha256"), "{stderr}");
 }
+
+#[test]
+fn should_explain_a_photo_into_files() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = run(
+        &[
+            "explain",
+            "samples/coffee.png",
+            "--steps",
+            "8",
+            "--out",
+            dir,
+        ],
+        &[],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for file in [
+        "attributions.npy",
+        "mask.png",
+        "overlay.png",
+        "saturation.png",
+        "explanation.json",
+    ] {
+        assert!(out.path().join(file).is_file(), "{file} written");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("explanation.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["target_class"], 967);
+    assert_eq!(json["steps"], 8);
+    assert_eq!(json["method"], "METHOD_TRAPEZOID");
+    for key in [
+        "score_input",
+        "score_baseline",
+        "attribution_sum",
+        "convergence_delta",
+        "evaluations",
+        "path",
+    ] {
+        assert!(json.get(key).is_some(), "explanation.json has {key}");
+    }
+    let attributions = integrad::npy::read(&out.path().join("attributions.npy")).unwrap();
+    assert_eq!(attributions.shape(), &[3, 224, 224]);
+    // The file's attributions add up to what the JSON reports (same numbers, two files).
+    let integrad::npy::NpyArray::F32 { data, .. } = attributions else {
+        panic!("float32")
+    };
+    let sum: f64 = data.iter().map(|&v| f64::from(v)).sum();
+    assert!((sum - json["attribution_sum"].as_f64().unwrap()).abs() < 1e-4);
+}
+
+#[test]
+fn should_write_gradient_models_from_the_command_line() {
+    let out = tempfile::tempdir().unwrap();
+    // The demo model (TorchScript exporter) and a model from PyTorch's dynamo exporter.
+    for (model, objective) in [
+        ("models/efficientnet-lite0/model.onnx", "probability"),
+        ("tests/data/autodiff/inception_dynamo.onnx", "logit"),
+    ] {
+        let grad = out.path().join("grad.onnx");
+        let run = run(
+            &[
+                "autodiff",
+                model,
+                "--output",
+                grad.to_str().unwrap(),
+                "--objective",
+                objective,
+            ],
+            &[],
+        );
+        assert!(
+            run.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            report.contains("Conv"),
+            "the report lists the op types used: {report}"
+        );
+        // The written model follows the contract: grad first, cotangent among the inputs.
+        let bytes = std::fs::read(&grad).unwrap();
+        let proto = <integrad::proto::onnx::ModelProto as prost::Message>::decode(bytes.as_slice())
+            .unwrap();
+        let graph = proto.graph.unwrap();
+        assert_eq!(graph.output[0].name(), "grad");
+        assert!(graph.input.iter().any(|i| i.name() == "cotangent"));
+    }
+    // A model with an op that has no gradient rule is refused, naming it.
+    let sin = out.path().join("sin.onnx");
+    std::fs::write(&sin, tiny_classifier("Sin")).unwrap();
+    let run = run(
+        &[
+            "autodiff",
+            sin.to_str().unwrap(),
+            "--output",
+            out.path().join("x.onnx").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("Sin"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

@@ -320,3 +320,53 @@ async fn should_refuse_bad_requests_before_any_work() {
     assert_eq!(results[0].target_class, 968);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn should_draw_pictures_at_the_photos_resolution() {
+    let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;
+    let render = pb::RenderOptions {
+        mask: true,
+        overlay: true,
+        colormap: pb::Colormap::Viridis as i32,
+        clip_percentile: Some(99.0),
+        overlay_alpha: None,
+    };
+    let request = pb::ExplainRequest {
+        input: image_input("chelsea.png"),
+        steps: Some(4),
+        render: Some(render),
+        ..Default::default()
+    };
+    let (_, results) = explain(&server, request).await.unwrap();
+    let photo = image::load_from_memory(&sample("chelsea.png")).unwrap();
+    let mask = image::load_from_memory(&results[0].mask_png).unwrap();
+    let overlay = image::load_from_memory(&results[0].overlay_png).unwrap();
+    assert_eq!(
+        (mask.width(), mask.height()),
+        (photo.width(), photo.height()),
+        "the photo's own 451x300"
+    );
+    assert_eq!(
+        (overlay.width(), overlay.height()),
+        (photo.width(), photo.height())
+    );
+
+    // Pictures need a picture model; out-of-range options are named.
+    let bad = pb::RenderOptions {
+        clip_percentile: Some(120.0),
+        ..render
+    };
+    let request = pb::ExplainRequest {
+        input: image_input("chelsea.png"),
+        render: Some(bad),
+        ..Default::default()
+    };
+    let status = explain(&server, request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("render.clip_percentile"),
+        "{}",
+        status.message()
+    );
+    server.stop().await;
+}
