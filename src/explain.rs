@@ -32,6 +32,7 @@ const MAX_ROWS: u32 = 256;
 pub struct ExplainLimits {
     pub max_steps: u32,
     pub max_targets: u32,
+    pub max_baseline_samples: u32,
 }
 
 impl Default for ExplainLimits {
@@ -39,6 +40,7 @@ impl Default for ExplainLimits {
         Self {
             max_steps: 4096,
             max_targets: 16,
+            max_baseline_samples: 64,
         }
     }
 }
@@ -53,7 +55,8 @@ pub struct ExplainJob {
     model: Model,
     gradient: Worker,
     input: PreparedInput,
-    baseline: Vec<f32>,
+    /// One baseline, or several samples whose IG is averaged (expected gradients).
+    baselines: Vec<Vec<f32>>,
     targets: Targets,
     objective: pb::Objective,
     method: Method,
@@ -261,22 +264,43 @@ impl Engine {
         };
 
         // The baseline's kind is checked before the input is decoded, the rest after.
+        let samples = request.baseline.as_ref().map_or(1, |b| b.samples.max(1));
         let kind = request.baseline.and_then(|b| b.kind);
+        if samples > limits.max_baseline_samples {
+            return Err(Error::invalid(
+                "baseline.samples",
+                format!(
+                    "{samples} is above this server's maximum of {}",
+                    limits.max_baseline_samples
+                ),
+            ));
+        }
+        if samples > 1 && !matches!(kind, Some(pb::baseline::Kind::Uniform(_))) {
+            return Err(Error::invalid("baseline.samples", "only a uniform baseline has several samples (seeds seed, seed+1, ...); the others are deterministic"));
+        }
         let input = self.prepare_input(&model, request.input).await?;
         let values = input
             .tensor
             .as_f32()
             .ok_or_else(|| Error::invalid("input.tensor.dtype", "Explain needs a float32 input"))?;
-        let preprocessing = input
-            .image
-            .as_ref()
-            .and(spec.image.as_ref())
-            .map(|i| &i.preprocessing);
-        let baseline = match kind {
-            Some(pb::baseline::Kind::Tensor(t)) => baseline_tensor(t, &input.tensor)?,
+        let preprocessing = spec.image.as_ref().map(|i| &i.preprocessing);
+        let baselines = match kind {
+            Some(pb::baseline::Kind::Tensor(t)) => vec![baseline_tensor(t, &input.tensor)?],
+            Some(pb::baseline::Kind::Uniform(u)) => (0..u64::from(samples))
+                .map(|i| {
+                    ig::make_baseline(
+                        BaselineKind::Uniform {
+                            seed: u.seed.wrapping_add(i),
+                        },
+                        values,
+                        preprocessing,
+                    )
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::invalid("baseline", e.to_string()))?,
             other => {
                 let kind = match other {
-                    None if preprocessing.is_some() => BaselineKind::Black,
+                    None if input.image.is_some() => BaselineKind::Black,
                     None | Some(pb::baseline::Kind::Zeros(_)) => BaselineKind::Zeros,
                     Some(pb::baseline::Kind::Black(_)) => BaselineKind::Black,
                     Some(pb::baseline::Kind::White(_)) => BaselineKind::White,
@@ -284,14 +308,14 @@ impl Engine {
                     Some(pb::baseline::Kind::Blur(b)) => BaselineKind::Blur { sigma: b.sigma },
                     Some(pb::baseline::Kind::Tensor(_)) => unreachable!("handled above"),
                 };
-                ig::make_baseline(kind, values, preprocessing)
-                    .map_err(|e| Error::invalid("baseline", e.to_string()))?
+                vec![ig::make_baseline(kind, values, preprocessing)
+                    .map_err(|e| Error::invalid("baseline", e.to_string()))?]
             }
         };
         Ok(ExplainJob {
             model,
             gradient,
-            baseline,
+            baselines,
             targets,
             objective,
             method,
@@ -402,13 +426,11 @@ impl ExplainJob {
     }
 
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
-        let spec = &self.model.spec;
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
         let input_len = input.len();
 
-        // F(x) and F(x') for every class, and the targets if they depend on the prediction.
+        // F(x) for every class, and the targets if they depend on the prediction.
         let score_input = self.scores(input).await?;
-        let score_baseline = self.scores(&self.baseline).await?;
         let targets: Vec<usize> = match &self.targets {
             Targets::Classes(c) => c.clone(),
             Targets::TopK(k) => {
@@ -418,9 +440,75 @@ impl ExplainJob {
                 order
             }
         };
-        let classes = score_input.len();
         let t = targets.len();
 
+        // With several baselines (expected gradients), IG is averaged over them: the mean
+        // attributions add up to F(x) minus the mean F(x').
+        let samples = self.baselines.len();
+        let mut attribution_sums = vec![vec![0f64; input_len]; t];
+        let mut baseline_scores = vec![0f64; t];
+        let mut first: Option<Integrator> = None;
+        let (mut evaluations, mut steps) = (0usize, 0u32);
+        for (sample, baseline) in self.baselines.iter().enumerate() {
+            let score_baseline = self.scores(baseline).await?;
+            let path = Path {
+                baseline,
+                targets: &targets,
+                score_input: &score_input,
+                score_baseline: &score_baseline,
+            };
+            let progress = Plan {
+                done_before: evaluations,
+                samples_left: samples - sample,
+            };
+            let integrator = self.integrate(&path, progress, events).await?;
+            for (j, &class) in targets.iter().enumerate() {
+                let average = integrator
+                    .average_gradient(j)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let attributions = ig::attributions(input, baseline, &average);
+                for (sum, value) in attribution_sums[j].iter_mut().zip(attributions) {
+                    *sum += f64::from(value);
+                }
+                baseline_scores[j] += f64::from(score_baseline[class]);
+            }
+            evaluations += integrator.evaluations();
+            steps = steps.max(integrator.estimate_steps().unwrap_or(0));
+            first.get_or_insert(integrator);
+        }
+        let first = first.ok_or_else(|| Error::Internal("no baseline".into()))?;
+
+        for (j, &class) in targets.iter().enumerate() {
+            let attributions: Vec<f32> = attribution_sums[j]
+                .iter()
+                .map(|s| (s / samples as f64) as f32)
+                .collect();
+            let summary = Summary {
+                class,
+                f_input: score_input[class],
+                f_baseline: (baseline_scores[j] / samples as f64) as f32,
+                steps,
+                evaluations,
+            };
+            let mut explanation = self.explanation(&first, j, attributions, summary)?;
+            self.draw(&mut explanation).await?;
+            send(events, pb::explain_event::Event::Result(explanation)).await?;
+        }
+        Ok(())
+    }
+
+    /// Integrates along one path (one baseline), streaming progress, refining if asked.
+    async fn integrate(
+        &self,
+        path: &Path<'_>,
+        plan: Plan,
+        events: &mpsc::Sender<ExplainItem>,
+    ) -> Result<Integrator, Error> {
+        let spec = &self.model.spec;
+        let input = self.input.tensor.as_f32().expect("checked in plan_explain");
+        let input_len = input.len();
+        let (targets, t) = (path.targets, path.targets.len());
+        let classes = path.score_input.len();
         let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
             .map_err(|e| Error::invalid("steps", e.to_string()))?;
         let mut rows = vec![0f32; self.batch as usize * input_len];
@@ -429,7 +517,7 @@ impl ExplainJob {
                 let b = batch.len();
                 ig::interpolate(
                     input,
-                    &self.baseline,
+                    path.baseline,
                     batch.alphas(),
                     &mut rows[..b * input_len],
                 );
@@ -472,41 +560,27 @@ impl ExplainJob {
                 integrator
                     .feed(&batch, grads, &scores)
                     .map_err(|e| Error::Internal(e.to_string()))?;
+                let per_path = integrator.evaluations() + integrator.remaining();
                 let progress = pb::Progress {
-                    steps_done: integrator.evaluations() as u32,
-                    steps_total: (integrator.evaluations() + integrator.remaining()) as u32,
+                    steps_done: (plan.done_before + integrator.evaluations()) as u32,
+                    steps_total: (plan.done_before + per_path * plan.samples_left) as u32,
                     elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
                     steps: integrator.estimate_steps().unwrap_or(0),
-                    relative_delta: self
-                        .worst_delta(&integrator, &targets, &score_input, &score_baseline)
-                        .unwrap_or(f32::NAN),
+                    relative_delta: self.worst_delta(&integrator, path).unwrap_or(f32::NAN),
                 };
                 send(events, pb::explain_event::Event::Progress(progress)).await?;
             }
             let converged = self.tolerance <= 0.0
                 || self
-                    .worst_delta(&integrator, &targets, &score_input, &score_baseline)
+                    .worst_delta(&integrator, path)
                     .is_some_and(|d| d <= self.tolerance);
             if converged || integrator.steps().saturating_mul(2) > self.max_steps {
-                break;
+                return Ok(integrator);
             }
             integrator
                 .refine()
                 .map_err(|e| Error::Internal(e.to_string()))?;
         }
-
-        for (j, &class) in targets.iter().enumerate() {
-            let mut explanation = self.explanation(
-                &integrator,
-                j,
-                class,
-                score_input[class],
-                score_baseline[class],
-            )?;
-            self.draw(&mut explanation).await?;
-            send(events, pb::explain_event::Event::Result(explanation)).await?;
-        }
-        Ok(())
     }
 
     /// Adds the requested pictures to `explanation` (drawing is CPU work: off the async threads).
@@ -571,42 +645,39 @@ impl ExplainJob {
     }
 
     /// The largest |delta| / |F(x) - F(x')| over the targets, once a round is complete.
-    fn worst_delta(
-        &self,
-        integrator: &Integrator,
-        targets: &[usize],
-        f_input: &[f32],
-        f_baseline: &[f32],
-    ) -> Option<f32> {
+    fn worst_delta(&self, integrator: &Integrator, path: &Path<'_>) -> Option<f32> {
         integrator.estimate_steps()?;
         let input = self.input.tensor.as_f32()?;
         let mut worst = 0f64;
-        for (j, &class) in targets.iter().enumerate() {
-            let avg = integrator.average_gradient(j).ok()?;
-            let attributions = ig::attributions(input, &self.baseline, &avg);
+        for (j, &class) in path.targets.iter().enumerate() {
+            let average = integrator.average_gradient(j).ok()?;
+            let attributions = ig::attributions(input, path.baseline, &average);
             let c = ig::Completeness::new(
                 &attributions,
-                f64::from(f_input[class]),
-                f64::from(f_baseline[class]),
+                f64::from(path.score_input[class]),
+                f64::from(path.score_baseline[class]),
             );
             worst = worst.max(c.relative_delta());
         }
         Some(worst as f32)
     }
 
+    /// The Explanation of target `j`: its (averaged) attributions, the completeness numbers,
+    /// and the path diagnostics of `integrator` (the first baseline's path).
     fn explanation(
         &self,
         integrator: &Integrator,
         j: usize,
-        class: usize,
-        f_input: f32,
-        f_baseline: f32,
+        attributions: Vec<f32>,
+        summary: Summary,
     ) -> Result<pb::Explanation, Error> {
-        let input = self.input.tensor.as_f32().expect("checked in plan_explain");
-        let avg = integrator
-            .average_gradient(j)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let attributions = ig::attributions(input, &self.baseline, &avg);
+        let Summary {
+            class,
+            f_input,
+            f_baseline,
+            steps,
+            evaluations,
+        } = summary;
         let c = ig::Completeness::new(&attributions, f64::from(f_input), f64::from(f_baseline));
         let path = integrator
             .path(j)
@@ -635,7 +706,7 @@ impl ExplainJob {
             score_baseline: f_baseline,
             attribution_sum: c.attribution_sum as f32,
             convergence_delta: c.delta as f32,
-            steps: integrator.estimate_steps().unwrap_or(0),
+            steps,
             method: match self.method {
                 Method::Trapezoid => pb::Method::Trapezoid,
                 Method::Left => pb::Method::Left,
@@ -644,13 +715,37 @@ impl ExplainJob {
                 Method::GaussLegendre => pb::Method::GaussLegendre,
             } as i32,
             objective: self.objective as i32,
-            evaluations: integrator.evaluations() as u32,
+            evaluations: evaluations as u32,
             elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
             path,
             mask_png: Vec::new(),
             overlay_png: Vec::new(),
         })
     }
+}
+
+/// One path to integrate: its baseline, the targets, and F at both ends for every class.
+struct Path<'a> {
+    baseline: &'a [f32],
+    targets: &'a [usize],
+    score_input: &'a [f32],
+    score_baseline: &'a [f32],
+}
+
+/// Where one path sits in the whole job, for progress events.
+#[derive(Clone, Copy)]
+struct Plan {
+    done_before: usize,
+    samples_left: usize,
+}
+
+/// The numbers of one target's explanation that come from outside the path integrator.
+struct Summary {
+    class: usize,
+    f_input: f32,
+    f_baseline: f32,
+    steps: u32,
+    evaluations: usize,
 }
 
 async fn send(

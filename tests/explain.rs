@@ -273,6 +273,7 @@ async fn should_refuse_bad_requests_before_any_work() {
                         dtype: 1,
                         data: vec![0; 3 * 224 * 4],
                     })),
+                    samples: 0,
                 }),
                 ..good.clone()
             },
@@ -365,6 +366,49 @@ async fn should_draw_pictures_at_the_photos_resolution() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
         status.message().contains("render.clip_percentile"),
+        "{}",
+        status.message()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn should_average_over_noise_baselines() {
+    let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;
+    let uniform = |samples| pb::Baseline {
+        kind: Some(pb::baseline::Kind::Uniform(pb::UniformBaseline { seed: 7 })),
+        samples,
+    };
+    let request = |samples| pb::ExplainRequest {
+        input: image_input("coffee.png"),
+        steps: Some(4),
+        baseline: Some(uniform(samples)),
+        ..Default::default()
+    };
+    let (progress, results) = explain(&server, request(3)).await.unwrap();
+    let r = &results[0];
+    // Three paths of 5 alphas each, reported as one plan of 15 evaluations.
+    assert_eq!(r.evaluations, 15);
+    assert_eq!(progress.last().unwrap().steps_done, 15);
+    assert!(progress.iter().all(|p| p.steps_total == 15), "{progress:?}");
+    // Completeness against the mean baseline score holds by construction of the fields.
+    let delta = r.attribution_sum - (r.score_input - r.score_baseline);
+    assert!((delta - r.convergence_delta).abs() < 1e-4);
+    // One sample with the same seed is the first of the three, not their average.
+    let (_, single) = explain(&server, request(1)).await.unwrap();
+    assert_ne!(single[0].attribution_sum, r.attribution_sum);
+
+    let black_many = pb::ExplainRequest {
+        baseline: Some(pb::Baseline {
+            kind: Some(pb::baseline::Kind::Black(true)),
+            samples: 3,
+        }),
+        ..request(1)
+    };
+    let status = explain(&server, black_many).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("baseline.samples"),
         "{}",
         status.message()
     );

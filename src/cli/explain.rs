@@ -49,6 +49,9 @@ pub struct ExplainArgs {
     /// Seed of the uniform baseline.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Average over this many uniform baselines (expected gradients).
+    #[arg(long, default_value_t = 1)]
+    pub samples: u32,
     /// Sigma of the blur baseline, in pixels.
     #[arg(long, default_value_t = 10.0)]
     pub sigma: f32,
@@ -220,7 +223,10 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
         input: Some(input),
         target: target.map(|kind| pb::Target { kind: Some(kind) }),
         objective: objective as i32,
-        baseline: baseline.map(|kind| pb::Baseline { kind: Some(kind) }),
+        baseline: baseline.map(|kind| pb::Baseline {
+            kind: Some(kind),
+            samples: args.samples,
+        }),
         method: method as i32,
         steps: Some(args.steps),
         batch_size: args.batch_size.unwrap_or(0),
