@@ -21,9 +21,18 @@ use crate::proto::integrad::v1 as pb;
 
 /// Steps when the request says 0 (the classic recipe's figure).
 pub const DEFAULT_STEPS: u32 = 50;
-/// Alphas per gradient run by default: ORT-GRADIENTS.md measured 17 x 3 runs as fast as 51
-/// at once with a third of the peak memory.
+/// Alphas per gradient run by default for a 224x224 RGB input: ORT-GRADIENTS.md measured
+/// 17 x 3 runs as fast as 51 at once with a third of the peak memory. Other models scale it
+/// by their input size, since activation memory grows with it (see [`default_batch`]).
 pub const DEFAULT_BATCH: u32 = 16;
+const DEFAULT_BATCH_INPUT: usize = 3 * 224 * 224;
+
+/// The default alphas per run for an input of `input_len` values: DEFAULT_BATCH at 224x224
+/// RGB, more for smaller inputs (up to 64), fewer for larger ones (down to 1).
+pub fn default_batch(input_len: usize) -> u32 {
+    let scaled = DEFAULT_BATCH as usize * DEFAULT_BATCH_INPUT / input_len.max(1);
+    scaled.clamp(1, 64) as u32
+}
 /// Rows per gradient run at most (alphas x targets), whatever the request asks.
 const MAX_ROWS: u32 = 256;
 
@@ -242,8 +251,15 @@ impl Engine {
             Targets::Classes(c) => c.len() as u32,
             Targets::TopK(k) => *k as u32,
         };
+        let input_len: i64 = spec
+            .input_spec()
+            .shape
+            .iter()
+            .skip(1)
+            .map(|&d| d.max(1))
+            .product();
         let batch = match request.batch_size {
-            0 => DEFAULT_BATCH,
+            0 => default_batch(input_len as usize),
             b => b,
         }
         .clamp(1, (MAX_ROWS / target_count).max(1));
