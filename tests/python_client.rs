@@ -1,9 +1,8 @@
 //! A client in another language: tests/python/stream_client.py (grpcio, stubs generated from
 //! our proto inside the test) streams an Explain from the real `integrad serve` binary.
 //!
-//! The Python is `$INTEGRAD_TEST_PYTHON`, else `python3`; it needs the packages in
-//! tests/python/requirements.txt (.ci/run makes such a venv). Without them the test fails
-//! and says so: it never skips.
+//! The Python is `$INTEGRAD_TEST_PYTHON`, else a venv this test makes with the packages in
+//! tests/python/requirements.txt. Without them the test fails and says so: it never skips.
 
 mod common;
 
@@ -26,8 +25,35 @@ impl Drop for Server {
     }
 }
 
+/// `$INTEGRAD_TEST_PYTHON` if set; otherwise a venv under cargo's test scratch directory,
+/// made (once) with the pinned packages of tests/python/requirements.txt, so that a plain
+/// `cargo test --release` on a fresh machine needs nothing installed by hand.
 fn python() -> String {
-    std::env::var("INTEGRAD_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+    if let Ok(python) = std::env::var("INTEGRAD_TEST_PYTHON") {
+        return python;
+    }
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-grpc-client");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools.protoc, google.protobuf"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !ready {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let requirements = common::root().join("tests/python/requirements.txt");
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .expect("pip runs");
+        assert!(installed.success(), "pip install -r {} failed", requirements.display());
+    }
+    python.display().to_string()
 }
 
 async fn serving(url: &str) -> bool {
