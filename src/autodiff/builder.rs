@@ -136,6 +136,11 @@ impl<'a> Builder<'a> {
         self.fwd.producers.get(tensor)
     }
 
+    /// How many times the forward graph uses `tensor` (node inputs and graph outputs).
+    pub fn uses(&self, tensor: &str) -> usize {
+        self.fwd.uses.get(tensor).copied().unwrap_or(0)
+    }
+
     /// Whether input `i` of `node` exists and needs a gradient.
     pub fn wants(&self, node: &NodeProto, i: usize) -> bool {
         node.input

@@ -87,6 +87,9 @@ pub struct ForwardGraph {
     pub opset: i64,
     /// The node producing each tensor.
     pub producers: HashMap<String, NodeProto>,
+    /// How many times each tensor is used: as a node input (once per occurrence) or as a
+    /// graph output.
+    pub uses: HashMap<String, usize>,
 }
 
 /// Constants with more elements than this keep no value (rules only need small ones: axes,
@@ -166,12 +169,23 @@ impl ForwardGraph {
             .iter()
             .flat_map(|n| n.output.iter().map(move |o| (o.clone(), n.clone())))
             .collect();
+        let mut uses: HashMap<String, usize> = HashMap::new();
+        let used = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str));
+        for name in used.chain(graph.output.iter().map(|o| o.name())) {
+            if !name.is_empty() {
+                *uses.entry(name.to_string()).or_default() += 1;
+            }
+        }
         Ok(Self {
             infos,
             runtime_inputs,
             constants,
             opset,
             producers,
+            uses,
         })
     }
 }

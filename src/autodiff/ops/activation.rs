@@ -14,7 +14,7 @@ use crate::proto::onnx::NodeProto;
 type Grads = Result<Vec<Option<String>>, String>;
 
 /// 2^100: large enough that Clip(BIG * t, 0, 1) is a step at 0 for any realistic t.
-const BIG: f64 = 1.2676506002282294e30;
+pub(crate) const BIG: f64 = 1.2676506002282294e30;
 
 pub fn register(r: &mut Registry) {
     r.rule("Relu", relu);

@@ -4,8 +4,10 @@
 //! integrad explains, so a path through them is refused rather than half-supported.
 
 use super::super::builder::{attr_i, attr_ints, Builder};
+use super::super::graph;
 use super::super::graph::{attr_i as node_i, attr_ints as node_ints, attr_s as node_s, DYNAMIC};
 use super::super::registry::Registry;
+use super::activation::BIG;
 use crate::proto::onnx::NodeProto;
 
 type Grads = Result<Vec<Option<String>>, String>;
@@ -196,8 +198,22 @@ fn conv(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
                     attr_i("group", group),
                 ],
             )
-        } else if let Some(dx) = polyphase(b, &dy, w, &w_shape, &win, &x_shape, &y_shape, group) {
-            dx
+        } else if let Some(parts) =
+            polyphase_parts(b, &dy, w, &w_shape, &win, &x_shape, &y_shape, group)
+        {
+            let src = folded.as_deref().unwrap_or(x).to_string();
+            let alone = b.uses(x) == 1 && !b.wants(node, 2);
+            let fused = if alone {
+                masked_adjoint(b, &parts, &src, &x_shape, &win)
+            } else {
+                None
+            };
+            if let Some((target, dx)) = fused {
+                // The Clip and the 1x1 Conv before it are differentiated here, per phase.
+                b.add_grad(&target, dx);
+                return Ok(out);
+            }
+            interleave_phases(b, &parts, &win, &x_shape)
         } else {
             transpose_to_size(b, &dy, w, &win, &y_shape[2..], &x_shape[2..], group)
         });
@@ -248,7 +264,7 @@ fn foldable_pad(b: &Builder, x: &str, rank: usize) -> Option<(String, Vec<i64>)>
 /// in the order the phases occur from i = 0, then cropped to X's size.
 /// `None` where this does not apply (dilation, not 2-D, a phase with no tap).
 #[allow(clippy::too_many_arguments)]
-fn polyphase(
+fn polyphase_parts(
     b: &mut Builder,
     dy: &str,
     w: &str,
@@ -257,7 +273,7 @@ fn polyphase(
     x_shape: &[i64],
     y_shape: &[i64],
     group: i64,
-) -> Option<String> {
+) -> Option<Vec<Vec<String>>> {
     if win.kernel.len() != 2 || win.dilations.iter().any(|d| *d != 1) {
         return None;
     }
@@ -281,7 +297,6 @@ fn polyphase(
                 .collect()
         })
         .collect();
-    let cin = x_shape[1];
     let mut row_parts = Vec::new();
     for ph in &phases[0] {
         let mut parts = Vec::new();
@@ -314,11 +329,122 @@ fn polyphase(
             );
             parts.push(conv);
         }
-        row_parts.push(interleave(b, &parts, 4, &[0, cin, rows[0], rows[1] * s[1]]));
+        row_parts.push(parts);
     }
-    let full = interleave(b, &row_parts, 3, &[0, cin, rows[0] * s[0], rows[1] * s[1]]);
+    Some(row_parts)
+}
+
+/// Interleaves the phases of `polyphase_parts` (`parts[p][q]`: the input positions
+/// `[p::s0, q::s1]`, each `ceil(H / s)` rows) into a tensor of `x_shape` (cropped).
+fn interleave_phases(
+    b: &mut Builder,
+    parts: &[Vec<String>],
+    win: &Window,
+    x_shape: &[i64],
+) -> String {
+    let s = &win.strides;
+    let c = x_shape[1];
+    let hw = [x_shape[2], x_shape[3]];
+    let rows: Vec<i64> = (0..2).map(|a| (hw[a] + s[a] - 1) / s[a]).collect();
+    let row_parts: Vec<String> = parts
+        .iter()
+        .map(|row| interleave(b, row, 4, &[0, c, rows[0], rows[1] * s[1]]))
+        .collect();
+    let full = interleave(b, &row_parts, 3, &[0, c, rows[0] * s[0], rows[1] * s[1]]);
     let (extra_h, extra_w) = (rows[0] * s[0] - hw[0], rows[1] * s[1] - hw[1]);
-    Some(crop(b, &full, &[0, 0], &[extra_h, extra_w]))
+    crop(b, &full, &[0, 0], &[extra_h, extra_w])
+}
+
+/// When the strided conv's input `a` (whose adjoint the phases `parts` are) is
+/// `Clip(Conv1x1(x), lo, hi)` used only here (e.g. ReLU6 after an expansion conv), finishes
+/// the chain per phase before interleaving, where the tensor has the 1x1 conv's input
+/// channels (usually several times fewer): phase (p, q) of dA is multiplied by the Clip's
+/// mask `[lo < a] * [a < hi]` on `a[p::s0, q::s1]` (each factor a depthwise Conv with a
+/// single tap at (p, q), strides s, + Clip, like `activation::conv_step`), then goes through
+/// the 1x1 conv's adjoint (a 1x1 Conv with the channel-swapped weight). Returns `x` and dX.
+/// Needs X's spatial size divisible by the strides (no crop).
+fn masked_adjoint(
+    b: &mut Builder,
+    parts: &[Vec<String>],
+    a: &str,
+    a_shape: &[i64],
+    win: &Window,
+) -> Option<(String, String)> {
+    let s = win.strides.clone();
+    if (0..2).any(|i| a_shape[2 + i] % s[i] != 0) || a_shape[1] < 1 {
+        return None;
+    }
+    // `a` only feeds this conv (directly or through the folded Pad).
+    if b.uses(a) != 1 {
+        return None;
+    }
+    let clip = b.producer(a)?;
+    if clip.op_type() != "Clip" || !clip.domain().is_empty() || clip.output.len() != 1 {
+        return None;
+    }
+    let lo = b.const_input(clip, 1)?.floats();
+    let hi = b.const_input(clip, 2)?.floats();
+    let (&[lo], &[hi]) = (lo.as_slice(), hi.as_slice()) else {
+        return None;
+    };
+    let z = clip.input.first()?.clone();
+    if b.uses(&z) != 1 {
+        return None;
+    }
+    let e = b.producer(&z)?;
+    if e.op_type() != "Conv" || !e.domain().is_empty() || b.wants(e, 1) || b.wants(e, 2) {
+        return None;
+    }
+    let x = e.input.first()?.clone();
+    let ew = e.input.get(1)?.clone();
+    let x_info = b.info(&x).ok()?;
+    let ew_shape = b.info(&ew).ok()?.shape.clone();
+    if x_info.dtype != graph::FLOAT || b.info(a).ok()?.dtype != graph::FLOAT {
+        return None;
+    }
+    let c_in = x_info.shape.get(1).copied()?;
+    let ewin = window(e, x_info.shape.get(2..)?, ew_shape.get(2..)?).ok()?;
+    let one_by_one = ewin.kernel.iter().all(|k| *k == 1)
+        && ewin.strides.iter().all(|v| *v == 1)
+        && ewin.begin.iter().chain(&ewin.end).all(|p| *p == 0)
+        && x_info.shape.get(2..) == a_shape.get(2..);
+    if !one_by_one || c_in == DYNAMIC {
+        return None;
+    }
+    let egroup = node_i(e, "group").unwrap_or(1);
+    let c = a_shape[1];
+    let rows = [a_shape[2] / s[0], a_shape[3] / s[1]];
+    let ewf = flipped_weight(b, &ew, &ew_shape, egroup);
+    let zero = b.scalar(graph::FLOAT, 0.0);
+    let one = b.scalar(graph::FLOAT, 1.0);
+    let mut out_rows = Vec::new();
+    for (p, row) in parts.iter().enumerate() {
+        let mut out = Vec::new();
+        for (q, part) in row.iter().enumerate() {
+            let (kh, kw) = (p as i64 + 1, q as i64 + 1);
+            let mut factors = Vec::new();
+            for (scale, shift) in [(BIG, -BIG * lo), (-BIG, BIG * hi)] {
+                let mut taps = vec![0.0; (c * kh * kw) as usize];
+                for ch in 0..c {
+                    taps[((ch + 1) * kh * kw - 1) as usize] = scale;
+                }
+                let mw = b.const_tensor(graph::FLOAT, &[c, 1, kh, kw], &taps);
+                let mb = b.const_tensor(graph::FLOAT, &[c], &vec![shift; c as usize]);
+                let conv = b.op(
+                    "Conv",
+                    &[a, &mw, &mb],
+                    vec![attr_i("group", c), attr_ints("strides", &s)],
+                );
+                factors.push(b.op("Clip", &[&conv, &zero, &one], vec![]));
+            }
+            let m = b.op("Mul", &[&factors[0], &factors[1]], vec![]);
+            let masked = b.op("Mul", &[part, &m], vec![]);
+            out.push(b.op("Conv", &[&masked, &ewf], vec![attr_i("group", egroup)]));
+        }
+        out_rows.push(interleave(b, &out, 4, &[0, c_in, rows[0], rows[1] * s[1]]));
+    }
+    let dx = interleave(b, &out_rows, 3, &[0, c_in, a_shape[2], a_shape[3]]);
+    Some((x, dx))
 }
 
 /// Interleaves equally shaped `parts` along the axis before `new_axis` (Unsqueeze each at
