@@ -51,7 +51,11 @@ fn python() -> String {
             .arg(&requirements)
             .status()
             .expect("pip runs");
-        assert!(installed.success(), "pip install -r {} failed", requirements.display());
+        assert!(
+            installed.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
     }
     python.display().to_string()
 }
