@@ -124,6 +124,7 @@ async fn should_match_captum_on_the_demo_model() {
                     &shape,
                     &vec![case.baseline; input.len()],
                 ))),
+                samples: 0,
             }),
             method: case.method as i32,
             steps: Some(50),
