@@ -258,11 +258,7 @@ fn check_tensor(spec: &ModelSpec, tensor: pb::Tensor) -> Result<TensorData, Erro
         ));
     }
     let values = if dtype == DType::F32 {
-        let data: Vec<f32> = tensor
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = f32s(&tensor.data);
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(Error::invalid(
                 "input.tensor.data",
@@ -318,6 +314,14 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
     exps.iter().map(|e| (e / sum) as f32).collect()
+}
+
+/// The float32 values of a `Tensor.data` (little-endian; a trailing partial value is ignored,
+/// callers check the length first).
+pub fn f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 pub fn to_proto(tensor: &TensorData) -> pb::Tensor {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::engine::{softmax, to_proto, Engine, PreparedInput};
+use crate::engine::{f32s, softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
 use crate::ig::{self, BaselineKind, Integrator, Method};
 use crate::image::{Colormap, RenderOptions};
@@ -418,11 +418,7 @@ fn baseline_tensor(t: pb::Tensor, input: &TensorData) -> Result<Vec<f32>, Error>
             ),
         ));
     }
-    let values: Vec<f32> = t
-        .data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = f32s(&t.data);
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid(
             "baseline.tensor.data",
@@ -607,12 +603,7 @@ impl ExplainJob {
         let attributions = explanation
             .attributions
             .as_ref()
-            .map(|t| {
-                t.data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect::<Vec<f32>>()
-            })
+            .map(|t| f32s(&t.data))
             .unwrap_or_default();
         let (options, preprocessing, picture) = (
             request.options,
@@ -723,13 +714,7 @@ impl ExplainJob {
             attribution_sum: c.attribution_sum as f32,
             convergence_delta: c.delta as f32,
             steps,
-            method: match self.method {
-                Method::Trapezoid => pb::Method::Trapezoid,
-                Method::Left => pb::Method::Left,
-                Method::Right => pb::Method::Right,
-                Method::Midpoint => pb::Method::Midpoint,
-                Method::GaussLegendre => pb::Method::GaussLegendre,
-            } as i32,
+            method: pb::Method::from(self.method) as i32,
             objective: self.objective as i32,
             evaluations: evaluations as u32,
             elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
@@ -762,6 +747,18 @@ struct Summary {
     f_baseline: f32,
     steps: u32,
     evaluations: usize,
+}
+
+impl From<Method> for pb::Method {
+    fn from(method: Method) -> Self {
+        match method {
+            Method::Trapezoid => pb::Method::Trapezoid,
+            Method::Left => pb::Method::Left,
+            Method::Right => pb::Method::Right,
+            Method::Midpoint => pb::Method::Midpoint,
+            Method::GaussLegendre => pb::Method::GaussLegendre,
+        }
+    }
 }
 
 async fn send(

@@ -7,26 +7,14 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tokio_stream::StreamExt;
 
-use crate::config::{ModelArgs, RuntimeArgs};
+use super::ClientArgs;
 use crate::proto::integrad::v1 as pb;
 use crate::proto::integrad::v1::explainer_client::ExplainerClient;
 
 #[derive(Debug, Clone, Args)]
 pub struct ExplainArgs {
-    /// An image file (PNG, JPEG, WebP, BMP, GIF).
-    #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
-    pub image: Option<PathBuf>,
-    /// A preprocessed input tensor (.npy, float32, without the batch dimension).
-    #[arg(long)]
-    pub tensor: Option<PathBuf>,
-    /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
-    #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
-    pub server: Option<String>,
-    /// The model to use [default: the default model].
-    #[arg(long)]
-    pub model: Option<String>,
     #[command(flatten)]
-    pub models: ModelArgs,
+    pub client: ClientArgs,
     /// The class to explain: an index or a label [default: the top-1 prediction].
     #[arg(long, conflicts_with = "top_k")]
     pub target: Option<String>,
@@ -73,17 +61,14 @@ pub struct ExplainArgs {
     /// Where to write the files.
     #[arg(long, default_value = "explanation")]
     pub out: PathBuf,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
 }
 
 pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
     let request = request(&args)?;
-    let has_picture = args.image.is_some();
     let mut events: std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = anyhow::Result<pb::ExplainEvent>> + Send>,
     > =
-        match &args.server {
+        match &args.client.server {
             Some(url) => {
                 let client = ExplainerClient::connect(url.clone())
                     .await
@@ -101,7 +86,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
                 }))
             }
             None => {
-                let engine = super::local_engine(&args.models, &args.runtime).await?;
+                let engine = super::local_engine(&args.client.models, &args.client.runtime).await?;
                 let job = engine.plan_explain(request).await?;
                 let (tx, rx) = tokio::sync::mpsc::channel(16);
                 tokio::spawn(job.run(tx));
@@ -147,12 +132,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
         } else {
             args.out.join(format!("{}-{}", rank + 1, r.target_class))
         };
-        write_files(
-            &dir,
-            r,
-            &args.objective,
-            has_picture || args.tensor.is_some(),
-        )?;
+        write_files(&dir, r, &args.objective)?;
         println!(
             "class {} {:?}: F(input) {:.4}, F(baseline) {:.4}, sum of attributions {:.4}, delta {:.2e} ({:.2} %), {} steps, {:.0} ms -> {}",
             r.target_class,
@@ -171,7 +151,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
 }
 
 fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
-    let input = super::read_input(args.image.as_deref(), args.tensor.as_deref())?;
+    let input = super::read_input(args.client.image.as_deref(), args.client.tensor.as_deref())?;
     let target = match (&args.target, args.top_k) {
         (Some(t), _) => Some(match t.parse::<i64>() {
             Ok(index) => pb::target::Kind::ClassIndex(index),
@@ -211,15 +191,9 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
         "viridis" => pb::Colormap::Viridis,
         other => anyhow::bail!("--colormap {other:?}: expected inferno or viridis"),
     };
-    let method = match args.method {
-        crate::ig::Method::Trapezoid => pb::Method::Trapezoid,
-        crate::ig::Method::Left => pb::Method::Left,
-        crate::ig::Method::Right => pb::Method::Right,
-        crate::ig::Method::Midpoint => pb::Method::Midpoint,
-        crate::ig::Method::GaussLegendre => pb::Method::GaussLegendre,
-    };
+    let method = pb::Method::from(args.method);
     Ok(pb::ExplainRequest {
-        model: args.model.clone().unwrap_or_default(),
+        model: args.client.model.clone().unwrap_or_default(),
         input: Some(input),
         target: target.map(|kind| pb::Target { kind: Some(kind) }),
         objective: objective as i32,
@@ -242,22 +216,13 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
     })
 }
 
-fn write_files(
-    dir: &Path,
-    r: &pb::Explanation,
-    objective: &str,
-    _pictures: bool,
-) -> anyhow::Result<()> {
+fn write_files(dir: &Path, r: &pb::Explanation, objective: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let attributions = r
         .attributions
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("explanation without attributions"))?;
-    let values: Vec<f32> = attributions
-        .data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = crate::engine::f32s(&attributions.data);
     let shape: Vec<usize> = attributions.shape.iter().map(|&d| d as usize).collect();
     crate::npy::write_f32(&dir.join("attributions.npy"), &shape, &values)?;
     if !r.mask_png.is_empty() {

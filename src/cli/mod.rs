@@ -15,6 +15,27 @@ use std::path::Path;
 use crate::npy::{self, NpyArray};
 use crate::proto::integrad::v1 as pb;
 
+/// What every client command takes: the input, and where the model runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// An image file (PNG, JPEG, WebP, BMP, GIF).
+    #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
+    pub image: Option<std::path::PathBuf>,
+    /// A preprocessed input tensor (.npy, without the batch dimension).
+    #[arg(long)]
+    pub tensor: Option<std::path::PathBuf>,
+    /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
+    #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
+    pub server: Option<String>,
+    /// The model to use [default: the default model].
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub models: crate::config::ModelArgs,
+    #[command(flatten)]
+    pub runtime: crate::config::RuntimeArgs,
+}
+
 /// Reads an image file or a `.npy` tensor into the API's `Input`.
 pub fn read_input(image: Option<&Path>, tensor: Option<&Path>) -> anyhow::Result<pb::Input> {
     let kind = match (image, tensor) {

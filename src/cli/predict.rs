@@ -1,45 +1,31 @@
 //! `integrad predict`: top-k classes for an image or tensor.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
-use crate::config::{ModelArgs, RuntimeArgs};
+use super::ClientArgs;
 use crate::proto::integrad::v1 as pb;
 use crate::proto::integrad::v1::explainer_client::ExplainerClient;
 
 #[derive(Debug, Clone, Args)]
 pub struct PredictArgs {
-    /// An image file (PNG, JPEG, WebP, BMP, GIF).
-    #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
-    pub image: Option<PathBuf>,
-    /// A preprocessed input tensor (.npy, float32 or int64, without the batch dimension).
-    #[arg(long)]
-    pub tensor: Option<PathBuf>,
-    /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
-    #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
-    pub server: Option<String>,
-    /// The model to use [default: the default model].
-    #[arg(long)]
-    pub model: Option<String>,
     #[command(flatten)]
-    pub models: ModelArgs,
+    pub client: ClientArgs,
     /// How many classes to print, best first [default: 5, or all classes if fewer].
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub top_k: u32,
     /// Print JSON: {"top": [{"class_index", "label", "probability", "logit"}, ...]}.
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
 }
 
 pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
+    let (top_k, json) = (args.top_k, args.json);
+    let args = args.client;
     let input = super::read_input(args.image.as_deref(), args.tensor.as_deref())?;
     let request = pb::PredictRequest {
         model: args.model.clone().unwrap_or_default(),
         input: Some(input),
-        top_k: args.top_k,
+        top_k,
     };
     let response = match &args.server {
         Some(url) => {
@@ -62,7 +48,7 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
                 .await?
         }
     };
-    print(&response, args.json)
+    print(&response, json)
 }
 
 fn print(response: &pb::PredictResponse, json: bool) -> anyhow::Result<()> {
