@@ -525,6 +525,19 @@ def main() -> None:
         SCENARIOS[name](objects, values, pod, c)
         report["scenarios"][name] = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
 
+    # The README's values table names every value (to the second level), so it cannot drift.
+    rows = [line.split("|")[1] for line in (CHART / "README.md").read_text().splitlines()
+            if line.startswith("| `")]
+    with helm.Chart.load(CHART) as chart:
+        defaults = chart.values
+    for key, value in defaults.items():
+        named = [r for r in rows if f"`{key}`" in r or f"`{key}." in r]
+        check(bool(named), f"README.md values table lacks {key}")
+        if isinstance(value, dict) and key not in {"config", "podSecurityContext", "securityContext", "resources"}:
+            for sub in value:
+                check(any(f"`{key}.{sub}" in r or f"`.{sub}`" in r for r in named),
+                      f"README.md values table lacks {key}.{sub}")
+
     report["rejected"] = check_rejections()
     report["examples"] = check_examples()
     report["checks"] = checks
