@@ -25,39 +25,13 @@ impl Drop for Server {
     }
 }
 
-/// `$INTEGRAD_TEST_PYTHON` if set; otherwise a venv under cargo's test scratch directory,
-/// made (once) with the pinned packages of tests/python/requirements.txt, so that a plain
-/// `cargo test --release` on a fresh machine needs nothing installed by hand.
+/// `$INTEGRAD_TEST_PYTHON` if set, else a venv made once with tests/python/requirements.txt.
 fn python() -> String {
-    if let Ok(python) = std::env::var("INTEGRAD_TEST_PYTHON") {
-        return python;
-    }
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-grpc-client");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools.protoc, google.protobuf"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !ready {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(made.success(), "python3 -m venv {} failed", venv.display());
-        let requirements = common::root().join("tests/python/requirements.txt");
-        let installed = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(&requirements)
-            .status()
-            .expect("pip runs");
-        assert!(
-            installed.success(),
-            "pip install -r {} failed",
-            requirements.display()
-        );
-    }
-    python.display().to_string()
+    common::python_with(
+        "python-grpc-client",
+        "tests/python/requirements.txt",
+        "grpc, grpc_tools.protoc, google.protobuf",
+    )
 }
 
 async fn serving(url: &str) -> bool {
@@ -80,18 +54,6 @@ async fn serving(url: &str) -> bool {
 #[tokio::test]
 async fn should_stream_explain_to_a_python_grpcio_client() {
     let python = python();
-    let check = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools.protoc, google.protobuf"])
-        .output();
-    match check {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "{python} lacks the Python gRPC packages: pip install -r tests/python/requirements.txt \
-             into a venv and set INTEGRAD_TEST_PYTHON to its python (.ci/run does this)\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("cannot run {python} (set INTEGRAD_TEST_PYTHON): {e}"),
-    }
 
     // A free port: bind port 0, read it back, release it for the server.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

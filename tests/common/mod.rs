@@ -216,3 +216,58 @@ pub fn tiny_classifier(op: &str) -> Vec<u8> {
     };
     model.encode_to_vec()
 }
+
+/// The Python a test runs its scripts with: `$INTEGRAD_TEST_PYTHON` if set; otherwise a venv
+/// `venv_name` under cargo's test scratch directory, made (once) with the pinned packages of
+/// `requirements` (a path from the repository root), so that a plain `cargo test --release`
+/// on a fresh machine needs nothing installed by hand. Either way the Python must import
+/// `modules` (e.g. "grpc, google.protobuf"), or the test fails saying what to install: it
+/// never skips.
+pub fn python_with(venv_name: &str, requirements: &str, modules: &str) -> String {
+    let import = format!("import {modules}");
+    let imports = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", &import])
+            .output()
+    };
+    let fix = format!(
+        "pip install -r {requirements} into a venv and set INTEGRAD_TEST_PYTHON to its python, \
+         or unset it to let the test make its own venv"
+    );
+    if let Ok(python) = std::env::var("INTEGRAD_TEST_PYTHON") {
+        match imports(&python) {
+            Ok(out) if out.status.success() => return python,
+            Ok(out) => panic!(
+                "INTEGRAD_TEST_PYTHON={python} cannot `{import}`: {fix}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => panic!("cannot run INTEGRAD_TEST_PYTHON={python}: {e}"),
+        }
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(venv_name);
+    let python = venv.join("bin/python").display().to_string();
+    if imports(&python).is_ok_and(|out| out.status.success()) {
+        return python;
+    }
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 runs (a Python 3 with the venv module is required)");
+    assert!(made.success(), "python3 -m venv {} failed", venv.display());
+    let installed = std::process::Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(root().join(requirements))
+        .status()
+        .expect("pip runs");
+    assert!(installed.success(), "pip install -r {requirements} failed");
+    match imports(&python) {
+        Ok(out) if out.status.success() => python,
+        Ok(out) => panic!(
+            "the venv {} still cannot `{import}`: {fix}\n{}",
+            venv.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("cannot run {python}: {e}"),
+    }
+}

@@ -1,0 +1,102 @@
+{{/* Names, labels and the small decisions every template shares. */}}
+
+{{- define "integrad.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "integrad.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "integrad.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "integrad.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "integrad.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "integrad.labels" -}}
+helm.sh/chart: {{ include "integrad.chart" . }}
+{{ include "integrad.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "integrad.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "integrad.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image: the CPU build, or the CUDA build (same tag + suffix) when gpu.enabled. */}}
+{{- define "integrad.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.gpu.enabled }}
+{{- $tag = printf "%s%s" $tag .Values.gpu.imageTagSuffix }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/* True when the model repository is a volume (anything but the image's demo). */}}
+{{- define "integrad.modelsVolume" -}}
+{{- if ne .Values.models.source "image" }}true{{ end }}
+{{- end }}
+
+{{/* Where integrad reads its models: INTEGRAD_MODELS. */}}
+{{- define "integrad.modelsPath" -}}
+{{- if eq .Values.models.source "image" }}/opt/integrad/models
+{{- else if .Values.models.subPath }}{{ trimSuffix "/" .Values.models.mountPath }}/{{ .Values.models.subPath }}
+{{- else }}{{ .Values.models.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* The probe action: gRPC health unless TLS is on and the type is auto (the kubelet's gRPC probe is plaintext). */}}
+{{- define "integrad.probeAction" -}}
+{{- $type := .Values.probes.type }}
+{{- if eq $type "auto" }}
+{{- $type = ternary "tcp" "grpc" .Values.tls.enabled }}
+{{- end }}
+{{- if eq $type "grpc" }}
+grpc:
+  port: {{ .Values.ports.grpc }}
+{{- else }}
+tcpSocket:
+  port: grpc
+{{- end }}
+{{- end }}
+
+{{- define "integrad.tlsClientCASecret" -}}
+{{- default .Values.tls.secretName .Values.tls.clientCA.secretName }}
+{{- end }}
+
+{{/* .Values.config as TOML. Whole numbers stay integers (YAML numbers reach templates as floats). */}}
+{{- define "integrad.configToml" -}}
+{{- range $key, $value := .Values.config }}
+{{- if kindIs "string" $value }}
+{{ $key }} = {{ $value | toJson }}
+{{- else if or (kindIs "float64" $value) (kindIs "int64" $value) (kindIs "int" $value) }}
+{{- if eq (float64 $value) (floor $value) }}
+{{ $key }} = {{ int64 $value }}
+{{- else }}
+{{ $key }} = {{ $value }}
+{{- end }}
+{{- else if kindIs "bool" $value }}
+{{ $key }} = {{ $value }}
+{{- else }}
+{{- fail (printf "config.%s: only strings, numbers and booleans go in the config file" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
