@@ -2,10 +2,11 @@
 //!
 //! [`Engine::plan_explain`] checks the whole request (every field that can be wrong is
 //! refused here, before any work starts) and decodes the input; [`ExplainJob::run`] then
-//! evaluates gradients batch by batch on the model's gradient worker, sending a progress
-//! event after each batch and one explanation per target at the end. Several targets share
-//! each gradient run: every alpha's row is repeated once per target with that target's
-//! one-hot cotangent.
+//! evaluates gradients batch by batch on the model's IG step worker ([`crate::ig::step`]:
+//! the graph interpolates and sums the weighted gradients itself, so a batch returns a few
+//! input-sized sums, not one gradient per alpha), sending a progress event after each batch
+//! and one explanation per target at the end. Several targets share each run: every alpha's
+//! row is repeated once per target with that target's one-hot cotangent.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{f32s, softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
-use crate::ig::{self, BaselineKind, Integrator, Method};
+use crate::ig::{self, step, BaselineKind, Integrator, Method};
 use crate::image::{Colormap, RenderOptions};
 use crate::model::{Model, OutputKind, TensorData, Worker};
 use crate::proto::integrad::v1 as pb;
@@ -523,54 +524,74 @@ impl ExplainJob {
         let classes = path.score_input.len();
         let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
             .map_err(|e| Error::invalid("steps", e.to_string()))?;
-        let mut rows = vec![0f32; self.batch as usize * input_len];
+        let mut single = vec![1];
+        single.extend_from_slice(&self.input.tensor.shape);
         loop {
             while let Some(batch) = integrator.next_batch(self.batch as usize) {
-                let b = batch.len();
-                ig::interpolate(
-                    input,
-                    path.baseline,
-                    batch.alphas(),
-                    &mut rows[..b * input_len],
-                );
-                // Row r = alpha (r / t), target (r % t): the order Integrator::feed expects.
-                let mut z = Vec::with_capacity(b * t * input_len);
-                let mut cotangent = vec![0f32; b * t * classes];
-                for a in 0..b {
+                // Row r = alpha (r / t), target (r % t): the order Integrator expects.
+                let rows = batch.len() * t;
+                let (mut alphas, mut rests) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+                let mut cotangent = vec![0f32; rows * classes];
+                for (a, &alpha) in batch.alphas().iter().enumerate() {
                     for (j, &class) in targets.iter().enumerate() {
-                        z.extend_from_slice(&rows[a * input_len..(a + 1) * input_len]);
+                        alphas.push(alpha as f32);
+                        rests.push((1.0 - alpha) as f32);
                         cotangent[(a * t + j) * classes + class] = 1.0;
                     }
                 }
-                let mut shape = vec![(b * t) as i64];
-                shape.extend_from_slice(&self.input.tensor.shape);
+                let mut alpha_shape = vec![1i64; single.len()];
+                alpha_shape[0] = rows as i64;
+                let weights = integrator.sum_weights(&batch);
                 let outputs = self
                     .gradient
                     .run(
                         vec![
-                            (spec.input.clone(), TensorData::f32(shape, z)),
+                            (
+                                step::STEP_INPUT.to_string(),
+                                TensorData::f32(single.clone(), input.to_vec()),
+                            ),
+                            (
+                                step::STEP_BASELINE.to_string(),
+                                TensorData::f32(single.clone(), path.baseline.to_vec()),
+                            ),
+                            (
+                                step::STEP_ALPHA.to_string(),
+                                TensorData::f32(alpha_shape.clone(), alphas),
+                            ),
+                            (
+                                step::STEP_ONE_MINUS_ALPHA.to_string(),
+                                TensorData::f32(alpha_shape, rests),
+                            ),
+                            (
+                                step::STEP_WEIGHTS.to_string(),
+                                TensorData::f32(vec![2 * t as i64, rows as i64], weights),
+                            ),
                             (
                                 crate::autodiff::COTANGENT.to_string(),
-                                TensorData::f32(vec![(b * t) as i64, classes as i64], cotangent),
+                                TensorData::f32(vec![rows as i64, classes as i64], cotangent),
                             ),
                         ],
-                        vec![crate::autodiff::GRAD.to_string(), spec.output.clone()],
+                        vec![
+                            step::STEP_SUMS.to_string(),
+                            step::STEP_ABS.to_string(),
+                            spec.output.clone(),
+                        ],
                     )
                     .await?;
-                let grads = outputs[0]
-                    .as_f32()
-                    .ok_or_else(|| Error::Internal("grad is not float32".into()))?;
-                let out = outputs[1]
-                    .as_f32()
-                    .ok_or_else(|| Error::Internal("output is not float32".into()))?;
-                let scores: Vec<f32> = (0..b * t)
+                let float = |i: usize| {
+                    outputs[i]
+                        .as_f32()
+                        .ok_or_else(|| Error::Internal("IG step output is not float32".into()))
+                };
+                let (sums, abs_sums, out) = (float(0)?, float(1)?, float(2)?);
+                let scores: Vec<f32> = (0..rows)
                     .map(|r| {
                         let row = self.objective_scores(&out[r * classes..(r + 1) * classes]);
                         row[targets[r % t]]
                     })
                     .collect();
                 integrator
-                    .feed(&batch, grads, &scores)
+                    .feed_sums(&batch, sums, &scores, abs_sums)
                     .map_err(|e| Error::Internal(e.to_string()))?;
                 let per_path = integrator.evaluations() + integrator.remaining();
                 let progress = pb::Progress {

@@ -25,6 +25,7 @@
 pub mod baseline;
 pub mod path;
 pub mod quadrature;
+pub mod step;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ mod tests;
 pub use baseline::{make_baseline, BaselineKind};
 pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
+pub use step::build_step_model;
 
 /// What can go wrong in the arithmetic of Integrated Gradients. Every variant names the value
 /// that was wrong, so that the server can pass the message on as it is.

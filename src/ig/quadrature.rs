@@ -463,6 +463,12 @@ impl Integrator {
                 self.path_grad.push((abs / len.max(1) as f64) as f32);
             }
         }
+        self.round_fed(n);
+        Ok(())
+    }
+
+    /// Counts `n` more nodes of the round as fed; a complete round becomes the estimate.
+    fn round_fed(&mut self, n: usize) {
         self.fed += n;
         if self.fed == self.pending.len() {
             for (d, f) in self.done.iter_mut().zip(self.fresh.iter_mut()) {
@@ -471,6 +477,86 @@ impl Integrator {
             }
             self.complete_steps = Some(self.steps);
         }
+    }
+
+    /// The row weights of `batch` for a model that sums gradients itself (the IG step model,
+    /// [`super::step`]): `[2 * targets][batch.len() * targets]` row-major, rows evaluated in
+    /// the order of [`feed`](Integrator::feed) (row `a * targets + j` is alpha `a`, target
+    /// `j`). Sum `2j` collects target j's trapezoid endpoints, sum `2j + 1` everything else
+    /// with the coefficient `feed` would give it.
+    pub fn sum_weights(&self, batch: &Batch) -> Vec<f32> {
+        let t = self.targets;
+        let rows = batch.len() * t;
+        let mut w = vec![0f32; 2 * t * rows];
+        for a in 0..batch.len() {
+            let (sum, coef) = match self.pending[batch.start + a].1 {
+                Coef::Endpoint => (0, 1.0),
+                Coef::Interior => (1, 1.0),
+                Coef::Weighted(w) => (1, w as f32),
+            };
+            for j in 0..t {
+                w[(2 * j + sum) * rows + a * t + j] = coef;
+            }
+        }
+        w
+    }
+
+    /// Takes back a batch evaluated with [`sum_weights`](Integrator::sum_weights): `sums` is
+    /// `[2 * targets][input]`, `scores` and `abs_sums` (the sum of |gradient| of each row)
+    /// are `[alpha][target]`. Same ordering rule as [`feed`](Integrator::feed); the sums are
+    /// the model's, so the result depends on the batch split only through float32 rounding.
+    pub fn feed_sums(
+        &mut self,
+        batch: &Batch,
+        sums: &[f32],
+        scores: &[f32],
+        abs_sums: &[f32],
+    ) -> Result<(), IgError> {
+        if batch.round != self.round || batch.start != self.fed {
+            return Err(IgError::OutOfOrder {
+                round: batch.round,
+                got: batch.start,
+                current: self.round,
+                expected: self.fed,
+            });
+        }
+        let (n, t, len) = (batch.len(), self.targets, self.input_len);
+        for (what, got, expected) in [
+            ("gradient sums", sums.len(), 2 * t * len),
+            ("scores", scores.len(), n * t),
+            ("gradient magnitudes", abs_sums.len(), n * t),
+        ] {
+            if got != expected {
+                return Err(IgError::LengthMismatch {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        for j in 0..t {
+            let range = j * len..(j + 1) * len;
+            if self.method == Method::Trapezoid {
+                add(
+                    &mut self.ends[range.clone()],
+                    &sums[2 * j * len..][..len],
+                    1.0,
+                );
+            }
+            add(
+                &mut self.fresh[range],
+                &sums[(2 * j + 1) * len..][..len],
+                1.0,
+            );
+        }
+        for (a, &alpha) in batch.alphas.iter().enumerate() {
+            self.path_alpha.push(alpha);
+            for j in 0..t {
+                self.path_score.push(scores[a * t + j]);
+                self.path_grad.push(abs_sums[a * t + j] / len.max(1) as f32);
+            }
+        }
+        self.round_fed(n);
         Ok(())
     }
 

@@ -486,3 +486,105 @@ fn adaptive_refinement_stops_when_the_delta_is_within_tolerance() {
     assert!(history.len() >= 2 && steps <= 1024, "{history:?}");
     assert_eq!(it.evaluations(), steps as usize + 1);
 }
+
+/// What the IG step model computes from `grads` ([alpha][target][input]) with the weights
+/// of `sum_weights`, in f64: `weights x grads`, per-row sums of |grad|.
+fn sums_like_the_step_model(
+    it: &Integrator,
+    batch: &super::Batch,
+    grads: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let len = it.input_len();
+    let rows = grads.len() / len;
+    let w = it.sum_weights(batch);
+    let sums_n = w.len() / rows;
+    let mut sums = vec![0f32; sums_n * len];
+    for s in 0..sums_n {
+        for i in 0..len {
+            let v: f64 = (0..rows)
+                .map(|r| f64::from(w[s * rows + r]) * f64::from(grads[r * len + i]))
+                .sum();
+            sums[s * len + i] = v as f32;
+        }
+    }
+    let abs = (0..rows)
+        .map(|r| grads[r * len..(r + 1) * len].iter().map(|g| g.abs()).sum())
+        .collect();
+    (sums, abs)
+}
+
+#[test]
+fn summed_batches_give_what_per_alpha_gradients_give() {
+    // Two targets, 5 values, smooth made-up gradients of alpha: both feeding paths must reach
+    // the same estimate, through a refinement too (trapezoid) and for a weighted rule.
+    let grad = |alpha: f64, target: usize, i: usize| {
+        ((1.0 + i as f64) * alpha + target as f64).sin() as f32
+    };
+    for method in [Method::Trapezoid, Method::GaussLegendre] {
+        let (len, t) = (5, 2);
+        let mut per_alpha = Integrator::new(method, 6, len, t).unwrap();
+        let mut summed = Integrator::new(method, 6, len, t).unwrap();
+        for round in 0..2 {
+            while let Some(batch) = per_alpha.next_batch(4) {
+                let other = summed.next_batch(4).unwrap();
+                let grads: Vec<f32> = batch
+                    .alphas()
+                    .iter()
+                    .flat_map(|&a| (0..t).flat_map(move |j| (0..len).map(move |i| grad(a, j, i))))
+                    .collect();
+                let scores: Vec<f32> = (0..batch.len() * t).map(|r| r as f32).collect();
+                per_alpha.feed(&batch, &grads, &scores).unwrap();
+                let (sums, abs) = sums_like_the_step_model(&summed, &other, &grads);
+                summed.feed_sums(&other, &sums, &scores, &abs).unwrap();
+            }
+            for j in 0..t {
+                let (a, b) = (
+                    per_alpha.average_gradient(j).unwrap(),
+                    summed.average_gradient(j).unwrap(),
+                );
+                // The sums pass through f32 once (the model's output): ~1e-7 relative.
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{method} {x} {y}");
+                }
+                assert_eq!(
+                    per_alpha.path(j).unwrap().len(),
+                    summed.path(j).unwrap().len()
+                );
+                for (p, q) in per_alpha
+                    .path(j)
+                    .unwrap()
+                    .iter()
+                    .zip(summed.path(j).unwrap())
+                {
+                    assert_eq!((p.alpha, p.score), (q.alpha, q.score));
+                    assert!((p.mean_abs_gradient - q.mean_abs_gradient).abs() <= 1e-6);
+                }
+            }
+            if method != Method::Trapezoid || round == 1 {
+                break;
+            }
+            per_alpha.refine().unwrap();
+            summed.refine().unwrap();
+        }
+    }
+}
+
+#[test]
+fn summed_feeding_checks_lengths_and_order() {
+    let mut it = Integrator::new(Method::Trapezoid, 4, 3, 1).unwrap();
+    let first = it.next_batch(2).unwrap();
+    let second = it.next_batch(2).unwrap();
+    assert!(matches!(
+        it.feed_sums(&second, &[0.0; 6], &[0.0; 2], &[0.0; 2]),
+        Err(IgError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        it.feed_sums(&first, &[0.0; 5], &[0.0; 2], &[0.0; 2]),
+        Err(IgError::LengthMismatch {
+            what: "gradient sums",
+            ..
+        })
+    ));
+    // Trapezoid 4 steps: alphas 0 and 0.25; 0 is an endpoint (sum 0), 0.25 interior (sum 1).
+    assert_eq!(it.sum_weights(&first), [1.0, 0.0, 0.0, 1.0]);
+}

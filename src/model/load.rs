@@ -95,7 +95,15 @@ pub fn load_model(
         None => Vec::new(),
     };
     // A model whose graph can't be differentiated still serves Predict; GetModel says why.
-    let gradients = build_gradients(name, &graph, &output.name, output_kind, env, options);
+    let gradients = build_gradients(
+        name,
+        &graph,
+        &input.name,
+        &output.name,
+        output_kind,
+        env,
+        options,
+    );
     let explainable = gradients.as_ref().map(|_| ()).map_err(Clone::clone);
     if let Err(reason) = &explainable {
         tracing::warn!(model = name, %reason, "model is not explainable");
@@ -122,13 +130,15 @@ pub fn load_model(
         gradients: gradients.ok(),
     };
     warm_up(&model)?;
+    warm_up_gradients(&model)?;
     Ok(model)
 }
 
-/// The gradient models of `output` (see [`Gradients`]), each on its own worker.
+/// The IG step models of `output` w.r.t. `input` (see [`Gradients`]), each on its own worker.
 fn build_gradients(
     name: &str,
     graph: &ModelProto,
+    input: &str,
     output: &str,
     kind: OutputKind,
     env: &Environment,
@@ -139,16 +149,17 @@ fn build_gradients(
         let grad = build_gradient(
             graph,
             &GradOptions {
-                wrt: None,
+                wrt: Some(input.to_string()),
                 of: Some(output.to_string()),
                 objective,
             },
         )
         .map_err(|e| e.to_string())?;
-        let bytes = grad.model.encode_to_vec();
+        let step = crate::ig::build_step_model(&grad.model, input)?;
+        let bytes = step.encode_to_vec();
         let session = session_builder(env, options)
             .and_then(|mut b| b.commit_from_memory(&bytes))
-            .map_err(|e| format!("ONNX Runtime cannot load the gradient model: {e}"))?;
+            .map_err(|e| format!("ONNX Runtime cannot load the IG step model: {e}"))?;
         Worker::spawn(&format!("{name}-grad"), session)
             .map_err(|e| format!("cannot start a worker thread: {e}"))
     };
@@ -311,4 +322,68 @@ fn warm_up(model: &Model) -> Result<(), String> {
         )
         .map(|_| ())
         .map_err(|e| format!("warm-up run failed: {e}"))
+}
+
+/// One IG step run per gradient worker at the default Explain batch (ONNX Runtime's first run
+/// at a batch size is slow, ORT-GRADIENTS.md), so the first Explain costs what later ones do.
+fn warm_up_gradients(model: &Model) -> Result<(), String> {
+    use crate::ig::step;
+    let (Some(gradients), Some(classes)) =
+        (&model.gradients, model.spec.output_spec().shape.last())
+    else {
+        return Ok(());
+    };
+    let input = model.spec.input_spec();
+    if *classes < 1 || model.spec.inputs.len() != 1 || input.shape.iter().skip(1).any(|&d| d < 1) {
+        return Ok(());
+    }
+    let single: Vec<i64> = std::iter::once(1)
+        .chain(input.shape.iter().skip(1).copied())
+        .collect();
+    let len = single.iter().product::<i64>() as usize;
+    let rows = crate::explain::default_batch(len) as usize;
+    let mut alpha_shape = vec![1; single.len()];
+    alpha_shape[0] = rows as i64;
+    let workers = std::iter::once(&gradients.output).chain(&gradients.softmax);
+    for worker in workers {
+        let alphas: Vec<f32> = (0..rows).map(|r| r as f32 / rows as f32).collect();
+        let rests = alphas.iter().map(|a| 1.0 - a).collect();
+        let mut cotangent = vec![0f32; rows * *classes as usize];
+        cotangent
+            .iter_mut()
+            .step_by(*classes as usize)
+            .for_each(|c| *c = 1.0);
+        worker
+            .run_blocking(
+                vec![
+                    (
+                        step::STEP_INPUT.into(),
+                        TensorData::f32(single.clone(), vec![0.0; len]),
+                    ),
+                    (
+                        step::STEP_BASELINE.into(),
+                        TensorData::f32(single.clone(), vec![0.0; len]),
+                    ),
+                    (
+                        step::STEP_ALPHA.into(),
+                        TensorData::f32(alpha_shape.clone(), alphas),
+                    ),
+                    (
+                        step::STEP_ONE_MINUS_ALPHA.into(),
+                        TensorData::f32(alpha_shape.clone(), rests),
+                    ),
+                    (
+                        step::STEP_WEIGHTS.into(),
+                        TensorData::f32(vec![2, rows as i64], vec![1.0; 2 * rows]),
+                    ),
+                    (
+                        crate::autodiff::COTANGENT.into(),
+                        TensorData::f32(vec![rows as i64, *classes], cotangent),
+                    ),
+                ],
+                vec![step::STEP_SUMS.into()],
+            )
+            .map_err(|e| format!("gradient warm-up run failed: {e}"))?;
+    }
+    Ok(())
 }

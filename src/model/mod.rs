@@ -132,8 +132,8 @@ pub struct Model {
     pub gradients: Option<Gradients>,
 }
 
-/// Gradient models of the served output w.r.t. the input (the autodiff contract: inputs are
-/// the model's plus `cotangent`; outputs `grad`, then the model's outputs).
+/// IG step models of the served output w.r.t. the input ([`crate::ig::step`]: the gradient
+/// model with interpolation and weighted sums inside).
 #[derive(Clone)]
 pub struct Gradients {
     /// Of the output as is (logits, or the probabilities of a model that outputs them).

@@ -1,0 +1,228 @@
+//! The IG step model: one ONNX Runtime run per batch of alphas that returns weighted *sums* of
+//! gradients instead of one gradient per alpha.
+//!
+//! [`build_step_model`] wraps a gradient model (the autodiff contract: inputs the model's plus
+//! `cotangent`, first output `grad`) so that interpolation and accumulation happen inside the
+//! graph:
+//!
+//! - inputs: [`STEP_INPUT`] and [`STEP_BASELINE`] (the model input's shape with batch 1),
+//!   [`STEP_ALPHA`] and [`STEP_ONE_MINUS_ALPHA`] (`[rows, 1, ..., 1]`: one alpha per row, and
+//!   1 - alpha computed in f64 by the caller), [`STEP_WEIGHTS`] (`[sums, rows]`),
+//!   `cotangent` (`[rows, classes]`), and any other input of the original model;
+//! - outputs: [`STEP_SUMS`], `weights x grad` flattened (`[sums, input values]`), then
+//!   [`STEP_ABS`], the sum of |grad| of each row (`[rows, 1]`), then the original outputs
+//!   (`[rows, classes]`: the scores along the path).
+//!
+//! Row r evaluates the gradient at `(1 - alpha_r) * baseline + alpha_r * input`, exactly the
+//! baseline at alpha 0 and exactly the input at 1 (as [`super::interpolate`]). A batch thus
+//! sends two inputs and a few numbers per row, and gets back `sums` input-sized tensors
+//! (a handful, whatever the batch size) instead of one per row: less data to copy, and on an
+//! accelerator the batch never leaves the device.
+
+use crate::autodiff::builder::{attr_i, attr_ints};
+use crate::autodiff::{graph, COTANGENT, GRAD};
+use crate::proto::onnx::tensor_shape_proto::dimension::Value as Dim;
+use crate::proto::onnx::{
+    type_proto, AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+};
+
+/// The input x (batch 1).
+pub const STEP_INPUT: &str = "ig_input";
+/// The baseline x' (batch 1).
+pub const STEP_BASELINE: &str = "ig_baseline";
+/// One alpha per row, `[rows, 1, ..., 1]`.
+pub const STEP_ALPHA: &str = "ig_alpha";
+/// 1 - alpha per row, `[rows, 1, ..., 1]`.
+pub const STEP_ONE_MINUS_ALPHA: &str = "ig_one_minus_alpha";
+/// The weight of each row in each sum, `[sums, rows]`.
+pub const STEP_WEIGHTS: &str = "ig_weights";
+/// `STEP_WEIGHTS x grad`, `[sums, input values]`.
+pub const STEP_SUMS: &str = "ig_sums";
+/// Sum of |grad| per row, `[rows, 1]`.
+pub const STEP_ABS: &str = "ig_abs_sums";
+
+/// Wraps `grad` (a gradient model of the input `input`) into the step model described in the
+/// module docs. Errors name what does not fit the autodiff contract.
+pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, String> {
+    let mut model = grad.clone();
+    let opset = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+        .map(|o| o.version())
+        .max()
+        .unwrap_or(0);
+    let g = model
+        .graph
+        .as_mut()
+        .ok_or("the gradient model has no graph")?;
+    if g.output.first().map(|o| o.name()) != Some(GRAD) {
+        return Err(format!("the gradient model's first output is not {GRAD:?}"));
+    }
+    for reserved in [
+        STEP_INPUT,
+        STEP_BASELINE,
+        STEP_ALPHA,
+        STEP_ONE_MINUS_ALPHA,
+        STEP_WEIGHTS,
+        STEP_SUMS,
+        STEP_ABS,
+    ] {
+        if g.input
+            .iter()
+            .chain(&g.output)
+            .any(|v| v.name() == reserved)
+        {
+            return Err(format!("the model already has a tensor named {reserved:?}"));
+        }
+    }
+    let at = g
+        .input
+        .iter()
+        .position(|v| v.name() == input)
+        .ok_or_else(|| format!("the gradient model has no input {input:?}"))?;
+    let declared = g.input.remove(at);
+    let (dtype, dims) = tensor_type(&declared)
+        .ok_or_else(|| format!("input {input:?} has no declared tensor type"))?;
+    if dtype != graph::FLOAT || dims.is_empty() {
+        return Err(format!(
+            "input {input:?} must be a float32 tensor with a batch axis"
+        ));
+    }
+    let cotangent = g
+        .input
+        .iter()
+        .find(|v| v.name() == COTANGENT)
+        .and_then(tensor_type)
+        .ok_or("the gradient model has no typed cotangent input")?;
+    // Rows share the cotangent's batch dimension (one symbol: see docs/autodiff.md).
+    let rows = cotangent.1.first().cloned().unwrap_or(Dim::DimValue(-1));
+    let one = Dim::DimValue(1);
+    let mut single = dims.clone();
+    single[0] = one.clone();
+    let mut alpha = vec![one.clone(); dims.len()];
+    alpha[0] = rows.clone();
+    let sums = Dim::DimParam("sums".into());
+    let values = dims[1..]
+        .iter()
+        .map(|d| match d {
+            Dim::DimValue(v) if *v > 0 => Some(*v),
+            _ => None,
+        })
+        .try_fold(1i64, |acc, v| v.map(|v| acc * v));
+    let flat_len = values.map_or(Dim::DimParam("values".into()), Dim::DimValue);
+
+    g.input.extend([
+        typed(STEP_INPUT, &single),
+        typed(STEP_BASELINE, &single),
+        typed(STEP_ALPHA, &alpha),
+        typed(STEP_ONE_MINUS_ALPHA, &alpha),
+        typed(STEP_WEIGHTS, &[sums.clone(), rows.clone()]),
+    ]);
+    // The interpolated rows take the old input's name, so the graph below is unchanged.
+    g.value_info.push(declared);
+    let mut nodes = vec![
+        node("Mul", &[STEP_ALPHA, STEP_INPUT], "ig/to_input", vec![]),
+        node(
+            "Mul",
+            &[STEP_ONE_MINUS_ALPHA, STEP_BASELINE],
+            "ig/to_baseline",
+            vec![],
+        ),
+        node("Add", &["ig/to_baseline", "ig/to_input"], input, vec![]),
+    ];
+    // Flatten with 0 for the batch axis, so it keeps the rows' symbol.
+    g.initializer
+        .push(int64s("ig/flat_shape", &[0, values.unwrap_or(-1)]));
+    nodes.push(node("Reshape", &[GRAD, "ig/flat_shape"], "ig/flat", vec![]));
+    nodes.push(node(
+        "MatMul",
+        &[STEP_WEIGHTS, "ig/flat"],
+        STEP_SUMS,
+        vec![],
+    ));
+    nodes.push(node("Abs", &["ig/flat"], "ig/abs", vec![]));
+    if opset >= 13 {
+        g.initializer.push(int64s("ig/axis1", &[1]));
+        nodes.push(node(
+            "ReduceSum",
+            &["ig/abs", "ig/axis1"],
+            STEP_ABS,
+            vec![attr_i("keepdims", 1)],
+        ));
+    } else {
+        nodes.push(node(
+            "ReduceSum",
+            &["ig/abs"],
+            STEP_ABS,
+            vec![attr_ints("axes", &[1]), attr_i("keepdims", 1)],
+        ));
+    }
+    // Interpolation first, sums last: the node list stays topologically sorted.
+    let body = std::mem::take(&mut g.node);
+    g.node = nodes[..3].to_vec();
+    g.node.extend(body);
+    g.node.extend(nodes.drain(3..));
+
+    let mut outputs = vec![
+        typed(STEP_SUMS, &[sums, flat_len]),
+        typed(STEP_ABS, &[rows, one]),
+    ];
+    outputs.extend(g.output.drain(1..));
+    g.output = outputs;
+    Ok(model)
+}
+
+fn tensor_type(v: &ValueInfoProto) -> Option<(i32, Vec<Dim>)> {
+    match v.r#type.as_ref()?.value.as_ref()? {
+        type_proto::Value::TensorType(t) => Some((
+            t.elem_type(),
+            t.shape
+                .as_ref()?
+                .dim
+                .iter()
+                .map(|d| d.value.clone().unwrap_or(Dim::DimParam(String::new())))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn typed(name: &str, dims: &[Dim]) -> ValueInfoProto {
+    let mut v = graph::value_info(name, graph::FLOAT, &vec![0; dims.len()]);
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        for (d, want) in t
+            .shape
+            .as_mut()
+            .expect("value_info has a shape")
+            .dim
+            .iter_mut()
+            .zip(dims)
+        {
+            d.value = Some(want.clone());
+        }
+    }
+    v
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        name: Some(format!("ig/{op}_{output}")),
+        op_type: Some(op.to_string()),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn int64s(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: vec![values.len() as i64],
+        data_type: Some(graph::INT64),
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
