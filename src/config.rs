@@ -284,11 +284,25 @@ fn file_flags(
                     "unknown key {key:?}; the keys are the long flag names of `integrad serve` (see --help), e.g. listen, max-steps"
                 ))
             })?;
-        let from_outside = matches!(
-            given.value_source(arg.get_id().as_str()),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
-        if from_outside {
+        let from_outside = |arg: &clap::Arg| {
+            matches!(
+                given.value_source(arg.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        // A flag or variable also overrides the file's keys it conflicts with (--model-file
+        // given, `models` in the file), whichever side declares the conflict.
+        let conflict = |a: &clap::Arg, b: &clap::Arg| {
+            command
+                .get_arg_conflicts_with(a)
+                .iter()
+                .any(|c| c.get_id() == b.get_id())
+        };
+        let overridden = from_outside(arg)
+            || command
+                .get_arguments()
+                .any(|other| from_outside(other) && (conflict(arg, other) || conflict(other, arg)));
+        if overridden {
             continue;
         }
         let values = match value {

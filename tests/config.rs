@@ -68,6 +68,36 @@ fn should_take_flags_from_the_file_unless_given_on_the_command_line() {
         overridden.max_queued_explains, 3,
         "the rest still from the file"
     );
+
+    // A flag that conflicts with a key of the file wins over it rather than clashing.
+    let file = write_config(dir.path(), "models = \"/srv/models\"\n");
+    let argv = [
+        "integrad",
+        "serve",
+        "--config",
+        &file,
+        "--model-file",
+        "m.onnx",
+    ];
+    let Command::Serve(args) = Cli::parse_with_config(argv).unwrap().command else {
+        unreachable!()
+    };
+    assert_eq!(args.models.model_file.unwrap().to_str(), Some("m.onnx"));
+    assert_eq!(args.models.models, None);
+    let file = write_config(dir.path(), "model-file = \"m.onnx\"\n");
+    let argv = [
+        "integrad",
+        "serve",
+        "--config",
+        &file,
+        "--models",
+        "/srv/models",
+    ];
+    let Command::Serve(args) = Cli::parse_with_config(argv).unwrap().command else {
+        unreachable!()
+    };
+    assert_eq!(args.models.models.unwrap().to_str(), Some("/srv/models"));
+    assert_eq!(args.models.model_file, None);
 }
 
 #[test]
