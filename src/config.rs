@@ -1,10 +1,12 @@
 //! Command-line and environment configuration. Every flag has an `INTEGRAD_*` variable; the
 //! doc comments here are the `--help` text.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::image::DecodeLimits;
 use crate::model::LoadOptions;
@@ -123,6 +125,25 @@ pub struct ServeArgs {
     /// Most IG steps an Explain may ask for (and reach by adaptive refinement).
     #[arg(long, env = "INTEGRAD_MAX_STEPS", default_value_t = crate::explain::ExplainLimits::default().max_steps)]
     pub max_steps: u32,
+    /// Explains computed at once; more wait in the queue. Each Explain keeps its model's
+    /// gradient worker busy, so more than a few only adds memory, not speed.
+    #[arg(long, env = "INTEGRAD_MAX_CONCURRENT_EXPLAINS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_explains: u32,
+    /// Explains that may wait for a slot; beyond that an Explain fails at once with
+    /// RESOURCE_EXHAUSTED and a retry hint (never an unbounded backlog).
+    #[arg(long, env = "INTEGRAD_MAX_QUEUED_EXPLAINS", default_value_t = 8)]
+    pub max_queued_explains: u32,
+    /// Seconds in-flight Explains may run on after SIGTERM before they are cancelled.
+    #[arg(long, env = "INTEGRAD_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// A TOML file of these flags, keyed by their long names (`listen = "0.0.0.0:50051"`,
+    /// `max-steps = 2000`). Flags and environment variables override it; an unknown key is
+    /// an error.
+    #[arg(long, env = "INTEGRAD_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -131,4 +152,189 @@ impl ServeArgs {
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits::with_max_pixels(self.max_image_pixels)
     }
+}
+
+/// TLS and bearer-token authentication of the server (docs/security.md).
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "INTEGRAD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "INTEGRAD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this PEM CA (needs
+    /// --tls-cert).
+    #[arg(long, env = "INTEGRAD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer <token>` on every call but health; the token is this
+    /// file's content (surrounding whitespace ignored). Or set the token itself in the
+    /// environment variable INTEGRAD_AUTH_TOKEN (never a flag, so it stays out of `ps`).
+    #[arg(long, env = "INTEGRAD_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// The environment variable that may hold the bearer token itself.
+pub const AUTH_TOKEN_ENV: &str = "INTEGRAD_AUTH_TOKEN";
+
+impl SecurityArgs {
+    /// The bearer token clients must send, if any: from --auth-token-file or
+    /// INTEGRAD_AUTH_TOKEN (one, not both; never empty).
+    pub fn auth_token(&self) -> Result<Option<String>, ConfigError> {
+        read_token(self.auth_token_file.as_deref())
+    }
+}
+
+/// A bearer token from `file` or the INTEGRAD_AUTH_TOKEN environment variable: one, not both,
+/// and never empty (an empty token must not quietly turn authentication off).
+pub fn read_token(file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    let env = std::env::var_os(AUTH_TOKEN_ENV);
+    let (token, origin) = match (file, env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Token(format!(
+                "both --auth-token-file and {AUTH_TOKEN_ENV} are set; give one"
+            )))
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Token(format!("--auth-token-file {}: {e}", path.display()))
+            })?;
+            (text, format!("--auth-token-file {}", path.display()))
+        }
+        (None, Some(value)) => {
+            let text = value
+                .into_string()
+                .map_err(|_| ConfigError::Token(format!("{AUTH_TOKEN_ENV} is not UTF-8")))?;
+            (text, AUTH_TOKEN_ENV.to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Token(format!("{origin}: the token is empty")));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Token(format!(
+            "{origin}: the token must be printable ASCII without spaces (it travels in an HTTP header)"
+        )));
+    }
+    Ok(Some(token.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Token(String),
+}
+
+impl Cli {
+    /// Parses `argv` like [`Parser::parse_from`], then, for `serve --config FILE` (or
+    /// INTEGRAD_CONFIG), takes from FILE every flag given neither on the command line nor in
+    /// the environment: flag > environment > file > default.
+    pub fn parse_with_config<I, T>(argv: I) -> Result<Cli, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(&argv)?;
+        let Some(("serve", serve)) = matches.subcommand() else {
+            return Ok(Cli::from_arg_matches(&matches)?);
+        };
+        let Some(path) = serve.get_one::<PathBuf>("config") else {
+            return Ok(Cli::from_arg_matches(&matches)?);
+        };
+        let serve_command = command
+            .find_subcommand("serve")
+            .expect("the serve subcommand exists");
+        argv.extend(file_flags(path, serve_command, serve)?);
+        Ok(Cli::try_parse_from(argv)?)
+    }
+}
+
+/// The flags the config file at `path` adds: `--key=value` for each of its keys that
+/// `given` has from neither the command line nor the environment.
+fn file_flags(
+    path: &Path,
+    command: &clap::Command,
+    given: &clap::ArgMatches,
+) -> Result<Vec<OsString>, ConfigError> {
+    let error = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| error(e.to_string()))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|a| {
+                a.get_long() == Some(key.as_str()) && !["config", "help", "version"].contains(&key.as_str())
+            })
+            .ok_or_else(|| {
+                error(format!(
+                    "unknown key {key:?}; the keys are the long flag names of `integrad serve` (see --help), e.g. listen, max-steps"
+                ))
+            })?;
+        let from_outside = |arg: &clap::Arg| {
+            matches!(
+                given.value_source(arg.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        // A flag or variable also overrides the file's keys it conflicts with (--model-file
+        // given, `models` in the file), whichever side declares the conflict.
+        let conflict = |a: &clap::Arg, b: &clap::Arg| {
+            command
+                .get_arg_conflicts_with(a)
+                .iter()
+                .any(|c| c.get_id() == b.get_id())
+        };
+        let overridden = from_outside(arg)
+            || command
+                .get_arguments()
+                .any(|other| from_outside(other) && (conflict(arg, other) || conflict(other, arg)));
+        if overridden {
+            continue;
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            single => vec![single],
+        };
+        for value in values {
+            if !arg.get_action().takes_values() {
+                // A switch: `key = true` turns it on, `false` leaves it off.
+                match value {
+                    toml::Value::Boolean(true) => flags.push(format!("--{key}").into()),
+                    toml::Value::Boolean(false) => {}
+                    other => {
+                        return Err(error(format!("{key}: expected true or false, got {other}")))
+                    }
+                }
+                continue;
+            }
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(error(format!(
+                        "{key}: expected a string, number or boolean, got {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            flags.push(format!("--{key}={text}").into());
+        }
+    }
+    Ok(flags)
 }

@@ -25,6 +25,8 @@ pub enum Error {
     Cancelled,
     #[error("the request's deadline passed")]
     DeadlineExceeded,
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -1,7 +1,6 @@
 //! The `integrad` binary: parse the command line, set up logging, run.
 
-use clap::Parser;
-use integrad::config::{Cli, Command};
+use integrad::config::{Cli, Command, ConfigError};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -11,7 +10,14 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_config(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -21,7 +27,10 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(args.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-                integrad::server::serve(args, listener, shutdown_signal()).await?;
+                let served = integrad::server::serve(args, listener, shutdown_signal()).await;
+                // Telemetry flushing goes here: after the last request has ended (served or
+                // cancelled) and before the process exits, whether serving ended well or not.
+                served?;
                 Ok(())
             }
             Command::Predict(args) => integrad::cli::run_predict(args).await,

@@ -9,7 +9,6 @@ use tokio_stream::StreamExt;
 
 use super::ClientArgs;
 use crate::proto::integrad::v1 as pb;
-use crate::proto::integrad::v1::explainer_client::ExplainerClient;
 
 #[derive(Debug, Clone, Args)]
 pub struct ExplainArgs {
@@ -70,9 +69,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
     > =
         match &args.client.server {
             Some(url) => {
-                let client = ExplainerClient::connect(url.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+                let client = super::connect(url, &args.client.connect).await?;
                 let mut client = client
                     .max_decoding_message_size(256 << 20)
                     .max_encoding_message_size(64 << 20);

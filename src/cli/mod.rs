@@ -2,11 +2,13 @@
 //! same [`Engine`](crate::engine::Engine) the server uses.
 
 mod autodiff;
+mod connect;
 mod explain;
 mod plot;
 mod predict;
 
 pub use autodiff::{run_autodiff, AutodiffArgs};
+pub use connect::{connect, BearerToken, Client, ConnectArgs};
 pub use explain::{run_explain, ExplainArgs};
 pub use predict::{run_predict, PredictArgs};
 
@@ -27,6 +29,8 @@ pub struct ClientArgs {
     /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
     #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// The model to use [default: the default model].
     #[arg(long)]
     pub model: Option<String>,

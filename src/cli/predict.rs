@@ -4,7 +4,6 @@ use clap::Args;
 
 use super::ClientArgs;
 use crate::proto::integrad::v1 as pb;
-use crate::proto::integrad::v1::explainer_client::ExplainerClient;
 
 #[derive(Debug, Clone, Args)]
 pub struct PredictArgs {
@@ -29,9 +28,7 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
     };
     let response = match &args.server {
         Some(url) => {
-            let mut client = ExplainerClient::connect(url.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+            let mut client = super::connect(url, &args.connect).await?;
             client = client
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);

@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::limits::ExplainGate;
+use super::shutdown::Shutdown;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::image::{Layout, ResizePolicy};
@@ -14,12 +16,25 @@ use crate::proto::integrad::v1 as pb;
 use crate::proto::integrad::v1::explainer_server::Explainer;
 
 /// Serves requests once the engine (models loaded and warmed up) is set; UNAVAILABLE before.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ExplainerService {
     engine: Arc<OnceLock<Arc<Engine>>>,
+    gate: Arc<ExplainGate>,
+    shutdown: Shutdown,
+    /// For the message of an Explain cancelled at the end of the grace period.
+    grace_s: u64,
 }
 
 impl ExplainerService {
+    pub fn new(gate: Arc<ExplainGate>, shutdown: Shutdown, grace_s: u64) -> Self {
+        Self {
+            engine: Default::default(),
+            gate,
+            shutdown,
+            grace_s,
+        }
+    }
+
     /// Called once, when every model has loaded (or failed to).
     pub fn set_engine(&self, engine: Arc<Engine>) {
         let _ = self.engine.set(engine);
@@ -83,18 +98,31 @@ impl Explainer for ExplainerService {
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<Self::ExplainStream>, Status> {
         let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
+        let engine = self.engine()?;
+        // Admission first, so that an overloaded server refuses before decoding anything.
+        let slot = self.gate.acquire(deadline, &self.shutdown).await?;
         // Every check happens here, before the stream starts: a bad request is a status.
-        let job = self.engine()?.plan_explain(request.into_inner()).await?;
+        let job = engine.plan_explain(request.into_inner()).await?;
         let (events, stream) = tokio::sync::mpsc::channel(16);
+        let shutdown = self.shutdown.clone();
+        let grace_s = self.grace_s;
         tokio::spawn(async move {
+            let _slot = slot;
             let stopped = events.clone();
-            let Some(deadline) = deadline else {
-                return job.run(events).await;
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 _ = job.run(events) => {}
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = expired => {
                     let _ = stopped.send(Err(Error::DeadlineExceeded)).await;
+                }
+                _ = shutdown.cancelling() => {
+                    let reason = format!("the server is shutting down and its grace period ({grace_s} s) is over; the Explain was cancelled");
+                    let _ = stopped.send(Err(Error::Unavailable(reason))).await;
                 }
             }
         });

@@ -3,9 +3,17 @@
 //! Start-up order: ONNX Runtime is loaded first (a missing library stops the server with a
 //! clear error), then the port opens with health NOT_SERVING while models load and warm up on
 //! a blocking thread, then health flips to SERVING.
+//!
+//! Every service shares the port, the message-size limit, TLS (`tls`) and the bearer-token
+//! layer (`auth`, which leaves only health open). Shutdown (`shutdown`) drains in-flight
+//! Explains for a grace period, then cancels them.
 
+pub mod auth;
 mod explainer;
+pub mod limits;
+pub mod shutdown;
 mod status;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +40,10 @@ pub enum ServeError {
     },
     #[error("{0}")]
     DefaultModel(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("model loading task failed: {0}")]
@@ -76,12 +88,16 @@ fn incoming(
     })
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight Explains for
+/// `--shutdown-grace` seconds, cancels those still running, and returns.
 pub async fn serve(
     args: ServeArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Everything a misconfiguration can break is checked before anything slow starts.
+    let token = args.security.auth_token()?;
+    let tls = tls::server_config(&args.security)?;
     let runtime_options = args.runtime.runtime_options();
     // Fetching ONNX Runtime on a first run takes seconds: not on the async threads.
     let options = runtime_options.clone();
@@ -94,7 +110,12 @@ pub async fn serve(
     reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let service = ExplainerService::default();
+    let gate = Arc::new(limits::ExplainGate::new(
+        args.max_concurrent_explains,
+        args.max_queued_explains,
+    ));
+    let (control, shutdown_state) = shutdown::channel();
+    let service = ExplainerService::new(gate.clone(), shutdown_state, args.shutdown_grace);
 
     let loader = {
         let service = service.clone();
@@ -126,49 +147,117 @@ pub async fn serve(
             Ok::<usize, ServeError>(ready)
         })
     };
-    let health_flip = async move {
-        match loader.await {
-            Ok(Ok(ready)) if ready > 0 => {
-                reporter
-                    .set_serving::<ExplainerServer<ExplainerService>>()
-                    .await;
-                reporter
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-                tracing::info!("SERVING");
-                Ok(())
+    let health_flip = {
+        let reporter = reporter.clone();
+        async move {
+            match loader.await {
+                Ok(Ok(ready)) if ready > 0 => {
+                    reporter
+                        .set_serving::<ExplainerServer<ExplainerService>>()
+                        .await;
+                    reporter
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                    tracing::info!("SERVING");
+                    Ok(())
+                }
+                Ok(Ok(_)) => {
+                    tracing::error!("no model loaded; health stays NOT_SERVING");
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(ServeError::Join(e)),
             }
-            Ok(Ok(_)) => {
-                tracing::error!("no model loaded; health stays NOT_SERVING");
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(ServeError::Join(e)),
         }
     };
 
+    let max = args.max_message_bytes;
     let explainer = ExplainerServer::new(service)
-        .max_decoding_message_size(args.max_message_bytes)
-        .max_encoding_message_size(args.max_message_bytes);
-    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let health = health
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    tracing::info!(
+        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = tls.is_some(),
+        mutual_tls = args.security.tls_client_ca.is_some(),
+        auth = token.is_some(),
+        "listening"
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Tls(format!("{e} (check --tls-cert and --tls-key)")))?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(explainer)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
+    let grace = std::time::Duration::from_secs(args.shutdown_grace);
+    let control = Arc::new(control);
+    let stopping = {
+        let control = control.clone();
+        let gate = gate.clone();
+        async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stop_rx => {}
             }
-        });
-    let server = tokio::spawn(server);
+            // Probes see NOT_SERVING at once, so traffic moves elsewhere while we drain.
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_not_serving::<ExplainerServer<ExplainerService>>()
+                .await;
+            control.drain();
+            tracing::info!(
+                running_explains = gate.running(),
+                grace_s = grace.as_secs(),
+                "shutting down: no new connections; running Explains may finish"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if gate.running() > 0 {
+                    tracing::warn!(
+                        running_explains = gate.running(),
+                        "grace period over: cancelling the Explains still running"
+                    );
+                }
+                control.cancel();
+            });
+        }
+    };
+    // NOTE: the layer wraps the whole router, so services added below (or later) are behind
+    // the token unless auth::OPEN_SERVICES lists them.
+    let server = builder
+        .layer(auth::AuthLayer::new(token.as_deref()))
+        .add_service(health)
+        .add_service(explainer)
+        .serve_with_incoming_shutdown(incoming(listener), stopping);
+    let mut server = tokio::spawn(server);
     if let Err(e) = health_flip.await {
         // A repository that cannot be read at all is fatal; stop the server with the reason.
         let _ = stop_tx.send(());
         let _ = server.await;
         return Err(e);
     }
-    server.await??;
+    let phases = control.subscribe();
+    let cancelled = phases.cancelling();
+    tokio::select! {
+        result = &mut server => result??,
+        _ = cancelled => {
+            // Cancelled Explains end their streams within one batch; a connection that still
+            // lingers after that must not keep the process alive.
+            let linger = std::time::Duration::from_secs(5);
+            match tokio::time::timeout(linger, &mut server).await {
+                Ok(result) => result??,
+                Err(_) => {
+                    tracing::warn!("connections still open {}s after cancelling; stopping anyway", linger.as_secs());
+                    server.abort();
+                }
+            }
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

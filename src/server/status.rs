@@ -14,7 +14,9 @@ impl From<Error> for Status {
                 Code::FailedPrecondition
             }
             Error::Image(_) => Code::InvalidArgument,
-            Error::Model(ModelError::WorkerGone { .. }) => Code::Unavailable,
+            Error::Model(ModelError::WorkerGone { .. }) | Error::Unavailable(_) => {
+                Code::Unavailable
+            }
             Error::Cancelled => Code::Cancelled,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::Model(ModelError::Runtime { .. }) | Error::Internal(_) => Code::Internal,

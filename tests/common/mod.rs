@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
 use integrad::config::{Cli, Command};
 use integrad::proto::integrad::v1 as pb;
 use integrad::proto::integrad::v1::explainer_client::ExplainerClient;
 use integrad::proto::onnx;
 use prost::Message;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -37,6 +36,8 @@ pub fn fixture(name: &str) -> (Vec<usize>, Vec<f32>) {
 
 pub struct TestServer {
     pub url: String,
+    /// How this process's clients reach the server over TLS (None: plaintext).
+    pub tls: Option<ClientTlsConfig>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), integrad::server::ServeError>>,
 }
@@ -44,65 +45,45 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `integrad serve <args>` in-process on a free loopback port and waits for SERVING.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with(args, None).await
+    }
+
+    /// Like [`TestServer::start`] for a server with TLS: `tls` is how clients connect.
+    pub async fn start_with(args: &[&str], tls: Option<ClientTlsConfig>) -> Self {
         let mut argv = vec!["integrad", "serve"];
         argv.extend_from_slice(args);
-        let Command::Serve(serve) = Cli::parse_from(argv).command else {
+        let Command::Serve(serve) = Cli::parse_with_config(argv).unwrap().command else {
             unreachable!()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(integrad::server::serve(serve, listener, async move {
             let _ = stopped.await;
         }));
         let server = Self {
             url,
+            tls,
             stop: Some(stop),
             task,
         };
-        server.wait_serving().await;
+        wait_serving(&server.url, server.tls.clone()).await;
         server
     }
 
+    pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        connect_channel(&self.url, self.tls.clone()).await
+    }
+
     pub async fn client(&self) -> ExplainerClient<Channel> {
-        ExplainerClient::connect(self.url.clone())
-            .await
-            .unwrap()
+        ExplainerClient::new(self.channel().await.unwrap())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
 
     pub async fn health(&self) -> ServingStatus {
-        let channel = Channel::from_shared(self.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = HealthClient::new(channel);
-        let response = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap();
-        ServingStatus::try_from(response.into_inner().status).unwrap()
-    }
-
-    async fn wait_serving(&self) {
-        // Loading and warming up the demo model takes well under a second warm; a cold first
-        // run also fetches ONNX Runtime with pip, hence the generous bound.
-        for _ in 0..1200 {
-            let connected = Channel::from_shared(self.url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .is_ok();
-            if connected && self.health().await == ServingStatus::Serving {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server at {} never reported SERVING", self.url);
+        health(&self.url, self.tls.clone()).await.unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -110,6 +91,153 @@ impl TestServer {
             let _ = stop.send(());
         }
         (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+pub async fn connect_channel(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Channel::from_shared(url.to_string()).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    endpoint.connect().await
+}
+
+/// The server-wide health status (no token: health is open to probes).
+pub async fn health(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<ServingStatus, tonic::Status> {
+    let channel = connect_channel(url, tls)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(ServingStatus::try_from(response.into_inner().status).unwrap())
+}
+
+/// Waits until the server at `url` reports SERVING.
+pub async fn wait_serving(url: &str, tls: Option<ClientTlsConfig>) {
+    // Loading and warming up the demo model takes well under a second warm; a cold first
+    // run also fetches ONNX Runtime with pip, hence the generous bound.
+    for _ in 0..1200 {
+        if let Ok(ServingStatus::Serving) = health(url, tls.clone()).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server at {url} never reported SERVING");
+}
+
+/// A free loopback address for a server started as a separate process.
+pub fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A child process killed when the test lets go of it (also when it panics).
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        Self(command.spawn().unwrap())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Certificates made for one test: a CA, a server certificate for 127.0.0.1 and localhost,
+/// and a client certificate, all signed by the CA, plus a second CA that signed nothing.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca: String,
+    pub other_ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let ca_authority = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let (ca, ca_key) = ca_authority("integrad test CA");
+        let (other_ca, _) = ca_authority("some other CA");
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            ca: ca.pem(),
+            other_ca: other_ca.pem(),
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        }
+    }
+
+    /// Writes `pem` to a file in this PKI's directory and returns its path.
+    pub fn file(&self, name: &str, pem: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Server flags for TLS, and mutual TLS when `mutual`.
+    pub fn server_args(&self, mutual: bool) -> Vec<String> {
+        let mut args = vec![
+            "--tls-cert".into(),
+            self.file("server.pem", &self.server_cert),
+            "--tls-key".into(),
+            self.file("server.key", &self.server_key),
+        ];
+        if mutual {
+            args.push("--tls-client-ca".into());
+            args.push(self.file("ca.pem", &self.ca));
+        }
+        args
+    }
+
+    /// A client that trusts `ca`, presenting the client certificate when `with_cert`.
+    pub fn client(&self, ca: &str, with_cert: bool) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if with_cert {
+            tls = tls.identity(Identity::from_pem(&self.client_cert, &self.client_key));
+        }
+        tls
     }
 }
 

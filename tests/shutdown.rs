@@ -1,0 +1,122 @@
+//! Graceful shutdown of the real binary on SIGTERM: an Explain in flight finishes within the
+//! grace period; one still running when the grace period ends is cancelled with UNAVAILABLE;
+//! either way the process exits cleanly.
+
+mod common;
+
+use common::*;
+use integrad::proto::integrad::v1 as pb;
+use integrad::proto::integrad::v1::explainer_client::ExplainerClient;
+use tonic::Code;
+
+/// `integrad serve` on a free port with `args`, SERVING.
+async fn serve(args: &[&str]) -> (Process, String) {
+    let address = free_address().to_string();
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(["serve", "--listen", &address])
+        .args(["--models", demo_models().to_str().unwrap()])
+        .args(args)
+        .env_remove("INTEGRAD_CONFIG");
+    let child = Process::spawn(&mut command);
+    let url = format!("http://{address}");
+    wait_serving(&url, None).await;
+    (child, url)
+}
+
+fn sigterm(child: &Process) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn exit_status(child: &mut Process) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn explain_request(steps: u32) -> pb::ExplainRequest {
+    pb::ExplainRequest {
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Image(sample("rocket.jpg"))),
+        }),
+        steps: Some(steps),
+        ..Default::default()
+    }
+}
+
+/// Starts an Explain and returns its stream once the first progress event arrived (so it
+/// is surely in flight when the test sends SIGTERM).
+async fn explain_in_flight(url: &str, steps: u32) -> tonic::codec::Streaming<pb::ExplainEvent> {
+    let mut client = ExplainerClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20);
+    let mut stream = client
+        .explain(explain_request(steps))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::explain_event::Event::Progress(_))
+    ));
+    stream
+}
+
+#[tokio::test]
+async fn should_let_an_explain_in_flight_finish_after_sigterm() {
+    // A grace period far longer than the Explain could take here, so that it must finish.
+    let (mut child, url) = serve(&["--shutdown-grace", "600"]).await;
+    // 64 steps: several batches, so SIGTERM lands mid-way.
+    let mut stream = explain_in_flight(&url, 64).await;
+    sigterm(&child);
+    let mut results = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(pb::explain_event::Event::Result(r)) = event.event {
+            results.push(r);
+        }
+    }
+    assert_eq!(
+        results.len(),
+        1,
+        "the Explain finished with its explanation"
+    );
+    assert_eq!(results[0].steps, 64);
+    let status = exit_status(&mut child).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn should_cancel_an_explain_still_running_when_the_grace_period_ends() {
+    let (mut child, url) = serve(&["--shutdown-grace", "0"]).await;
+    // The most steps allowed: minutes of work, so it is still running when the grace
+    // period (none) ends.
+    let mut stream = explain_in_flight(&url, 4096).await;
+    sigterm(&child);
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(event)) => assert!(
+                matches!(event.event, Some(pb::explain_event::Event::Progress(_))),
+                "the 4096-step Explain finished"
+            ),
+            Ok(None) => panic!("the stream ended without an explanation or an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(
+        ended.message().contains("grace period"),
+        "{}",
+        ended.message()
+    );
+    let status = exit_status(&mut child).await;
+    assert!(status.success(), "{status}");
+}
