@@ -125,6 +125,8 @@ pub struct ServeArgs {
     pub max_steps: u32,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 impl ServeArgs {

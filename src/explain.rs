@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::engine::{f32s, softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
@@ -503,7 +504,10 @@ impl ExplainJob {
                 evaluations,
             };
             let mut explanation = self.explanation(&first, j, attributions, summary)?;
-            self.draw(&mut explanation).await?;
+            if self.pictures.is_some() {
+                let span = tracing::info_span!("render", ig.target = class as i64);
+                self.draw(&mut explanation).instrument(span).await?;
+            }
             send(events, pb::explain_event::Event::Result(explanation)).await?;
         }
         Ok(())
@@ -544,6 +548,7 @@ impl ExplainJob {
                 }
                 let mut shape = vec![(b * t) as i64];
                 shape.extend_from_slice(&self.input.tensor.shape);
+                let batch_started = Instant::now();
                 let outputs = self
                     .gradient
                     .run(
@@ -556,7 +561,13 @@ impl ExplainJob {
                         ],
                         vec![crate::autodiff::GRAD.to_string(), spec.output.clone()],
                     )
+                    .instrument(tracing::info_span!(
+                        "gradient_batch",
+                        ig.steps = b as i64,
+                        ig.rows = (b * t) as i64
+                    ))
                     .await?;
+                crate::telemetry::record_gradient_batch(&spec.name, b, batch_started.elapsed());
                 let grads = outputs[0]
                     .as_f32()
                     .ok_or_else(|| Error::Internal("grad is not float32".into()))?;
@@ -644,6 +655,7 @@ impl ExplainJob {
                 vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))],
                 vec![spec.output.clone()],
             )
+            .instrument(tracing::info_span!("forward"))
             .await?;
         let out = outputs[0]
             .as_f32()

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::engine::Engine;
 use crate::error::Error;
@@ -86,18 +87,23 @@ impl Explainer for ExplainerService {
         // Every check happens here, before the stream starts: a bad request is a status.
         let job = self.engine()?.plan_explain(request.into_inner()).await?;
         let (events, stream) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let stopped = events.clone();
-            let Some(deadline) = deadline else {
-                return job.run(events).await;
-            };
-            tokio::select! {
-                _ = job.run(events) => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    let _ = stopped.send(Err(Error::DeadlineExceeded)).await;
+        // In the RPC's span, so the job's spans (gradient batches, render) are its children.
+        let job_span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let stopped = events.clone();
+                let Some(deadline) = deadline else {
+                    return job.run(events).await;
+                };
+                tokio::select! {
+                    _ = job.run(events) => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let _ = stopped.send(Err(Error::DeadlineExceeded)).await;
+                    }
                 }
             }
-        });
+            .instrument(job_span),
+        );
         let stream = tokio_stream::wrappers::ReceiverStream::new(stream)
             .map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

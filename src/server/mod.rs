@@ -153,6 +153,7 @@ pub async fn serve(
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(crate::telemetry::RpcLayer)
         .add_service(health)
         .add_service(explainer)
         .serve_with_incoming_shutdown(incoming(listener), async move {

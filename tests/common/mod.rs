@@ -73,36 +73,11 @@ impl TestServer {
     }
 
     pub async fn health(&self) -> ServingStatus {
-        let channel = Channel::from_shared(self.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = HealthClient::new(channel);
-        let response = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap();
-        ServingStatus::try_from(response.into_inner().status).unwrap()
+        health(&self.url).await
     }
 
     async fn wait_serving(&self) {
-        // Loading and warming up the demo model takes well under a second warm; a cold first
-        // run also fetches ONNX Runtime with pip, hence the generous bound.
-        for _ in 0..1200 {
-            let connected = Channel::from_shared(self.url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .is_ok();
-            if connected && self.health().await == ServingStatus::Serving {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server at {} never reported SERVING", self.url);
+        wait_serving(&self.url).await
     }
 
     pub async fn stop(mut self) {
@@ -111,6 +86,41 @@ impl TestServer {
         }
         (&mut self.task).await.unwrap().unwrap();
     }
+}
+
+/// The overall status of the server at `url` (grpc.health.v1).
+pub async fn health(url: &str) -> ServingStatus {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let response = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    ServingStatus::try_from(response.into_inner().status).unwrap()
+}
+
+/// Waits until the server at `url` (in-process or the binary) reports SERVING.
+pub async fn wait_serving(url: &str) {
+    // Loading and warming up the demo model takes well under a second warm; a cold first
+    // run also fetches ONNX Runtime with pip, hence the generous bound.
+    for _ in 0..1200 {
+        let connected = Channel::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+            .is_ok();
+        if connected && health(url).await == ServingStatus::Serving {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server at {url} never reported SERVING");
 }
 
 pub fn image_request(model: &str, bytes: Vec<u8>, top_k: u32) -> pb::PredictRequest {
