@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use crate::error::Error;
 use crate::image::{self, DecodeLimits};
 use crate::model::{
@@ -68,7 +70,11 @@ impl Engine {
         } else {
             name
         };
-        match self.repository.get(name) {
+        let entry = self.repository.get(name);
+        if entry.is_some() {
+            crate::telemetry::note_model(name);
+        }
+        match entry {
             Some(ModelEntry::Ready(model)) => Ok(model),
             Some(ModelEntry::Failed { reason }) => Err(Error::ModelFailed {
                 name: name.to_string(),
@@ -106,6 +112,7 @@ impl Engine {
                 vec![(spec.input.clone(), batched)],
                 vec![spec.output.clone()],
             )
+            .instrument(tracing::info_span!("forward"))
             .await?;
         let inference_ms = started.elapsed().as_secs_f32() * 1e3;
         let mut output = outputs
@@ -156,10 +163,18 @@ impl Engine {
                 };
                 let limits = self.limits.decode;
                 let started = Instant::now();
+                let request_span = tracing::Span::current();
                 // Decoding a large photo takes tens of milliseconds: keep it off the async threads.
                 let (picture, tensor) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                    let picture = image::decode(&bytes, &limits)?;
-                    let data = image::preprocess(&picture, &image_input.preprocessing);
+                    let decode = tracing::info_span!(parent: &request_span, "decode", input.kind = "image", input.bytes = bytes.len() as i64, image.width = tracing::field::Empty, image.height = tracing::field::Empty);
+                    let picture = decode.in_scope(|| image::decode(&bytes, &limits))?;
+                    // Signed: OpenTelemetry attributes are i64 (tracing's u64 would become text).
+                    decode.record("image.width", i64::from(picture.width()));
+                    decode.record("image.height", i64::from(picture.height()));
+                    drop(decode);
+                    let preprocess = tracing::info_span!(parent: &request_span, "preprocess");
+                    let data = preprocess
+                        .in_scope(|| image::preprocess(&picture, &image_input.preprocessing));
                     let shape = image_input
                         .preprocessing
                         .shape()
@@ -178,7 +193,12 @@ impl Engine {
             }
             pb::input::Kind::Tensor(tensor) => {
                 let started = Instant::now();
-                let tensor = check_tensor(spec, tensor)?;
+                let tensor = tracing::info_span!(
+                    "decode",
+                    input.kind = "tensor",
+                    input.bytes = tensor.data.len() as i64
+                )
+                .in_scope(|| check_tensor(spec, tensor))?;
                 Ok(PreparedInput {
                     tensor,
                     image: None,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::engine::{f32s, softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
@@ -504,7 +505,10 @@ impl ExplainJob {
                 evaluations,
             };
             let mut explanation = self.explanation(&first, j, attributions, summary)?;
-            self.draw(&mut explanation).await?;
+            if self.pictures.is_some() {
+                let span = tracing::info_span!("render", ig.target = class as i64);
+                self.draw(&mut explanation).instrument(span).await?;
+            }
             send(events, pb::explain_event::Event::Result(explanation)).await?;
         }
         Ok(())
@@ -542,6 +546,7 @@ impl ExplainJob {
                 let mut alpha_shape = vec![1i64; single.len()];
                 alpha_shape[0] = rows as i64;
                 let weights = integrator.sum_weights(&batch);
+                let batch_started = Instant::now();
                 let outputs = self
                     .gradient
                     .run(
@@ -577,7 +582,17 @@ impl ExplainJob {
                             spec.output.clone(),
                         ],
                     )
+                    .instrument(tracing::info_span!(
+                        "gradient_batch",
+                        ig.steps = batch.len() as i64,
+                        ig.rows = rows as i64
+                    ))
                     .await?;
+                crate::telemetry::record_gradient_batch(
+                    &spec.name,
+                    batch.len(),
+                    batch_started.elapsed(),
+                );
                 let float = |i: usize| {
                     outputs[i]
                         .as_f32()
@@ -665,6 +680,7 @@ impl ExplainJob {
                 vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))],
                 vec![spec.output.clone()],
             )
+            .instrument(tracing::info_span!("forward"))
             .await?;
         let out = outputs[0]
             .as_f32()

@@ -18,6 +18,7 @@ pub mod model;
 pub mod npy;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 
 /// Generated code for our API and for ONNX's protobuf format.
 pub mod proto {

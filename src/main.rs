@@ -1,15 +1,9 @@
-//! The `integrad` binary: parse the command line, set up logging, run.
+//! The `integrad` binary: parse the command line, set up logging and telemetry, run.
 
-use integrad::config::{Cli, Command, ConfigError};
+use integrad::config::{Cli, Command, ConfigError, ServeArgs};
+use integrad::telemetry::{self, LogFormat};
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match Cli::parse_with_config(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ConfigError::Clap(e)) => e.exit(),
@@ -21,18 +15,14 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let command = match cli.command {
+        Command::Serve(args) => return serve(&runtime, args),
+        command => command,
+    };
+    telemetry::init_logs(LogFormat::Text)?;
     runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => {
-                let listener = tokio::net::TcpListener::bind(args.listen)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-                let served = integrad::server::serve(args, listener, shutdown_signal()).await;
-                // Telemetry flushing goes here: after the last request has ended (served or
-                // cancelled) and before the process exits, whether serving ended well or not.
-                served?;
-                Ok(())
-            }
+        match command {
+            Command::Serve(_) => unreachable!("served above"),
             Command::Predict(args) => integrad::cli::run_predict(args).await,
             Command::Explain(args) => integrad::cli::run_explain(args).await,
             Command::Autodiff(args) => {
@@ -40,6 +30,20 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<()> {
+    let telemetry = runtime.block_on(telemetry::init(&args.telemetry))?;
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        integrad::server::serve(args, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    // Outside the async threads, with the runtime (and the OTLP connection) still up.
+    telemetry.shutdown();
+    served
 }
 
 /// SIGTERM (what Kubernetes sends) or Ctrl-C.

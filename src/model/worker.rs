@@ -34,6 +34,12 @@ impl Worker {
     /// Moves `session` onto a new thread named after the model.
     pub fn spawn(model: &str, session: Session) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let queue = tx.downgrade();
+        crate::telemetry::watch_queue(model, move || {
+            queue
+                .upgrade()
+                .map(|tx: mpsc::Sender<Job>| tx.max_capacity() - tx.capacity())
+        });
         let name = model.to_string();
         std::thread::Builder::new()
             .name(format!("model-{model}"))
@@ -90,6 +96,7 @@ fn serve(model: String, mut session: Session, mut rx: mpsc::Receiver<Job>) {
             // The caller gave up (cancelled or timed out) while the job waited.
             continue;
         }
+        let _run = tracing::info_span!("ort.run", worker = %model).entered();
         let result =
             run(&mut session, job.inputs, &job.outputs).map_err(|reason| ModelError::Runtime {
                 model: model.clone(),

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::limits::ExplainGate;
 use super::shutdown::Shutdown;
@@ -106,26 +107,31 @@ impl Explainer for ExplainerService {
         let (events, stream) = tokio::sync::mpsc::channel(16);
         let shutdown = self.shutdown.clone();
         let grace_s = self.grace_s;
-        tokio::spawn(async move {
-            let _slot = slot;
-            let stopped = events.clone();
-            let expired = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = job.run(events) => {}
-                _ = expired => {
-                    let _ = stopped.send(Err(Error::DeadlineExceeded)).await;
-                }
-                _ = shutdown.cancelling() => {
-                    let reason = format!("the server is shutting down and its grace period ({grace_s} s) is over; the Explain was cancelled");
-                    let _ = stopped.send(Err(Error::Unavailable(reason))).await;
+        // In the RPC's span, so the job's spans (gradient batches, render) are its children.
+        let job_span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let stopped = events.clone();
+                let expired = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = job.run(events) => {}
+                    _ = expired => {
+                        let _ = stopped.send(Err(Error::DeadlineExceeded)).await;
+                    }
+                    _ = shutdown.cancelling() => {
+                        let reason = format!("the server is shutting down and its grace period ({grace_s} s) is over; the Explain was cancelled");
+                        let _ = stopped.send(Err(Error::Unavailable(reason))).await;
+                    }
                 }
             }
-        });
+            .instrument(job_span),
+        );
         let stream = tokio_stream::wrappers::ReceiverStream::new(stream)
             .map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

@@ -227,9 +227,11 @@ pub async fn serve(
             });
         }
     };
-    // NOTE: the layer wraps the whole router, so services added below (or later) are behind
-    // the token unless auth::OPEN_SERVICES lists them.
+    // NOTE: the layers wrap the whole router, so services added below (or later) are behind
+    // the token unless auth::OPEN_SERVICES lists them. Telemetry is outermost, so refused
+    // calls (UNAUTHENTICATED, RESOURCE_EXHAUSTED) are counted and traced too.
     let server = builder
+        .layer(crate::telemetry::RpcLayer)
         .layer(auth::AuthLayer::new(token.as_deref()))
         .add_service(health)
         .add_service(explainer)

@@ -1,0 +1,109 @@
+//! The instruments, made once from the global meter provider (no-ops when none is set).
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, ObservableGauge, UpDownCounter};
+use opentelemetry::KeyValue;
+
+/// Bucket bounds for durations in seconds: a Predict takes milliseconds, an Explain of a
+/// photo seconds to minutes.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+pub struct Metrics {
+    /// Finished RPCs by rpc, model and code.
+    pub requests: Counter<u64>,
+    /// RPC latency (to the last message of a stream) by rpc, model and code.
+    pub duration: Histogram<f64>,
+    /// RPCs started and not finished, by rpc.
+    pub in_flight: UpDownCounter<i64>,
+    /// IG path points whose gradients were evaluated, by model.
+    pub ig_steps: Counter<u64>,
+    /// Time of one gradient batch (one ONNX Runtime run over several path points), by model.
+    pub ig_batch_duration: Histogram<f64>,
+    _queue_depth: ObservableGauge<i64>,
+}
+
+/// How to read one worker's queue: its name, and its depth (None once it is gone).
+type QueueProbe = (String, Box<dyn Fn() -> Option<usize> + Send + Sync>);
+
+fn queues() -> &'static Mutex<Vec<QueueProbe>> {
+    static QUEUES: OnceLock<Mutex<Vec<QueueProbe>>> = OnceLock::new();
+    QUEUES.get_or_init(Default::default)
+}
+
+/// Reports `depth` as `integrad.model.queue_depth{worker}` until it returns None.
+pub fn watch_queue(worker: &str, depth: impl Fn() -> Option<usize> + Send + Sync + 'static) {
+    if let Ok(mut queues) = queues().lock() {
+        queues.push((worker.to_string(), Box::new(depth)));
+    }
+}
+
+/// The process's instruments.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("integrad");
+        Metrics {
+            requests: meter
+                .u64_counter("integrad.rpc.requests")
+                .with_description("gRPC requests finished, by rpc, model and status code")
+                .with_unit("{request}")
+                .build(),
+            duration: meter
+                .f64_histogram("integrad.rpc.duration")
+                .with_description("gRPC request latency, to the end of the response stream")
+                .with_unit("s")
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build(),
+            in_flight: meter
+                .i64_up_down_counter("integrad.rpc.in_flight")
+                .with_description("gRPC requests being served")
+                .with_unit("{request}")
+                .build(),
+            ig_steps: meter
+                .u64_counter("integrad.ig.steps")
+                .with_description(
+                    "Integrated Gradients path points evaluated (one gradient each per target)",
+                )
+                .with_unit("{step}")
+                .build(),
+            ig_batch_duration: meter
+                .f64_histogram("integrad.ig.batch.duration")
+                .with_description("time of one batch of gradients (one ONNX Runtime run)")
+                .with_unit("s")
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build(),
+            _queue_depth: meter
+                .i64_observable_gauge("integrad.model.queue_depth")
+                .with_description("jobs waiting for a model worker's ONNX Runtime session")
+                .with_unit("{job}")
+                .with_callback(|observer| {
+                    let Ok(mut queues) = queues().lock() else {
+                        return;
+                    };
+                    queues.retain(|(worker, depth)| match depth() {
+                        Some(depth) => {
+                            let worker = KeyValue::new("worker", worker.clone());
+                            observer.observe(depth as i64, &[worker]);
+                            true
+                        }
+                        None => false,
+                    });
+                })
+                .build(),
+        }
+    })
+}
+
+/// One batch of `steps` gradients of `model` took `elapsed`.
+pub fn record_gradient_batch(model: &str, steps: usize, elapsed: Duration) {
+    let metrics = metrics();
+    let model = [KeyValue::new("model", model.to_string())];
+    metrics.ig_steps.add(steps as u64, &model);
+    metrics
+        .ig_batch_duration
+        .record(elapsed.as_secs_f64(), &model);
+}
