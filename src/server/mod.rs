@@ -1,10 +1,13 @@
-//! The gRPC server: our Explainer service and the standard health service on one port.
+//! The gRPC server on one port: our Explainer service, the Open Inference Protocol
+//! (`inference.GRPCInferenceService`, [`oip`]), the standard health service, and gRPC reflection
+//! (v1 and v1alpha) describing all of them.
 //!
 //! Start-up order: ONNX Runtime is loaded first (a missing library stops the server with a
 //! clear error), then the port opens with health NOT_SERVING while models load and warm up on
 //! a blocking thread, then health flips to SERVING.
 
 mod explainer;
+mod oip;
 mod status;
 
 use std::future::Future;
@@ -14,10 +17,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use explainer::{model_info, ExplainerService};
+pub use oip::InferenceService;
 
 use crate::config::{ModelSource, ServeArgs};
 use crate::engine::{Engine, EngineLimits};
 use crate::model::{LoadOptions, Repository};
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::integrad::v1::explainer_server::ExplainerServer;
 use crate::runtime::{self, RuntimeOptions};
 
@@ -34,6 +39,8 @@ pub enum ServeError {
     DefaultModel(String),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("model loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -95,9 +102,11 @@ pub async fn serve(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let service = ExplainerService::default();
+    let inference = InferenceService::default();
 
     let loader = {
         let service = service.clone();
+        let inference = inference.clone();
         let args = args.clone();
         tokio::task::spawn_blocking(move || {
             let repository = load_repository(
@@ -122,7 +131,9 @@ pub async fn serve(
                     decode: args.decode_limits(),
                 },
             );
-            service.set_engine(Arc::new(engine));
+            let engine = Arc::new(engine);
+            service.set_engine(engine.clone());
+            inference.set_engine(engine);
             Ok::<usize, ServeError>(ready)
         })
     };
@@ -150,11 +161,33 @@ pub async fn serve(
     let explainer = ExplainerServer::new(service)
         .max_decoding_message_size(args.max_message_bytes)
         .max_encoding_message_size(args.max_message_bytes);
+    let inference = GrpcInferenceServiceServer::new(inference)
+        .max_decoding_message_size(args.max_message_bytes)
+        .max_encoding_message_size(args.max_message_bytes);
+    let descriptors = [
+        crate::proto::INTEGRAD_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let reflection_v1 = descriptors
+        .iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+            b.register_encoded_file_descriptor_set(set)
+        })
+        .build_v1()?;
+    let reflection_v1alpha = descriptors
+        .iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+            b.register_encoded_file_descriptor_set(set)
+        })
+        .build_v1alpha()?;
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(explainer)
+        .add_service(inference)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             tokio::select! {
                 _ = shutdown => {}
