@@ -359,6 +359,44 @@ async fn should_take_typed_contents_and_refuse_bad_requests_with_clear_statuses(
             "priority",
         ),
     ];
+    let binary_data_size = |n: i64| {
+        let mut request = good();
+        request.inputs[0].parameters = [(
+            "binary_data_size".to_string(),
+            oip::InferParameter {
+                parameter_choice: Some(oip::infer_parameter::ParameterChoice::Int64Param(n)),
+            },
+        )]
+        .into();
+        request
+    };
+    let binary_data = |on: bool| oip::ModelInferRequest {
+        outputs: vec![InferRequestedOutputTensor {
+            name: "logits".into(),
+            parameters: [(
+                "binary_data".to_string(),
+                oip::InferParameter {
+                    parameter_choice: Some(oip::infer_parameter::ParameterChoice::BoolParam(on)),
+                },
+            )]
+            .into(),
+        }],
+        ..good()
+    };
+    let cases = cases.into_iter().chain([
+        (
+            "binary_data_size (as the kserve client sends it) not the raw size",
+            binary_data_size(1000),
+            Code::InvalidArgument,
+            "binary_data_size",
+        ),
+        (
+            "outputs asked for as typed contents",
+            binary_data(false),
+            Code::InvalidArgument,
+            "raw_output_contents",
+        ),
+    ]);
     for (what, request, code, mentions) in cases {
         let status = client.model_infer(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{what}: {status:?}");
@@ -367,6 +405,12 @@ async fn should_take_typed_contents_and_refuse_bad_requests_with_clear_statuses(
             "{what}: {:?} should mention {mentions:?}",
             status.message()
         );
+    }
+
+    // The binary-data parameters the kserve client sends, when they say what integrad does.
+    for request in [binary_data_size(3 * 224 * 224 * 4), binary_data(true)] {
+        let response = client.model_infer(request).await.unwrap().into_inner();
+        assert_eq!(raw_floats(&response.raw_output_contents[0]), raw_logits);
     }
 
     // Metadata refusals, and readiness of what does not exist.
@@ -539,6 +583,214 @@ async fn should_list_every_service_over_reflection() {
             names.iter().any(|n| n == service),
             "{service} not in {names:?}"
         );
+    }
+    server.stop().await;
+}
+
+/// features (INT64, [batch, 2]) -> Cast to float -> scores = x @ W (FP32, [batch, 3]) with
+/// W = [[1, 0, -1], [0, 2, 0]], and class = ArgMax(scores, axis 1) (INT64, [batch]).
+fn int64_model() -> Vec<u8> {
+    use integrad::proto::onnx;
+    use onnx::tensor_proto::DataType;
+    use prost::Message;
+    let node = |op: &str, inputs: &[&str], output: &str, attribute| onnx::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(format!("{op}_0")),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let int = |name: &str, v: i64| onnx::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(onnx::attribute_proto::AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    };
+    let graph = onnx::GraphProto {
+        name: Some("int64".into()),
+        node: vec![
+            node(
+                "Cast",
+                &["features"],
+                "x",
+                vec![int("to", DataType::Float as i64)],
+            ),
+            node("MatMul", &["x", "W"], "scores", vec![]),
+            node(
+                "ArgMax",
+                &["scores"],
+                "class",
+                vec![int("axis", 1), int("keepdims", 0)],
+            ),
+        ],
+        initializer: vec![onnx::TensorProto {
+            name: Some("W".into()),
+            dims: vec![2, 3],
+            data_type: Some(DataType::Float as i32),
+            float_data: vec![1.0, 0.0, -1.0, 0.0, 2.0, 0.0],
+            ..Default::default()
+        }],
+        input: vec![typed_value_info(
+            "features",
+            &[None, Some(2)],
+            DataType::Int64,
+        )],
+        output: vec![
+            typed_value_info("scores", &[None, Some(3)], DataType::Float),
+            typed_value_info("class", &[None], DataType::Int64),
+        ],
+        ..Default::default()
+    };
+    onnx::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![onnx::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn should_take_and_return_int64_tensors_and_honour_requested_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("int64.onnx");
+    std::fs::write(&file, int64_model()).unwrap();
+    let server = TestServer::start(&["--model-file", file.to_str().unwrap()]).await;
+    let mut client = server.inference().await;
+
+    let metadata = client
+        .model_metadata(oip::ModelMetadataRequest {
+            name: "int64".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let described =
+        |t: &[oip::model_metadata_response::TensorMetadata]| -> Vec<(String, String, Vec<i64>)> {
+            t.iter()
+                .map(|t| (t.name.clone(), t.datatype.clone(), t.shape.clone()))
+                .collect()
+        };
+    assert_eq!(
+        described(&metadata.inputs),
+        [("features".into(), "INT64".into(), vec![-1, 2])]
+    );
+    assert_eq!(
+        described(&metadata.outputs),
+        [
+            ("scores".into(), "FP32".into(), vec![-1, 3]),
+            ("class".into(), "INT64".into(), vec![-1])
+        ]
+    );
+
+    // Rows [1, 2] and [3, -1]: scores [1, 4, -1] and [3, -2, -3] (small integers, exact in
+    // float32), classes 1 and 0.
+    let features = [1i64, 2, 3, -1];
+    let input = InferInputTensor {
+        name: "features".into(),
+        datatype: "INT64".into(),
+        shape: vec![2, 2],
+        ..Default::default()
+    };
+    let requested = ["class", "scores"].map(|name| InferRequestedOutputTensor {
+        name: name.into(),
+        ..Default::default()
+    });
+    let raw = oip::ModelInferRequest {
+        model_name: "int64".into(),
+        inputs: vec![input.clone()],
+        outputs: requested.to_vec(),
+        raw_input_contents: vec![features.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    };
+    let typed = oip::ModelInferRequest {
+        inputs: vec![InferInputTensor {
+            contents: Some(oip::InferTensorContents {
+                int64_contents: features.to_vec(),
+                ..Default::default()
+            }),
+            ..input.clone()
+        }],
+        raw_input_contents: Vec::new(),
+        ..raw.clone()
+    };
+    for request in [raw.clone(), typed] {
+        let response = client.model_infer(request).await.unwrap().into_inner();
+        let names: Vec<&str> = response.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["class", "scores"], "the requested order");
+        assert_eq!(response.outputs[0].datatype, "INT64");
+        assert_eq!(response.outputs[0].shape, vec![2]);
+        let classes: Vec<i64> = response.raw_output_contents[0]
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(classes, [1, 0]);
+        assert_eq!(response.outputs[1].shape, vec![2, 3]);
+        assert_eq!(
+            raw_floats(&response.raw_output_contents[1]),
+            [1.0, 4.0, -1.0, 3.0, -2.0, -3.0]
+        );
+    }
+
+    // One output only, when only that one is asked for.
+    let response = client
+        .model_infer(oip::ModelInferRequest {
+            outputs: vec![requested[1].clone()],
+            ..raw.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.outputs.len(), 1);
+    assert_eq!(response.raw_output_contents.len(), 1);
+    assert_eq!(response.outputs[0].name, "scores");
+
+    let refused = [
+        (
+            "FP32 data for an INT64 input",
+            oip::ModelInferRequest {
+                inputs: vec![InferInputTensor {
+                    datatype: "FP32".into(),
+                    ..input.clone()
+                }],
+                raw_input_contents: vec![vec![0; 16]],
+                ..raw.clone()
+            },
+            "datatype",
+        ),
+        (
+            "INT64 values in int_contents",
+            oip::ModelInferRequest {
+                inputs: vec![InferInputTensor {
+                    contents: Some(oip::InferTensorContents {
+                        int_contents: vec![1, 2, 3, -1],
+                        ..Default::default()
+                    }),
+                    ..input.clone()
+                }],
+                raw_input_contents: Vec::new(),
+                ..raw.clone()
+            },
+            "int_contents",
+        ),
+        (
+            "an output twice",
+            oip::ModelInferRequest {
+                outputs: vec![requested[0].clone(), requested[0].clone()],
+                ..raw.clone()
+            },
+            "twice",
+        ),
+    ];
+    for (what, request, mentions) in refused {
+        let status = client.model_infer(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(mentions), "{what}: {status:?}");
     }
     server.stop().await;
 }

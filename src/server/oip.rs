@@ -6,6 +6,7 @@
 //! Runtime never runs on tokio's threads. Outputs go back as `raw_output_contents`, which is
 //! what tritonclient reads.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
@@ -16,6 +17,7 @@ use crate::model::triton::datatype;
 use crate::model::{DType, Model, ModelEntry, ModelSpec, TensorData, TensorSpec, Values};
 use crate::proto::inference as pb;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use crate::proto::inference::infer_parameter::ParameterChoice;
 use crate::proto::inference::model_infer_request::InferInputTensor;
 
 /// The platform reported in model metadata (Triton's name for ONNX Runtime models).
@@ -187,29 +189,86 @@ impl GrpcInferenceService for InferenceService {
     }
 }
 
-/// Nothing in a request is silently ignored: integrad implements no parameters (priority,
-/// timeouts, shared memory, classification...), so any is refused by name.
+/// Nothing in a request is silently ignored: of the parameters clients send, integrad
+/// implements only the binary-data ones (checked where they are used); any other (priority,
+/// timeouts, shared memory, classification...) is refused by name.
 fn refuse_parameters(
-    parameters: &std::collections::HashMap<String, pb::InferParameter>,
+    parameters: &HashMap<String, pb::InferParameter>,
+    understood: &[&str],
     field: &'static str,
     whose: &str,
 ) -> Result<(), Error> {
-    if parameters.is_empty() {
+    let mut names: Vec<&String> = parameters
+        .keys()
+        .filter(|k| !understood.contains(&k.as_str()))
+        .collect();
+    if names.is_empty() {
         return Ok(());
     }
-    let mut names: Vec<&String> = parameters.keys().collect();
     names.sort();
     Err(Error::invalid(
         field,
-        format!("{whose}: integrad supports no parameters, got {names:?}"),
+        format!("{whose}: integrad does not implement the parameters {names:?}"),
     ))
+}
+
+/// `binary_data_output` (request) and `binary_data` (output), which the kserve client sends:
+/// integrad always answers in `raw_output_contents`, so only `true` is honoured.
+fn check_binary_output(
+    parameters: &HashMap<String, pb::InferParameter>,
+    name: &str,
+    field: &'static str,
+) -> Result<(), Error> {
+    match parameters
+        .get(name)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None | Some(ParameterChoice::BoolParam(true)) => Ok(()),
+        Some(other) => Err(Error::invalid(
+            field,
+            format!(
+                "{name} is {other:?}; integrad returns outputs in raw_output_contents only (true)"
+            ),
+        )),
+    }
+}
+
+/// `binary_data_size` on an input (the kserve client sends it) must be the size of its
+/// `raw_input_contents` entry.
+fn check_binary_size(input: &InferInputTensor, raw: Option<&[u8]>) -> Result<(), Error> {
+    let Some(parameter) = input.parameters.get("binary_data_size") else {
+        return Ok(());
+    };
+    let size = match parameter.parameter_choice {
+        Some(ParameterChoice::Int64Param(n)) => u64::try_from(n).ok(),
+        Some(ParameterChoice::Uint64Param(n)) => Some(n),
+        _ => None,
+    };
+    match (size, raw) {
+        (Some(size), Some(bytes)) if size == bytes.len() as u64 => Ok(()),
+        _ => Err(Error::invalid(
+            "inputs",
+            format!(
+                "input {:?}: binary_data_size {:?} does not match its raw_input_contents ({})",
+                input.name,
+                parameter.parameter_choice,
+                raw.map_or("none".to_string(), |b| format!("{} bytes", b.len()))
+            ),
+        )),
+    }
 }
 
 fn decode_inputs(
     spec: &ModelSpec,
     request: &pb::ModelInferRequest,
 ) -> Result<Vec<(String, TensorData)>, Error> {
-    refuse_parameters(&request.parameters, "parameters", "the request")?;
+    refuse_parameters(
+        &request.parameters,
+        &["binary_data_output"],
+        "parameters",
+        "the request",
+    )?;
+    check_binary_output(&request.parameters, "binary_data_output", "parameters")?;
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(Error::invalid(
@@ -241,10 +300,13 @@ fn decode_inputs(
         }
         refuse_parameters(
             &input.parameters,
+            &["binary_data_size"],
             "inputs",
             &format!("input {:?}", input.name),
         )?;
-        let tensor = decode_input(spec, wanted, input, raw.get(i).map(|b| b.as_ref()))?;
+        let raw = raw.get(i).map(|b| b.as_ref());
+        check_binary_size(input, raw)?;
+        let tensor = decode_input(spec, wanted, input, raw)?;
         decoded.push((input.name.clone(), tensor));
     }
     if let Some(missing) = spec
@@ -435,9 +497,11 @@ fn requested_outputs(
         for output in requested {
             refuse_parameters(
                 &output.parameters,
+                &["binary_data"],
                 "outputs",
                 &format!("output {:?}", output.name),
             )?;
+            check_binary_output(&output.parameters, "binary_data", "outputs")?;
             if !spec.outputs.iter().any(|o| o.name == output.name) {
                 let all: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
                 return Err(Error::invalid(

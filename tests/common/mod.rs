@@ -153,6 +153,15 @@ pub fn binary() -> &'static Path {
 }
 
 pub fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
+    typed_value_info(name, dims, onnx::tensor_proto::DataType::Float)
+}
+
+/// A graph input or output of element type `elem`; `None` dimensions are the free "batch".
+pub fn typed_value_info(
+    name: &str,
+    dims: &[Option<i64>],
+    elem: onnx::tensor_proto::DataType,
+) -> onnx::ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| onnx::tensor_shape_proto::Dimension {
@@ -168,7 +177,7 @@ pub fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
         r#type: Some(onnx::TypeProto {
             value: Some(onnx::type_proto::Value::TensorType(
                 onnx::type_proto::Tensor {
-                    elem_type: Some(onnx::tensor_proto::DataType::Float as i32),
+                    elem_type: Some(elem as i32),
                     shape: Some(onnx::TensorShapeProto { dim }),
                 },
             )),
