@@ -1,5 +1,6 @@
-//! Generates the Rust code for our gRPC API (`proto/integrad/v1`) and for ONNX's wire format
-//! (`proto/onnx/onnx.proto`, used to read and write graphs), plus a descriptor set for reflection.
+//! Generates the Rust code for our gRPC API (`proto/integrad/v1`), the Open Inference Protocol
+//! (`proto/inference`) and ONNX's wire format (`proto/onnx/onnx.proto`, used to read and write
+//! graphs), plus a descriptor set of the served APIs for reflection.
 
 use std::path::PathBuf;
 
@@ -12,7 +13,13 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("integrad_descriptor.bin"))
-        .compile_protos(&["proto/integrad/v1/explainer.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/integrad/v1/explainer.proto",
+                "proto/inference/grpc_service.proto",
+            ],
+            &["proto"],
+        )?;
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(false)

@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the models over gRPC (integrad.v1.Explainer and grpc.health.v1.Health).
+    /// Serve the models over gRPC (integrad.v1.Explainer, the Open Inference Protocol
+    /// inference.GRPCInferenceService, grpc.health.v1.Health and reflection).
     Serve(ServeArgs),
     /// Classify an image or a tensor, through a server or in-process.
     Predict(crate::cli::PredictArgs),
@@ -69,8 +70,9 @@ impl RuntimeArgs {
 /// Which models to load.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// The model repository: one directory per model with model.onnx and integrad.toml
-    /// [default: the built-in demo repository].
+    /// The model repository: one directory per model, with model.onnx and integrad.toml, or
+    /// in Triton's layout (config.pbtxt and <version>/model.onnx; the newest version is
+    /// served) [default: the built-in demo repository].
     #[arg(long, env = "INTEGRAD_MODELS", conflicts_with = "model_file")]
     pub models: Option<PathBuf>,
     /// Serve or run one ONNX file instead of a repository (configured by PATH.toml or an

@@ -18,7 +18,7 @@ pub const DEFAULT_TOP_K: u32 = 5;
 
 /// A tensor whose element count exceeds this is refused before it is copied (1 Gi elements,
 /// 4 GiB of float32: far beyond any model input, far below a usize overflow).
-const MAX_ELEMENTS: i64 = 1 << 30;
+pub const MAX_ELEMENTS: i64 = 1 << 30;
 
 #[derive(Debug, Clone, Default)]
 pub struct EngineLimits {

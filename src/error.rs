@@ -11,6 +11,12 @@ pub enum Error {
         "the request names no model and this server has no default model; models: {available}"
     )]
     NoDefaultModel { available: String },
+    #[error("model {model:?} has no version {version:?}; served version: {served}")]
+    VersionNotFound {
+        model: String,
+        version: String,
+        served: String,
+    },
     #[error("model {name:?} failed to load: {reason}")]
     ModelFailed { name: String, reason: String },
     #[error("{field}: {reason}")]

@@ -20,7 +20,7 @@ pub mod runtime;
 pub mod server;
 pub mod telemetry;
 
-/// Generated code for our API and for ONNX's protobuf format.
+/// Generated code for our API, the Open Inference Protocol and ONNX's protobuf format.
 pub mod proto {
     pub mod integrad {
         pub mod v1 {
@@ -30,7 +30,12 @@ pub mod proto {
     pub mod onnx {
         tonic::include_proto!("onnx");
     }
-    /// The encoded descriptor set of our API (for gRPC reflection).
+    /// The Open Inference Protocol (KServe V2), `proto/inference/grpc_service.proto`.
+    pub mod inference {
+        tonic::include_proto!("inference");
+    }
+    /// The encoded descriptor set of our API and the Open Inference Protocol (for gRPC
+    /// reflection).
     pub const INTEGRAD_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("integrad_descriptor");
 }

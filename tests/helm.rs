@@ -4,7 +4,7 @@
 //! promises (gRPC probes, resources, security context, GPU, Triton sidecar, TLS/auth, HPA,
 //! the schema refusing bad values).
 //!
-//! Its Python is `$INTEGRAD_TEST_PYTHON`, else a venv this test makes with the pinned packages
+//! Its Python is `$INTEGRAD_TEST_HELM_PYTHON`, else a venv this test makes with the pinned packages
 //! of helm/integrad/tests/requirements.txt (helm-python-sdk bundles Helm v4's Go SDK, so no
 //! helm binary is needed). Without them the test fails and says so: it never skips.
 
@@ -14,10 +14,11 @@ use std::process::Command;
 
 #[test]
 fn chart_lints_renders_and_validates_in_every_scenario() {
-    let python = common::python_with(
+    let python = common::python_venv(
+        "INTEGRAD_TEST_HELM_PYTHON",
         "python-helm-chart",
         "helm/integrad/tests/requirements.txt",
-        "helm_python, kubernetes_validate, yaml",
+        "import helm_python, kubernetes_validate, yaml",
     );
     let script = common::root().join("helm/integrad/tests/check_chart.py");
     let out = Command::new(&python).arg(&script).output().unwrap();

@@ -6,85 +6,20 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
-use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
-
-/// The server process, killed when the test ends however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `$INTEGRAD_TEST_PYTHON` if set, else a venv made once with tests/python/requirements.txt.
-fn python() -> String {
-    common::python_with(
-        "python-grpc-client",
-        "tests/python/requirements.txt",
-        "grpc, grpc_tools.protoc, google.protobuf",
-    )
-}
-
-async fn serving(url: &str) -> bool {
-    let Ok(channel) = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    let request = HealthCheckRequest {
-        service: String::new(),
-    };
-    match HealthClient::new(channel).check(request).await {
-        Ok(r) => r.into_inner().status == ServingStatus::Serving as i32,
-        Err(_) => false,
-    }
-}
 
 #[tokio::test]
 async fn should_stream_explain_to_a_python_grpcio_client() {
-    let python = python();
-
-    // A free port: bind port 0, read it back, release it for the server.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let mut server = Server(
-        Command::new(binary())
-            .args(["serve", "--listen", &listen, "--models"])
-            .arg(demo_models())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let python = python_venv(
+        "INTEGRAD_TEST_PYTHON",
+        "python-grpc-client",
+        "tests/python/requirements.txt",
+        "import grpc, grpc_tools.protoc, google.protobuf",
     );
-    // Warm start is well under a second; a cold first run also fetches ONNX Runtime.
-    let mut up = false;
-    for _ in 0..1200 {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("integrad serve exited before SERVING: {status}");
-        }
-        if serving(&url).await {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "integrad serve at {url} never reported SERVING");
+    let server = BinaryServer::start(&["--models", demo_models().to_str().unwrap()]).await;
+    let url = server.url.clone();
 
     let script = root().join("tests/python/stream_client.py");
     let out = tokio::task::spawn_blocking(move || {

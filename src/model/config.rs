@@ -40,6 +40,9 @@ pub struct ModelConfig {
     pub input: InputSection,
     #[serde(default)]
     pub output: OutputSection,
+    /// For a model in a Triton layout: its `config.pbtxt` and the version served.
+    #[serde(skip)]
+    pub triton: Option<super::triton::TritonModel>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -63,16 +63,21 @@ pub fn load_model(
 
     let session = open_session(file, env, options)
         .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", file.display()))?;
-    let inputs: Vec<TensorSpec> = session
+    let graph_inputs: Vec<TensorSpec> = session
         .inputs()
         .iter()
         .map(|o| spec(o.name(), o.dtype()))
         .collect();
-    let outputs: Vec<TensorSpec> = session
+    let graph_outputs: Vec<TensorSpec> = session
         .outputs()
         .iter()
         .map(|o| spec(o.name(), o.dtype()))
         .collect();
+    // A Triton config.pbtxt orders and shapes them (checked against the graph).
+    let (inputs, outputs) = match &config.triton {
+        Some(triton) => triton.reconcile(graph_inputs, graph_outputs)?,
+        None => (graph_inputs, graph_outputs),
+    };
 
     let input = pick(&config.input.name, &inputs, "input")?;
     let output = pick(&config.output.name, &outputs, "output")?;
@@ -123,6 +128,10 @@ pub fn load_model(
         output_kind,
         labels,
         explainable,
+        triton: config.triton.as_ref().map(|t| super::TritonServing {
+            version: t.version,
+            max_batch_size: t.config.max_batch_size,
+        }),
     };
     let model = Model {
         spec: Arc::new(spec),

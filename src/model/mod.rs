@@ -1,4 +1,5 @@
-//! The model repository and ONNX Runtime sessions.
+//! The model repository (integrad's layout and Triton's, see [`triton`]) and ONNX Runtime
+//! sessions.
 //!
 //! Each loaded model owns one session on its own worker thread ([`worker`]); requests reach it
 //! through a bounded channel, so ONNX Runtime never runs on tokio's threads.
@@ -6,6 +7,7 @@
 pub mod config;
 mod load;
 mod repository;
+pub mod triton;
 mod worker;
 
 use std::path::PathBuf;
@@ -105,6 +107,17 @@ pub struct ModelSpec {
     pub labels: Vec<String>,
     /// `Err(reason)` when the model can't be explained.
     pub explainable: Result<(), String>,
+    /// Set for a model from a Triton layout.
+    pub triton: Option<TritonServing>,
+}
+
+/// What a Triton-layout model adds to its spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TritonServing {
+    /// The version directory served.
+    pub version: u64,
+    /// From config.pbtxt: above 0, the largest batch a request may send.
+    pub max_batch_size: i64,
 }
 
 impl ModelSpec {

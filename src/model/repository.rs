@@ -1,8 +1,14 @@
 //! The set of models a server (or an in-process CLI run) knows, loaded at start.
 //!
-//! A repository is a directory with one sub-directory per model holding `model.onnx` and an
-//! optional `integrad.toml`. A model that fails to load is kept with its reason, so it shows
-//! up in ListModels and in the log, and does not take the others down.
+//! A repository is a directory with one sub-directory per model, in either layout (a
+//! repository may mix them):
+//! - integrad's: `<name>/model.onnx` and an optional `<name>/integrad.toml`;
+//! - Triton's: `<name>/config.pbtxt` and `<name>/<version>/model.onnx` (see [`super::triton`]),
+//!   with an optional `<name>/integrad.toml` beside config.pbtxt; a directory with a
+//!   config.pbtxt or a numeric sub-directory is read as Triton's.
+//!
+//! A model that fails to load is kept with its reason, so it shows up in ListModels and in the
+//! log, and does not take the others down.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +16,7 @@ use std::path::Path;
 use ort::environment::Environment;
 
 use super::config::{ModelConfig, CONFIG_FILE};
+use super::triton;
 use super::{load_model, LoadOptions, Model};
 
 pub const MODEL_FILE: &str = "model.onnx";
@@ -40,7 +47,9 @@ impl Repository {
         for name in names {
             let model_dir = dir.join(&name);
             let file = model_dir.join(MODEL_FILE);
-            let entry = if !file.exists() {
+            let entry = if triton::is_triton_layout(&model_dir) {
+                load_triton(&name, &model_dir, env, options)
+            } else if !file.exists() {
                 ModelEntry::Failed {
                     reason: format!("{} has no {MODEL_FILE}", model_dir.display()),
                 }
@@ -130,6 +139,25 @@ impl Repository {
     }
 }
 
+/// A model in a Triton layout: the version config.pbtxt selects, `integrad.toml` beside it.
+fn load_triton(name: &str, dir: &Path, env: &Environment, options: &LoadOptions) -> ModelEntry {
+    let located = triton::locate(name, dir)
+        .and_then(|model| Ok((ModelConfig::load(&dir.join(CONFIG_FILE))?, model)));
+    match located {
+        Ok((mut config, model)) => {
+            let file = model.file.clone();
+            config.triton = Some(model);
+            load_configured(name, &file, config, dir, env, options)
+        }
+        Err(reason) => failed(name, reason),
+    }
+}
+
+fn failed(name: &str, reason: String) -> ModelEntry {
+    tracing::error!(model = name, %reason, "model failed to load");
+    ModelEntry::Failed { reason }
+}
+
 fn load_entry(
     name: &str,
     file: &Path,
@@ -138,17 +166,26 @@ fn load_entry(
     env: &Environment,
     options: &LoadOptions,
 ) -> ModelEntry {
+    match ModelConfig::load(config) {
+        Ok(config) => load_configured(name, file, config, base, env, options),
+        Err(reason) => failed(name, reason),
+    }
+}
+
+fn load_configured(
+    name: &str,
+    file: &Path,
+    config: ModelConfig,
+    base: &Path,
+    env: &Environment,
+    options: &LoadOptions,
+) -> ModelEntry {
     let started = std::time::Instant::now();
-    let loaded = ModelConfig::load(config)
-        .and_then(|config| load_model(name, file, &config, base, env, options));
-    match loaded {
+    match load_model(name, file, &config, base, env, options) {
         Ok(model) => {
             tracing::info!(model = name, path = %file.display(), elapsed_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up");
             ModelEntry::Ready(model)
         }
-        Err(reason) => {
-            tracing::error!(model = name, %reason, "model failed to load");
-            ModelEntry::Failed { reason }
-        }
+        Err(reason) => failed(name, reason),
     }
 }

@@ -1,4 +1,6 @@
-//! The gRPC server: our Explainer service and the standard health service on one port.
+//! The gRPC server on one port: our Explainer service, the Open Inference Protocol
+//! (`inference.GRPCInferenceService`, [`oip`]), the standard health service, and gRPC reflection
+//! (v1 and v1alpha) describing all of them.
 //!
 //! Start-up order: ONNX Runtime is loaded first (a missing library stops the server with a
 //! clear error), then the port opens with health NOT_SERVING while models load and warm up on
@@ -11,6 +13,7 @@
 pub mod auth;
 mod explainer;
 pub mod limits;
+mod oip;
 pub mod shutdown;
 mod status;
 pub mod tls;
@@ -22,10 +25,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use explainer::{model_info, ExplainerService};
+pub use oip::InferenceService;
 
 use crate::config::{ModelSource, ServeArgs};
 use crate::engine::{Engine, EngineLimits};
 use crate::model::{LoadOptions, Repository};
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::integrad::v1::explainer_server::ExplainerServer;
 use crate::runtime::{self, RuntimeOptions};
 
@@ -46,6 +51,8 @@ pub enum ServeError {
     Tls(String),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("model loading task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -116,9 +123,11 @@ pub async fn serve(
     ));
     let (control, shutdown_state) = shutdown::channel();
     let service = ExplainerService::new(gate.clone(), shutdown_state, args.shutdown_grace);
+    let inference = InferenceService::default();
 
     let loader = {
         let service = service.clone();
+        let inference = inference.clone();
         let args = args.clone();
         tokio::task::spawn_blocking(move || {
             let repository = load_repository(
@@ -143,7 +152,9 @@ pub async fn serve(
                     decode: args.decode_limits(),
                 },
             );
-            service.set_engine(Arc::new(engine));
+            let engine = Arc::new(engine);
+            service.set_engine(engine.clone());
+            inference.set_engine(engine);
             Ok::<usize, ServeError>(ready)
         })
     };
@@ -175,6 +186,25 @@ pub async fn serve(
     let explainer = ExplainerServer::new(service)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let inference = GrpcInferenceServiceServer::new(inference)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let descriptors = [
+        crate::proto::INTEGRAD_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let reflection_v1 = descriptors
+        .iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+            b.register_encoded_file_descriptor_set(set)
+        })
+        .build_v1()?;
+    let reflection_v1alpha = descriptors
+        .iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+            b.register_encoded_file_descriptor_set(set)
+        })
+        .build_v1alpha()?;
     let health = health
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -235,6 +265,9 @@ pub async fn serve(
         .layer(auth::AuthLayer::new(token.as_deref()))
         .add_service(health)
         .add_service(explainer)
+        .add_service(inference)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listener), stopping);
     let mut server = tokio::spawn(server);
     if let Err(e) = health_flip.await {

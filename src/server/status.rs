@@ -8,7 +8,7 @@ use crate::model::ModelError;
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let code = match &error {
-            Error::ModelNotFound { .. } => Code::NotFound,
+            Error::ModelNotFound { .. } | Error::VersionNotFound { .. } => Code::NotFound,
             Error::NoDefaultModel { .. } | Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::ModelFailed { .. } | Error::FailedPrecondition { .. } => {
                 Code::FailedPrecondition

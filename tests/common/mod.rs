@@ -1,11 +1,13 @@
-//! Shared set-up for integration tests: a real integrad server on a loopback port, a real
-//! tonic client, and the shipped fixtures.
+//! Shared set-up for integration tests: a real integrad server on a loopback port (in-process,
+//! or the `integrad` binary), real tonic clients, Pythons for third-party clients, and the
+//! shipped fixtures.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use integrad::config::{Cli, Command};
+use integrad::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use integrad::proto::integrad::v1 as pb;
 use integrad::proto::integrad::v1::explainer_client::ExplainerClient;
 use integrad::proto::onnx;
@@ -279,6 +281,15 @@ pub fn binary() -> &'static Path {
 }
 
 pub fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
+    typed_value_info(name, dims, onnx::tensor_proto::DataType::Float)
+}
+
+/// A graph input or output of element type `elem`; `None` dimensions are the free "batch".
+pub fn typed_value_info(
+    name: &str,
+    dims: &[Option<i64>],
+    elem: onnx::tensor_proto::DataType,
+) -> onnx::ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| onnx::tensor_shape_proto::Dimension {
@@ -294,7 +305,7 @@ pub fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
         r#type: Some(onnx::TypeProto {
             value: Some(onnx::type_proto::Value::TensorType(
                 onnx::type_proto::Tensor {
-                    elem_type: Some(onnx::tensor_proto::DataType::Float as i32),
+                    elem_type: Some(elem as i32),
                     shape: Some(onnx::TensorShapeProto { dim }),
                 },
             )),
@@ -345,57 +356,149 @@ pub fn tiny_classifier(op: &str) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// The Python a test runs its scripts with: `$INTEGRAD_TEST_PYTHON` if set; otherwise a venv
-/// `venv_name` under cargo's test scratch directory, made (once) with the pinned packages of
-/// `requirements` (a path from the repository root), so that a plain `cargo test --release`
-/// on a fresh machine needs nothing installed by hand. Either way the Python must import
-/// `modules` (e.g. "grpc, google.protobuf"), or the test fails saying what to install: it
-/// never skips.
-pub fn python_with(venv_name: &str, requirements: &str, modules: &str) -> String {
-    let import = format!("import {modules}");
-    let imports = |python: &str| {
-        std::process::Command::new(python)
-            .args(["-c", &import])
-            .output()
+impl TestServer {
+    /// A tonic client of the Open Inference Protocol service on this server.
+    pub async fn inference(&self) -> GrpcInferenceServiceClient<Channel> {
+        GrpcInferenceServiceClient::connect(self.url.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// Whether the server at `url` answers health checks with SERVING.
+pub async fn serving(url: &str) -> bool {
+    let Ok(channel) = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
     };
-    let fix = format!(
-        "pip install -r {requirements} into a venv and set INTEGRAD_TEST_PYTHON to its python, \
-         or unset it to let the test make its own venv"
-    );
-    if let Ok(python) = std::env::var("INTEGRAD_TEST_PYTHON") {
-        match imports(&python) {
-            Ok(out) if out.status.success() => return python,
-            Ok(out) => panic!(
-                "INTEGRAD_TEST_PYTHON={python} cannot `{import}`: {fix}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => panic!("cannot run INTEGRAD_TEST_PYTHON={python}: {e}"),
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    match HealthClient::new(channel).check(request).await {
+        Ok(r) => r.into_inner().status == ServingStatus::Serving as i32,
+        Err(_) => false,
+    }
+}
+
+/// The real `integrad serve` binary on a free loopback port, killed when dropped however the
+/// test ends.
+pub struct BinaryServer {
+    child: std::process::Child,
+    /// host:port, as non-Rust clients take it.
+    pub address: String,
+    pub url: String,
+}
+
+impl BinaryServer {
+    /// Runs `integrad serve --listen ADDR <args>` and waits for SERVING.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut server = Self::spawn(args);
+        // Warm start is well under a second; a cold first run also fetches ONNX Runtime.
+        for _ in 0..1200 {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("integrad serve exited before SERVING: {status}");
+            }
+            if serving(&server.url).await {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("integrad serve at {} never reported SERVING", server.url);
+    }
+
+    /// Runs `integrad serve --listen ADDR <args>` without waiting for anything.
+    pub fn spawn(args: &[&str]) -> Self {
+        // A free port: bind port 0, read it back, release it for the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(binary())
+            .args(["serve", "--listen", &address])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://{address}"),
+            address,
         }
     }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(venv_name);
-    let python = venv.join("bin/python").display().to_string();
-    if imports(&python).is_ok_and(|out| out.status.success()) {
-        return python;
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    let made = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 runs (a Python 3 with the venv module is required)");
-    assert!(made.success(), "python3 -m venv {} failed", venv.display());
-    let installed = std::process::Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "-r"])
-        .arg(root().join(requirements))
-        .status()
-        .expect("pip runs");
-    assert!(installed.success(), "pip install -r {requirements} failed");
-    match imports(&python) {
-        Ok(out) if out.status.success() => python,
-        Ok(out) => panic!(
-            "the venv {} still cannot `{import}`: {fix}\n{}",
-            venv.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("cannot run {python}: {e}"),
+}
+
+/// A Python for a test of a third-party client: `$<override_env>` if set, otherwise a venv
+/// `venv` under cargo's test scratch directory, made once with the pinned packages of
+/// `requirements` (a path from the repository root), so a plain `cargo test --release` on a fresh machine needs
+/// nothing installed by hand. `imports` (Python) must then run, or the test fails saying why:
+/// it never skips.
+pub fn python_venv(override_env: &str, venv: &str, requirements: &str, imports: &str) -> String {
+    use std::process::Command;
+    let requirements = root().join(requirements);
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", imports])
+            .output()
+            .map(|out| {
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+    };
+    if let Ok(python) = std::env::var(override_env) {
+        match ready(Path::new(&python)) {
+            Ok((true, _)) => return python,
+            Ok((false, stderr)) => panic!(
+                "{override_env}={python} lacks the packages of {} (pip install -r it there)\n{stderr}",
+                requirements.display()
+            ),
+            Err(e) => panic!("cannot run {override_env}={python}: {e}"),
+        }
     }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(venv);
+    let python = venv.join("bin/python");
+    if !ready(&python).is_ok_and(|(ok, _)| ok) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs (or set the override variable)");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .expect("pip runs");
+        assert!(
+            installed.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
+        match ready(&python) {
+            Ok((true, _)) => {}
+            Ok((false, stderr)) => panic!(
+                "{} lacks the packages of {} after installing them\n{stderr}",
+                python.display(),
+                requirements.display()
+            ),
+            Err(e) => panic!("cannot run {}: {e}", python.display()),
+        }
+    }
+    python.display().to_string()
 }
