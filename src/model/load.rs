@@ -13,23 +13,35 @@ use prost::Message;
 use super::config::{ModelConfig, OutputKind};
 use super::{DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
 use crate::autodiff::{build_gradient, GradOptions, Objective};
+use crate::device::{Device, Placement};
 use crate::image::Layout;
 use crate::proto::onnx::ModelProto;
 
 /// Session settings shared by every model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where models run unless their config says otherwise.
+    pub device: Device,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
+    /// ONNX Runtime inter-op threads per session; above 1 turns on parallel execution.
+    pub inter_threads: usize,
+    /// Whether idle pool threads spin before sleeping during a run.
+    pub intra_spin: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
+        // NOTE: available_parallelism reads the cgroup CPU quota (and the affinity mask), so a
+        // sidecar limited to 2 CPUs on a 64-core node starts 2 threads, not 64.
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         Self {
+            device: Device::Cpu,
             intra_threads: cores,
+            inter_threads: 1,
+            intra_spin: true,
         }
     }
 }
@@ -61,8 +73,18 @@ pub fn load_model(
     };
     drop(bytes);
 
-    let session = open_session(file, env, options)
-        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", file.display()))?;
+    let placement = crate::device::resolve(
+        config.device.unwrap_or(options.device),
+        env,
+        crate::runtime::loaded_library(),
+    )
+    .map_err(|e| e.to_string())?;
+    let session = open_session(file, env, options, placement).map_err(|e| {
+        format!(
+            "ONNX Runtime cannot load {} on {placement}: {e}",
+            file.display()
+        )
+    })?;
     let inputs: Vec<TensorSpec> = session
         .inputs()
         .iter()
@@ -95,7 +117,15 @@ pub fn load_model(
         None => Vec::new(),
     };
     // A model whose graph can't be differentiated still serves Predict; GetModel says why.
-    let gradients = build_gradients(name, &graph, &output.name, output_kind, env, options);
+    let gradients = build_gradients(
+        name,
+        &graph,
+        &output.name,
+        output_kind,
+        env,
+        options,
+        placement,
+    );
     let explainable = gradients.as_ref().map(|_| ()).map_err(Clone::clone);
     if let Err(reason) = &explainable {
         tracing::warn!(model = name, %reason, "model is not explainable");
@@ -115,6 +145,7 @@ pub fn load_model(
         output_kind,
         labels,
         explainable,
+        device: placement,
     };
     let model = Model {
         spec: Arc::new(spec),
@@ -133,6 +164,7 @@ fn build_gradients(
     kind: OutputKind,
     env: &Environment,
     options: &LoadOptions,
+    placement: Placement,
 ) -> Result<Gradients, String> {
     let started = std::time::Instant::now();
     let build = |objective: Objective| -> Result<Worker, String> {
@@ -146,7 +178,7 @@ fn build_gradients(
         )
         .map_err(|e| e.to_string())?;
         let bytes = grad.model.encode_to_vec();
-        let session = session_builder(env, options)
+        let session = session_builder(env, options, placement)
             .and_then(|mut b| b.commit_from_memory(&bytes))
             .map_err(|e| format!("ONNX Runtime cannot load the gradient model: {e}"))?;
         Worker::spawn(&format!("{name}-grad"), session)
@@ -167,17 +199,31 @@ fn build_gradients(
     Ok(gradients)
 }
 
+/// Every session integrad opens: its threads, and its execution provider (CUDA registered so
+/// that failing to start it is an error, not ONNX Runtime's quiet CPU fallback).
 fn session_builder(
     env: &Environment,
     options: &LoadOptions,
+    placement: Placement,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    Ok(Session::builder(env)?
+    let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
-        .with_intra_threads(options.intra_threads)?)
+        .with_intra_threads(options.intra_threads)?
+        .with_inter_threads(options.inter_threads)?
+        .with_parallel_execution(options.inter_threads > 1)?
+        .with_intra_op_spinning(options.intra_spin)?
+        .with_inter_op_spinning(options.intra_spin)?;
+    crate::device::register(&mut builder, placement)?;
+    Ok(builder)
 }
 
-fn open_session(file: &Path, env: &Environment, options: &LoadOptions) -> ort::Result<Session> {
-    session_builder(env, options)?.commit_from_file(file)
+fn open_session(
+    file: &Path,
+    env: &Environment,
+    options: &LoadOptions,
+    placement: Placement,
+) -> ort::Result<Session> {
+    session_builder(env, options, placement)?.commit_from_file(file)
 }
 
 fn spec(name: &str, ty: &ValueType) -> TensorSpec {

@@ -105,6 +105,8 @@ pub struct ModelSpec {
     pub labels: Vec<String>,
     /// `Err(reason)` when the model can't be explained.
     pub explainable: Result<(), String>,
+    /// Where its sessions run.
+    pub device: crate::device::Placement,
 }
 
 impl ModelSpec {
