@@ -142,7 +142,13 @@ async fn should_fall_back_loudly_with_device_auto_and_serve() {
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
-    let status = server.wait().unwrap();
+    // Waiting without blocking the runtime lets it close our connection's task.
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let stderr = log.join().unwrap();
     assert!(status.success(), "{status}: {stderr}");
     let warning = stderr
