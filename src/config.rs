@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::device::Device;
 use crate::image::DecodeLimits;
 use crate::model::LoadOptions;
-use crate::runtime::RuntimeOptions;
+use crate::runtime::{Flavour, RuntimeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,15 +40,39 @@ pub enum Command {
 /// Where ONNX Runtime comes from and how sessions run.
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {
-    /// The ONNX Runtime 1.31 shared library; default: fetched once with pip and cached.
+    /// The ONNX Runtime 1.31 shared library; default: fetched once with pip and cached. For
+    /// CUDA, libonnxruntime.so.1.31.1 of the onnxruntime-gpu wheel, with
+    /// libonnxruntime_providers_cuda.so and libonnxruntime_providers_shared.so beside it.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
+    /// Which ONNX Runtime wheel to fetch when --ort-lib is not given: cpu (onnxruntime) or gpu
+    /// (onnxruntime-gpu, with the CUDA 13 execution provider; about 256 MB).
+    #[arg(long, env = "INTEGRAD_ORT_FLAVOUR", value_enum, default_value_t = Flavour::Cpu)]
+    pub ort_flavour: Flavour,
     /// Where the fetched ONNX Runtime is cached [default: ~/.cache/integrad].
     #[arg(long, env = "INTEGRAD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads per model [default: the number of cores].
+    /// Where models run (serve, predict, explain): cpu, cuda (GPU 0), cuda:N, or auto (CUDA
+    /// when it works, else the CPU with a warning). cuda where it cannot run is an error at
+    /// start, never a CPU fallback. A model's integrad.toml may set its own `device`.
+    #[arg(long, env = "INTEGRAD_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per session [default: the cores available to this
+    /// process, which respects a cgroup CPU quota].
     #[arg(long, env = "INTEGRAD_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
+    /// ONNX Runtime inter-op threads per session. 1 runs a graph's nodes one after another
+    /// (sequential execution); above 1, independent branches run in parallel.
+    #[arg(long, env = "INTEGRAD_INTER_THREADS", default_value_t = 1)]
+    pub inter_threads: usize,
+    /// Let idle ONNX Runtime threads spin briefly before sleeping while a run is in progress
+    /// (lower latency); false gives the cores back to neighbours at once on a crowded node.
+    #[arg(long, env = "INTEGRAD_INTRA_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub intra_spin: bool,
+}
+
+fn parse_device(text: &str) -> Result<Device, String> {
+    text.parse()
 }
 
 impl RuntimeArgs {
@@ -55,11 +80,17 @@ impl RuntimeArgs {
         RuntimeOptions {
             library: self.ort_lib.clone(),
             cache_dir: self.cache_dir.clone(),
+            flavour: self.ort_flavour,
         }
     }
 
     pub fn load_options(&self) -> LoadOptions {
-        let mut options = LoadOptions::default();
+        let mut options = LoadOptions {
+            device: self.device,
+            inter_threads: self.inter_threads.max(1),
+            intra_spin: self.intra_spin,
+            ..LoadOptions::default()
+        };
         if let Some(n) = self.intra_threads {
             options.intra_threads = n.max(1);
         }

@@ -9,6 +9,7 @@
 pub mod autodiff;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod explain;

@@ -4,8 +4,9 @@
 //! the `onnxruntime==1.31.1` wheel on PyPI: on first use it is fetched with pip, checked
 //! against pinned sha256 digests and cached, so a fresh machine needs no manual step. An
 //! explicit path (`--ort-lib` or `ORT_DYLIB_PATH`) always wins and is used as given.
+//! `--ort-flavour gpu` fetches `onnxruntime-gpu==1.31.1` instead: the main library and the
+//! CUDA execution provider's libraries, together in one directory (see docs/devices.md).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -15,27 +16,75 @@ use sha2::{Digest, Sha256};
 /// The ONNX Runtime release integrad is built and tested against.
 pub const ORT_VERSION: &str = "1.31.1";
 const LIBRARY_NAME: &str = "libonnxruntime.so.1.31.1";
-const LIBRARY_IN_WHEEL: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
+/// Where a wheel keeps its libraries.
+const LIBRARY_DIR_IN_WHEEL: &str = "onnxruntime/capi";
+
+/// Which ONNX Runtime build to fetch when no library is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Flavour {
+    /// `onnxruntime`: CPU only (about 17 MB download).
+    #[default]
+    Cpu,
+    /// `onnxruntime-gpu`: CPU plus the CUDA 13 execution provider (about 256 MB download;
+    /// CUDA 13 and cuDNN 9 libraries must be installed to use it).
+    Gpu,
+}
 
 /// One pinned wheel: pip is asked for exactly this platform and Python tag, so the bytes (and
 /// their digests) do not depend on the local Python.
 struct PinnedWheel {
+    package: &'static str,
+    flavour: Flavour,
     arch: &'static str,
     platform: &'static str,
     python_version: &'static str,
     file_name: &'static str,
     wheel_sha256: &'static str,
-    library_sha256: &'static str,
+    /// The libraries taken from the wheel, all into one directory (ONNX Runtime loads its
+    /// execution providers from its own directory), and their sha256. The first is the main
+    /// library.
+    libraries: &'static [(&'static str, &'static str)],
 }
 
-const WHEELS: &[PinnedWheel] = &[PinnedWheel {
-    arch: "x86_64",
-    platform: "manylinux_2_28_x86_64",
-    python_version: "3.11",
-    file_name: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
-    wheel_sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
-    library_sha256: "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
-}];
+const WHEELS: &[PinnedWheel] = &[
+    PinnedWheel {
+        package: "onnxruntime",
+        flavour: Flavour::Cpu,
+        arch: "x86_64",
+        platform: "manylinux_2_28_x86_64",
+        python_version: "3.11",
+        file_name: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        wheel_sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+        libraries: &[(
+            LIBRARY_NAME,
+            "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
+        )],
+    },
+    PinnedWheel {
+        package: "onnxruntime-gpu",
+        flavour: Flavour::Gpu,
+        arch: "x86_64",
+        platform: "manylinux_2_28_x86_64",
+        python_version: "3.11",
+        file_name: "onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        wheel_sha256: "e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6",
+        // NOTE: the TensorRT provider in the wheel is left out: it needs TensorRT's libraries.
+        libraries: &[
+            (
+                LIBRARY_NAME,
+                "5104254339ecadae808da771bd0b63b240f0dbd466514234905e54372435c303",
+            ),
+            (
+                "libonnxruntime_providers_shared.so",
+                "086ec1d5388f64153d9c63470d126693db9a182c8ce236d3a1119068471b8a0d",
+            ),
+            (
+                "libonnxruntime_providers_cuda.so",
+                "d5290158115fa5569a3fe8f1f4037ee9b0e86658a96e52f852bbb7039aa88137",
+            ),
+        ],
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -74,9 +123,17 @@ pub struct RuntimeOptions {
     /// The cache directory; falls back to `INTEGRAD_CACHE_DIR`, `$XDG_CACHE_HOME/integrad`,
     /// `$HOME/.cache/integrad`.
     pub cache_dir: Option<PathBuf>,
+    /// Which wheel to fetch when no library is given.
+    pub flavour: Flavour,
 }
 
 static ENVIRONMENT: OnceLock<Result<Arc<ort::environment::Environment>, String>> = OnceLock::new();
+static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// The library the process loaded, once [`environment`] has succeeded.
+pub fn loaded_library() -> Option<&'static Path> {
+    LIBRARY.get().map(PathBuf::as_path)
+}
 
 /// The process-wide ONNX Runtime environment, loading the library on first call.
 ///
@@ -103,6 +160,7 @@ fn load(options: &RuntimeOptions) -> Result<Arc<ort::environment::Environment>, 
             reason: e.to_string(),
         })?;
     tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    let _ = LIBRARY.set(path);
     Ok(Arc::new(env))
 }
 
@@ -116,18 +174,22 @@ pub fn locate_library(options: &RuntimeOptions) -> Result<PathBuf, RuntimeError>
     }
     let pinned = WHEELS
         .iter()
-        .find(|w| w.arch == std::env::consts::ARCH)
+        .find(|w| w.arch == std::env::consts::ARCH && w.flavour == options.flavour)
         .ok_or(RuntimeError::UnsupportedPlatform {
             arch: std::env::consts::ARCH,
         })?;
-    let dir = cache_dir(options).join(format!("onnxruntime-{ORT_VERSION}"));
+    let dir = cache_dir(options).join(format!("{}-{ORT_VERSION}", pinned.package));
     let library = dir.join(LIBRARY_NAME);
-    if library.exists() {
-        verify(
-            &library,
-            pinned.library_sha256,
-            "cached ONNX Runtime library",
-        )?;
+    // NOTE: every library is checked on every start (about 1 s for the GPU flavour's 300 MB):
+    // these are native code loaded into the process.
+    if pinned
+        .libraries
+        .iter()
+        .all(|(name, _)| dir.join(name).exists())
+    {
+        for (name, sha256) in pinned.libraries {
+            verify(&dir.join(name), sha256, "cached ONNX Runtime library")?;
+        }
         return Ok(library);
     }
     fetch(pinned, &dir)?;
@@ -161,7 +223,7 @@ fn cache_dir(options: &RuntimeOptions) -> PathBuf {
     home.join(".cache").join("integrad")
 }
 
-/// Downloads the pinned wheel with pip, checks it, and moves the library into `dir`.
+/// Downloads the pinned wheel with pip, checks it, and moves its libraries into `dir`.
 fn fetch(pinned: &PinnedWheel, dir: &Path) -> Result<(), RuntimeError> {
     let cache_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -179,7 +241,7 @@ fn fetch(pinned: &PinnedWheel, dir: &Path) -> Result<(), RuntimeError> {
 
 fn fetch_into(pinned: &PinnedWheel, dir: &Path, scratch: &Path) -> Result<(), RuntimeError> {
     let python = std::env::var("INTEGRAD_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let requirement = format!("onnxruntime=={ORT_VERSION}");
+    let requirement = format!("{}=={ORT_VERSION}", pinned.package);
     let args = [
         "-m",
         "pip",
@@ -226,29 +288,32 @@ fn fetch_into(pinned: &PinnedWheel, dir: &Path, scratch: &Path) -> Result<(), Ru
         reason: format!("reading {}: {e}", wheel.display()),
     };
     let mut archive = zip::ZipArchive::new(file).map_err(zip_err)?;
-    let mut entry = archive.by_name(LIBRARY_IN_WHEEL).map_err(zip_err)?;
-    let mut bytes = Vec::with_capacity(entry.size() as usize);
-    entry
-        .read_to_end(&mut bytes)
-        .map_err(|source| RuntimeError::Cache {
-            path: wheel.clone(),
+    // Staged first, all checked, then renamed: a cache directory never holds a partial set.
+    for (name, sha256) in pinned.libraries {
+        let mut entry = archive
+            .by_name(&format!("{LIBRARY_DIR_IN_WHEEL}/{name}"))
+            .map_err(zip_err)?;
+        let staged = scratch.join(name);
+        let mut out = std::fs::File::create(&staged).map_err(|source| RuntimeError::Cache {
+            path: staged.clone(),
             source,
         })?;
-    let staged = scratch.join(LIBRARY_NAME);
-    std::fs::write(&staged, &bytes).map_err(|source| RuntimeError::Cache {
-        path: staged.clone(),
-        source,
-    })?;
-    verify(
-        &staged,
-        pinned.library_sha256,
-        "library extracted from the wheel",
-    )?;
+        std::io::copy(&mut entry, &mut out).map_err(|source| RuntimeError::Cache {
+            path: staged.clone(),
+            source,
+        })?;
+        drop(out);
+        verify(&staged, sha256, "library extracted from the wheel")?;
+    }
+    // The main library goes last: its presence is what marks the cache complete.
+    for (name, _) in pinned.libraries.iter().rev() {
+        let target = dir.join(name);
+        std::fs::rename(scratch.join(name), &target).map_err(|source| RuntimeError::Cache {
+            path: target.clone(),
+            source,
+        })?;
+    }
     let library = dir.join(LIBRARY_NAME);
-    std::fs::rename(&staged, &library).map_err(|source| RuntimeError::Cache {
-        path: library.clone(),
-        source,
-    })?;
     tracing::info!(library = %library.display(), "ONNX Runtime cached");
     Ok(())
 }
@@ -295,6 +360,7 @@ mod tests {
         let options = RuntimeOptions {
             library: None,
             cache_dir: Some(dir.path().to_path_buf()),
+            flavour: Flavour::Cpu,
         };
         // ORT_DYLIB_PATH would bypass the cache; this test only runs the cache branch when it is unset.
         if std::env::var_os("ORT_DYLIB_PATH").is_none() {
@@ -308,6 +374,7 @@ mod tests {
         let options = RuntimeOptions {
             library: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
             cache_dir: None,
+            flavour: Flavour::Cpu,
         };
         let err = locate_library(&options).unwrap_err();
         assert!(

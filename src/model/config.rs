@@ -1,6 +1,8 @@
 //! `integrad.toml`: what a model needs that its ONNX graph does not say.
 //!
 //! ```toml
+//! device = "cuda:0"             # optional: cpu, auto, cuda, cuda:N; default: the server's --device
+//!
 //! [input]
 //! name = "input"                # default: the graph's first input
 //! layout = "NCHW"               # the image fields below are all-or-nothing: without them
@@ -36,6 +38,9 @@ pub enum OutputKind {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Where this model runs, overriding the server's `--device`.
+    #[serde(default)]
+    pub device: Option<crate::device::Device>,
     #[serde(default)]
     pub input: InputSection,
     #[serde(default)]
@@ -131,6 +136,14 @@ mod tests {
             toml::from_str("[input]\nlayout = \"NCHW\"\nheight = 224\n").unwrap();
         let err = config.input.preprocessing().unwrap_err();
         assert!(err.contains("width") && err.contains("std"), "{err}");
+    }
+
+    #[test]
+    fn device_is_read_and_checked() {
+        let config: ModelConfig = toml::from_str("device = \"cuda:1\"\n[input]\n").unwrap();
+        assert_eq!(config.device, Some(crate::device::Device::Cuda(1)));
+        let err = toml::from_str::<ModelConfig>("device = \"tpu\"\n").unwrap_err();
+        assert!(err.to_string().contains("cuda:N"), "{err}");
     }
 
     #[test]

@@ -13,23 +13,35 @@ use prost::Message;
 use super::config::{ModelConfig, OutputKind};
 use super::{DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
 use crate::autodiff::{build_gradient, GradOptions, Objective};
+use crate::device::{Device, Placement};
 use crate::image::Layout;
 use crate::proto::onnx::ModelProto;
 
 /// Session settings shared by every model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where models run unless their config says otherwise.
+    pub device: Device,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
+    /// ONNX Runtime inter-op threads per session; above 1 turns on parallel execution.
+    pub inter_threads: usize,
+    /// Whether idle pool threads spin before sleeping during a run.
+    pub intra_spin: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
+        // NOTE: available_parallelism reads the cgroup CPU quota (and the affinity mask), so a
+        // sidecar limited to 2 CPUs on a 64-core node starts 2 threads, not 64.
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         Self {
+            device: Device::Cpu,
             intra_threads: cores,
+            inter_threads: 1,
+            intra_spin: true,
         }
     }
 }
@@ -61,8 +73,18 @@ pub fn load_model(
     };
     drop(bytes);
 
-    let session = open_session(file, env, options)
-        .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", file.display()))?;
+    let placement = crate::device::resolve(
+        config.device.unwrap_or(options.device),
+        env,
+        crate::runtime::loaded_library(),
+    )
+    .map_err(|e| e.to_string())?;
+    let session = open_session(file, env, options, placement).map_err(|e| {
+        format!(
+            "ONNX Runtime cannot load {} on {placement}: {e}",
+            file.display()
+        )
+    })?;
     let graph_inputs: Vec<TensorSpec> = session
         .inputs()
         .iter()
@@ -100,15 +122,12 @@ pub fn load_model(
         None => Vec::new(),
     };
     // A model whose graph can't be differentiated still serves Predict; GetModel says why.
-    let gradients = build_gradients(
-        name,
-        &graph,
-        &input.name,
-        &output.name,
-        output_kind,
-        env,
-        options,
-    );
+    let of = GradientsOf {
+        input: &input.name,
+        output: &output.name,
+        kind: output_kind,
+    };
+    let gradients = build_gradients(name, &graph, &of, env, options, placement);
     let explainable = gradients.as_ref().map(|_| ()).map_err(Clone::clone);
     if let Err(reason) = &explainable {
         tracing::warn!(model = name, %reason, "model is not explainable");
@@ -132,6 +151,7 @@ pub fn load_model(
             version: t.version,
             max_batch_size: t.config.max_batch_size,
         }),
+        device: placement,
     };
     let model = Model {
         spec: Arc::new(spec),
@@ -143,16 +163,29 @@ pub fn load_model(
     Ok(model)
 }
 
-/// The IG step models of `output` w.r.t. `input` (see [`Gradients`]), each on its own worker.
+/// What a model's gradients are taken of: the served input and output, and what the output is.
+#[derive(Clone, Copy)]
+struct GradientsOf<'a> {
+    input: &'a str,
+    output: &'a str,
+    kind: OutputKind,
+}
+
+/// The IG step models of the output w.r.t. the input (see [`Gradients`]), each on its own
+/// worker.
 fn build_gradients(
     name: &str,
     graph: &ModelProto,
-    input: &str,
-    output: &str,
-    kind: OutputKind,
+    of: &GradientsOf<'_>,
     env: &Environment,
     options: &LoadOptions,
+    placement: Placement,
 ) -> Result<Gradients, String> {
+    let GradientsOf {
+        input,
+        output,
+        kind,
+    } = *of;
     let started = std::time::Instant::now();
     let build = |objective: Objective| -> Result<Worker, String> {
         let grad = build_gradient(
@@ -166,7 +199,7 @@ fn build_gradients(
         .map_err(|e| e.to_string())?;
         let step = crate::ig::build_step_model(&grad.model, input)?;
         let bytes = step.encode_to_vec();
-        let session = session_builder(env, options)
+        let session = session_builder(env, options, placement)
             .and_then(|mut b| b.commit_from_memory(&bytes))
             .map_err(|e| format!("ONNX Runtime cannot load the IG step model: {e}"))?;
         Worker::spawn(&format!("{name}-grad"), session)
@@ -187,17 +220,31 @@ fn build_gradients(
     Ok(gradients)
 }
 
+/// Every session integrad opens: its threads, and its execution provider (CUDA registered so
+/// that failing to start it is an error, not ONNX Runtime's quiet CPU fallback).
 fn session_builder(
     env: &Environment,
     options: &LoadOptions,
+    placement: Placement,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    Ok(Session::builder(env)?
+    let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
-        .with_intra_threads(options.intra_threads)?)
+        .with_intra_threads(options.intra_threads)?
+        .with_inter_threads(options.inter_threads)?
+        .with_parallel_execution(options.inter_threads > 1)?
+        .with_intra_op_spinning(options.intra_spin)?
+        .with_inter_op_spinning(options.intra_spin)?;
+    crate::device::register(&mut builder, placement)?;
+    Ok(builder)
 }
 
-fn open_session(file: &Path, env: &Environment, options: &LoadOptions) -> ort::Result<Session> {
-    session_builder(env, options)?.commit_from_file(file)
+fn open_session(
+    file: &Path,
+    env: &Environment,
+    options: &LoadOptions,
+    placement: Placement,
+) -> ort::Result<Session> {
+    session_builder(env, options, placement)?.commit_from_file(file)
 }
 
 fn spec(name: &str, ty: &ValueType) -> TensorSpec {

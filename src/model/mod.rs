@@ -109,6 +109,8 @@ pub struct ModelSpec {
     pub explainable: Result<(), String>,
     /// Set for a model from a Triton layout.
     pub triton: Option<TritonServing>,
+    /// Where its sessions run.
+    pub device: crate::device::Placement,
 }
 
 /// What a Triton-layout model adds to its spec.

@@ -207,6 +207,7 @@ fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
         explainable: spec.explainable.is_ok(),
         not_explainable_reason: spec.explainable.clone().err().unwrap_or_default(),
         path: spec.path.display().to_string(),
+        device: spec.device.to_string(),
         sha256: spec.sha256.clone(),
     }
 }

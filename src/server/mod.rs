@@ -49,6 +49,8 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
@@ -65,6 +67,12 @@ pub fn load_repository(
     default_model: Option<&str>,
 ) -> Result<Repository, ServeError> {
     let env = runtime::environment(runtime)?;
+    // The server's device is proved once, before any model: CUDA that cannot run stops the
+    // start here with the cause; `auto` settles on CUDA or the CPU for every model.
+    let mut load = load.clone();
+    load.device = crate::device::resolve(load.device, &env, runtime::loaded_library())?.into();
+    tracing::info!(device = %load.device, "sessions run on");
+    let load = &load;
     let mut repository = match source {
         ModelSource::Repository(dir) => {
             Repository::load_dir(dir, &env, load).map_err(|source| ServeError::Repository {
