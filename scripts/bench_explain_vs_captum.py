@@ -82,6 +82,8 @@ def main():
     ap.add_argument("--url", help="a running server; default: start target/release/integrad")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="alphas per gradient run; 0: the server's default")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -120,7 +122,7 @@ def run(args, pb, rpc, target, x_np):
         baseline=pb.Baseline(tensor=pb.Tensor(
             shape=list(x_np.shape), dtype=pb.DATA_TYPE_FLOAT32,
             data=np.full(x_np.shape, (0.0 - 127.0) / 128.0, dtype="<f4").tobytes())),
-        method=pb.METHOD_TRAPEZOID, steps=STEPS)
+        method=pb.METHOD_TRAPEZOID, steps=STEPS, batch_size=args.batch_size)
 
     def explain():
         t = time.perf_counter()
