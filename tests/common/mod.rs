@@ -367,22 +367,9 @@ impl TestServer {
     }
 }
 
-/// Whether the server at `url` answers health checks with SERVING.
+/// Whether the server at `url` (plaintext) answers health checks with SERVING.
 pub async fn serving(url: &str) -> bool {
-    let Ok(channel) = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    let request = HealthCheckRequest {
-        service: String::new(),
-    };
-    match HealthClient::new(channel).check(request).await {
-        Ok(r) => r.into_inner().status == ServingStatus::Serving as i32,
-        Err(_) => false,
-    }
+    matches!(health(url, None).await, Ok(ServingStatus::Serving))
 }
 
 /// The real `integrad serve` binary on a free loopback port, killed when dropped however the
@@ -413,13 +400,7 @@ impl BinaryServer {
 
     /// Runs `integrad serve --listen ADDR <args>` without waiting for anything.
     pub fn spawn(args: &[&str]) -> Self {
-        // A free port: bind port 0, read it back, release it for the server.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = free_address().to_string();
         let child = std::process::Command::new(binary())
             .args(["serve", "--listen", &address])
             .args(args)
