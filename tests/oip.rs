@@ -592,7 +592,6 @@ async fn should_list_every_service_over_reflection() {
 fn int64_model() -> Vec<u8> {
     use integrad::proto::onnx;
     use onnx::tensor_proto::DataType;
-    use prost::Message;
     let node = |op: &str, inputs: &[&str], output: &str, attribute| onnx::NodeProto {
         op_type: Some(op.into()),
         name: Some(format!("{op}_0")),
@@ -642,16 +641,7 @@ fn int64_model() -> Vec<u8> {
         ],
         ..Default::default()
     };
-    onnx::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![onnx::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    model_bytes(graph)
 }
 
 #[tokio::test]

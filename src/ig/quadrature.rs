@@ -423,14 +423,7 @@ impl Integrator {
     /// order the alpha order whatever the batch size, so splitting into batches of 1, 7 or 64
     /// gives bit-identical sums.
     pub fn feed(&mut self, batch: &Batch, grads: &[f32], scores: &[f32]) -> Result<(), IgError> {
-        if batch.round != self.round || batch.start != self.fed {
-            return Err(IgError::OutOfOrder {
-                round: batch.round,
-                got: batch.start,
-                current: self.round,
-                expected: self.fed,
-            });
-        }
+        self.check_order(batch)?;
         let n = batch.len();
         let (t, len) = (self.targets, self.input_len);
         if grads.len() != n * t * len {
@@ -464,6 +457,19 @@ impl Integrator {
             }
         }
         self.round_fed(n);
+        Ok(())
+    }
+
+    /// Batches come back in the order they were handed out, from the current round.
+    fn check_order(&self, batch: &Batch) -> Result<(), IgError> {
+        if batch.round != self.round || batch.start != self.fed {
+            return Err(IgError::OutOfOrder {
+                round: batch.round,
+                got: batch.start,
+                current: self.round,
+                expected: self.fed,
+            });
+        }
         Ok(())
     }
 
@@ -512,14 +518,7 @@ impl Integrator {
         scores: &[f32],
         abs_sums: &[f32],
     ) -> Result<(), IgError> {
-        if batch.round != self.round || batch.start != self.fed {
-            return Err(IgError::OutOfOrder {
-                round: batch.round,
-                got: batch.start,
-                current: self.round,
-                expected: self.fed,
-            });
-        }
+        self.check_order(batch)?;
         let (n, t, len) = (batch.len(), self.targets, self.input_len);
         for (what, got, expected) in [
             ("gradient sums", sums.len(), 2 * t * len),

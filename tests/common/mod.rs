@@ -344,7 +344,12 @@ pub fn tiny_classifier(op: &str) -> Vec<u8> {
         output: vec![value_info("probs", &[None, Some(3)])],
         ..Default::default()
     };
-    let model = onnx::ModelProto {
+    model_bytes(graph)
+}
+
+/// `graph` as an ONNX file's bytes (IR 8, default-domain opset 17).
+pub fn model_bytes(graph: onnx::GraphProto) -> Vec<u8> {
+    onnx::ModelProto {
         ir_version: Some(8),
         opset_import: vec![onnx::OperatorSetIdProto {
             domain: Some(String::new()),
@@ -352,8 +357,8 @@ pub fn tiny_classifier(op: &str) -> Vec<u8> {
         }],
         graph: Some(graph),
         ..Default::default()
-    };
-    model.encode_to_vec()
+    }
+    .encode_to_vec()
 }
 
 impl TestServer {
