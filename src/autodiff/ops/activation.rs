@@ -44,7 +44,7 @@ fn step(b: &mut Builder, t: &str, like: &str) -> Result<String, String> {
 /// (docs/autodiff.md: 20 % off a whole EfficientNet gradient run against the depthwise 1x1
 /// Conv + Clip it replaced). Other float types (HardSigmoid is float-only in ONNX Runtime's
 /// CPU kernels): Mul, Add, Clip.
-fn affine_step(
+pub(crate) fn affine_step(
     b: &mut Builder,
     t: &str,
     like: &str,

@@ -7,7 +7,7 @@ use super::super::builder::{attr_i, attr_ints, Builder};
 use super::super::graph;
 use super::super::graph::{attr_i as node_i, attr_ints as node_ints, attr_s as node_s, DYNAMIC};
 use super::super::registry::Registry;
-use super::activation::BIG;
+use super::activation::{affine_step, BIG};
 use crate::proto::onnx::NodeProto;
 
 type Grads = Result<Vec<Option<String>>, String>;
@@ -359,8 +359,9 @@ fn interleave_phases(
 /// `Clip(Conv1x1(x), lo, hi)` used only here (e.g. ReLU6 after an expansion conv), finishes
 /// the chain per phase before interleaving, where the tensor has the 1x1 conv's input
 /// channels (usually several times fewer): phase (p, q) of dA is multiplied by the Clip's
-/// mask `[lo < a] * [a < hi]` on `a[p::s0, q::s1]` (each factor a depthwise Conv with a
-/// single tap at (p, q), strides s, + Clip, like `activation::conv_step`), then goes through
+/// mask `[lo < a] * [a < hi]` on `a[p::s0, q::s1]` (the phase taken by a depthwise Conv with
+/// a single unit tap at (p, q) and strides s, each factor a HardSigmoid of it as in the Clip
+/// rule), then goes through
 /// the 1x1 conv's adjoint (a 1x1 Conv with the channel-swapped weight). Returns `x` and dX.
 /// Needs X's spatial size divisible by the strides (no crop).
 fn masked_adjoint(
@@ -415,27 +416,26 @@ fn masked_adjoint(
     let c = a_shape[1];
     let rows = [a_shape[2] / s[0], a_shape[3] / s[1]];
     let ewf = flipped_weight(b, &ew, &ew_shape, egroup);
-    let zero = b.scalar(graph::FLOAT, 0.0);
-    let one = b.scalar(graph::FLOAT, 1.0);
     let mut out_rows = Vec::new();
     for (p, row) in parts.iter().enumerate() {
         let mut out = Vec::new();
         for (q, part) in row.iter().enumerate() {
             let (kh, kw) = (p as i64 + 1, q as i64 + 1);
+            // a[p::s0, q::s1]: a depthwise Conv with one unit tap at (p, q) and strides s
+            // (it stays in ONNX Runtime's blocked layout, where a strided Slice would not).
+            let mut taps = vec![0.0; (c * kh * kw) as usize];
+            for ch in 0..c {
+                taps[((ch + 1) * kh * kw - 1) as usize] = 1.0;
+            }
+            let tap = b.const_tensor(graph::FLOAT, &[c, 1, kh, kw], &taps);
+            let phase = b.op(
+                "Conv",
+                &[a, &tap],
+                vec![attr_i("group", c), attr_ints("strides", &s)],
+            );
             let mut factors = Vec::new();
             for (scale, shift) in [(BIG, -BIG * lo), (-BIG, BIG * hi)] {
-                let mut taps = vec![0.0; (c * kh * kw) as usize];
-                for ch in 0..c {
-                    taps[((ch + 1) * kh * kw - 1) as usize] = scale;
-                }
-                let mw = b.const_tensor(graph::FLOAT, &[c, 1, kh, kw], &taps);
-                let mb = b.const_tensor(graph::FLOAT, &[c], &vec![shift; c as usize]);
-                let conv = b.op(
-                    "Conv",
-                    &[a, &mw, &mb],
-                    vec![attr_i("group", c), attr_ints("strides", &s)],
-                );
-                factors.push(b.op("Clip", &[&conv, &zero, &one], vec![]));
+                factors.push(affine_step(b, &phase, a, scale, shift).ok()?);
             }
             let m = b.op("Mul", &[&factors[0], &factors[1]], vec![]);
             let masked = b.op("Mul", &[part, &m], vec![]);
