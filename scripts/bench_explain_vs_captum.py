@@ -8,9 +8,10 @@ other step counts given with --steps, e.g. 50,300: each is timed on its own).
 Captum gets the same: the PyTorch model model.onnx was exported from
 (make_demo_model.load_model), softmax forward, riemann_trapezoid with n_steps = steps + 1
 (51 alphas at 50 steps; its weights are not normalised, which does not change the time), all
-alphas in one batch (Captum's default internal_batch_size), torch.set_num_threads(THREADS). The
-server runs with --intra-threads THREADS. Runs alternate (Explain, Captum, Explain, ...)
-after one warm-up each, so both see the same machine load; medians are printed.
+alphas in one batch (Captum's default internal_batch_size; --captum-batch-size N splits them),
+torch.set_num_threads(THREADS). The server runs with --intra-threads THREADS. Runs alternate
+(Explain, Captum, Explain, ...) after one warm-up each, so both see the same machine load;
+medians are printed.
 
 "One forward" is the server's own inference_ms of a batch-1 Predict on the same tensor
 (median), so explain / (alphas x forward) is the distance from the floor of running the
@@ -18,7 +19,7 @@ forward once per alpha.
 
     cargo build --release
     /work/pyenv/bin/python scripts/bench_explain_vs_captum.py [--url http://HOST:PORT]
-        [--runs 5] [--threads 2] [--steps 50,300] [--batch-size N]
+        [--runs 5] [--threads 2] [--steps 50,300] [--batch-size N] [--captum-batch-size N]
 
 Without --url it starts target/release/integrad serve on a free loopback port and stops it
 at the end. Needs the dev virtualenv (scripts/requirements-dev.txt, grpcio included).
@@ -52,6 +53,9 @@ def main():
                     help="comma-separated step counts, each timed on its own (e.g. 50,300)")
     ap.add_argument("--batch-size", type=int, default=0,
                     help="alphas per gradient run; 0: the server's default")
+    ap.add_argument("--captum-batch-size", type=int, default=0,
+                    help="Captum's internal_batch_size; 0: all alphas in one batch (Captum's "
+                         "default; 301 alphas at 300 steps need many GB)")
     args = ap.parse_args()
     args.steps = [int(s) for s in args.steps.split(",") if s.strip()]
     if not args.steps or min(args.steps) < 1:
@@ -104,7 +108,8 @@ def run(args, pb, rpc, target, x_np, process=None):
         # Captum's n_steps counts alphas: steps + 1 of them, as the trapezoid rule's.
         t = time.perf_counter()
         ig.attribute(x, baselines=base, target=TARGET, n_steps=steps + 1,
-                     method="riemann_trapezoid", return_convergence_delta=True)
+                     method="riemann_trapezoid", return_convergence_delta=True,
+                     internal_batch_size=args.captum_batch_size or None)
         return time.perf_counter() - t
 
     measured = []
@@ -133,8 +138,9 @@ def run(args, pb, rpc, target, x_np, process=None):
             torch_fw.append(time.perf_counter() - t)
 
     f = statistics.median(forwards)
-    print(f"\nthreads {args.threads}, {args.runs} alternating runs, load average "
-          f"{os.getloadavg()[0]:.2f}")
+    captum_batch = args.captum_batch_size or "all alphas"
+    print(f"\nthreads {args.threads}, {args.runs} alternating runs, Captum batch "
+          f"{captum_batch}, load average {os.getloadavg()[0]:.2f}")
     print(f"one ORT forward (batch 1, server inference_ms): {f * 1000:.1f} ms; "
           f"PyTorch forward: {statistics.median(torch_fw) * 1000:.1f} ms")
     for steps, ours, theirs, result in measured:
