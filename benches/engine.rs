@@ -11,7 +11,7 @@
 //! - `baseline/{black,uniform,blur_sigma5}`: the baselines of the preprocessed photo;
 //! - `render/mask_overlay_png`: the mask and the overlay at the photo's resolution (600x400),
 //!   both encoded as PNG, from the photo's real attributions;
-//! - `build_step_model`: wrapping the demo model's gradient model (probability objective)
+//! - `build/step_model`: wrapping the demo model's gradient model (probability objective)
 //!   into the IG step model;
 //! - `onnx_16rows/{forward,ig_step}`: one forward run of the demo model at batch 16 against
 //!   one IG step run at 16 rows (16 alphas, one target), same session settings as the server.
@@ -19,8 +19,9 @@
 //!
 //!     cargo bench --bench engine [-- FILTER] [--warm-up-time S --measurement-time S]
 //!
-//! The real attributions are made once, before any timing, by a 50-step IG run on the step
-//! model (about 4 runs of 16 rows).
+//! The real attributions are made once, untimed, before the benches that read them: a 50-step
+//! IG run on the step
+//! model (4 runs of at most 16 rows), whatever FILTER selects.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
