@@ -20,8 +20,7 @@
 //!     cargo bench --bench engine [-- FILTER] [--warm-up-time S --measurement-time S]
 //!
 //! The real attributions are made once, untimed, before the benches that read them: a 50-step
-//! IG run on the step
-//! model (4 runs of at most 16 rows), whatever FILTER selects.
+//! IG run on the step model (4 runs of at most 16 rows), whatever FILTER selects.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
