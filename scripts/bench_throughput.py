@@ -25,8 +25,9 @@ script with a non-zero exit status: a throughput figure from failed requests is 
     /work/pyenv/bin/python scripts/bench_throughput.py [--concurrency 8,32] [--steps 50]
         [--mode off="--batching off" --mode on="--batching on"] [--intra-threads N]
 
-`--mode LABEL=FLAGS` (repeatable) replaces the default pair, e.g. `--mode default=` runs the
-server as it is. It prints a table and, last, one line of JSON with every figure.
+`--mode LABEL=FLAGS` (or `--server-flags`; repeatable) replaces the default pair, e.g.
+`--mode default=` runs the server as it is. It prints a table and, last, one line of JSON
+with every figure.
 """
 
 import argparse
@@ -179,7 +180,8 @@ def main():
     ap.add_argument("--concurrency", default="8,32",
                     help="comma-separated numbers of concurrent Explains (default 8,32)")
     ap.add_argument("--steps", type=int, default=50, help="steps per request (default 50)")
-    ap.add_argument("--mode", action="append", metavar="LABEL=FLAGS",
+    ap.add_argument("--mode", "--server-flags", dest="mode", action="append",
+                    metavar="LABEL=FLAGS",
                     help="a server mode: a label and the extra serve flags it means; "
                          "repeatable (default: batching-off='--batching off', "
                          "batching-on='--batching on')")
