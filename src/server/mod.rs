@@ -224,6 +224,9 @@ pub async fn serve(
             b.register_encoded_file_descriptor_set(set)
         })
         .build_v1alpha()?;
+    // NOTE: the health-only port keeps tonic's default 4 MiB limit: it is open to anyone
+    // without a token, and a health check is a few bytes.
+    let health_only = health.clone();
     let health = health
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -235,7 +238,6 @@ pub async fn serve(
         health_listen = ?args.health_listen,
         "listening"
     );
-    let health_only = health.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder
