@@ -146,6 +146,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "INTEGRAD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Also serve grpc.health.v1.Health, and nothing else, on this address: plaintext, no
+    /// token, the same status as --listen. For probes that cannot pass TLS or mutual TLS,
+    /// such as the kubelet's gRPC probe [default: off].
+    #[arg(long, env = "INTEGRAD_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// The model for requests that name none [default: the only model, if there is one].
     #[arg(long, env = "INTEGRAD_DEFAULT_MODEL")]
     pub default_model: Option<String>,

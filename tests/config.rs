@@ -44,7 +44,7 @@ fn should_take_flags_from_the_file_unless_given_on_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(
         dir.path(),
-        "listen = \"127.0.0.1:7001\"\nmax-steps = 2000\nmax-queued-explains = 3\n",
+        "listen = \"127.0.0.1:7001\"\nmax-steps = 2000\nmax-queued-explains = 3\nhealth-listen = \"127.0.0.1:7003\"\n",
     );
     let parse = |extra: &[&str]| {
         let mut argv = vec!["integrad", "serve", "--config", &file];
@@ -58,6 +58,10 @@ fn should_take_flags_from_the_file_unless_given_on_the_command_line() {
     assert_eq!(from_file.listen.to_string(), "127.0.0.1:7001");
     assert_eq!(from_file.max_steps, 2000);
     assert_eq!(from_file.max_queued_explains, 3);
+    assert_eq!(
+        from_file.health_listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:7003")
+    );
     // Keys the file leaves out keep their defaults.
     assert_eq!(from_file.shutdown_grace, 30);
 

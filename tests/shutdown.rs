@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;
-use integrad::proto::integrad::v1::explainer_client::ExplainerClient;
 use tonic::Code;
 
 /// `integrad serve` on a free port with `args`, SERVING.
@@ -22,53 +21,6 @@ async fn serve(args: &[&str]) -> (Process, String) {
     let url = format!("http://{address}");
     wait_serving(&url, None).await;
     (child, url)
-}
-
-fn sigterm(child: &Process) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn exit_status(child: &mut Process) -> std::process::ExitStatus {
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            return status;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-fn explain_request(steps: u32) -> pb::ExplainRequest {
-    pb::ExplainRequest {
-        input: Some(pb::Input {
-            kind: Some(pb::input::Kind::Image(sample("rocket.jpg"))),
-        }),
-        steps: Some(steps),
-        ..Default::default()
-    }
-}
-
-/// Starts an Explain and returns its stream once the first progress event arrived (so it
-/// is surely in flight when the test sends SIGTERM).
-async fn explain_in_flight(url: &str, steps: u32) -> tonic::codec::Streaming<pb::ExplainEvent> {
-    let mut client = ExplainerClient::connect(url.to_string())
-        .await
-        .unwrap()
-        .max_decoding_message_size(64 << 20);
-    let mut stream = client
-        .explain(explain_request(steps))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    assert!(matches!(
-        first.event,
-        Some(pb::explain_event::Event::Progress(_))
-    ));
-    stream
 }
 
 #[tokio::test]

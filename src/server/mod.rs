@@ -8,10 +8,12 @@
 //!
 //! Every service shares the port, the message-size limit, TLS (`tls`) and the bearer-token
 //! layer (`auth`, which leaves only health open). Shutdown (`shutdown`) drains in-flight
-//! Explains for a grace period, then cancels them.
+//! Explains for a grace period, then cancels them. With `--health-listen`, a second port
+//! serves the same health status alone, in plaintext and without a token (`health`).
 
 pub mod auth;
 mod explainer;
+mod health;
 pub mod limits;
 mod oip;
 pub mod shutdown;
@@ -49,6 +51,11 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot listen on {address} (--health-listen): {source}")]
+    HealthListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
     #[error("gRPC transport: {0}")]
@@ -113,6 +120,10 @@ pub async fn serve(
     // Everything a misconfiguration can break is checked before anything slow starts.
     let token = args.security.auth_token()?;
     let tls = tls::server_config(&args.security)?;
+    let health_listener = match args.health_listen {
+        Some(address) => Some(health::bind(address).await?),
+        None => None,
+    };
     let runtime_options = args.runtime.runtime_options();
     // Fetching ONNX Runtime on a first run takes seconds: not on the async threads.
     let options = runtime_options.clone();
@@ -213,6 +224,9 @@ pub async fn serve(
             b.register_encoded_file_descriptor_set(set)
         })
         .build_v1alpha()?;
+    // NOTE: the health-only port keeps tonic's default 4 MiB limit: it is open to anyone
+    // without a token, and a health check is a few bytes.
+    let health_only = health.clone();
     let health = health
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -221,6 +235,7 @@ pub async fn serve(
         tls = tls.is_some(),
         mutual_tls = args.security.tls_client_ca.is_some(),
         auth = token.is_some(),
+        health_listen = ?args.health_listen,
         "listening"
     );
     let mut builder = tonic::transport::Server::builder();
@@ -278,29 +293,40 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listener), stopping);
     let mut server = tokio::spawn(server);
-    if let Err(e) = health_flip.await {
-        // A repository that cannot be read at all is fatal; stop the server with the reason.
-        let _ = stop_tx.send(());
-        let _ = server.await;
-        return Err(e);
-    }
-    let phases = control.subscribe();
-    let cancelled = phases.cancelling();
-    tokio::select! {
-        result = &mut server => result??,
-        _ = cancelled => {
-            // Cancelled Explains end their streams within one batch; a connection that still
-            // lingers after that must not keep the process alive.
-            let linger = std::time::Duration::from_secs(5);
-            match tokio::time::timeout(linger, &mut server).await {
-                Ok(result) => result??,
-                Err(_) => {
-                    tracing::warn!("connections still open {}s after cancelling; stopping anyway", linger.as_secs());
-                    server.abort();
+    let health_port =
+        health_listener.map(|listener| health::HealthPort::start(listener, health_only));
+    let served = async {
+        if let Err(e) = health_flip.await {
+            // A repository that cannot be read at all is fatal; stop the server with the reason.
+            let _ = stop_tx.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+        let phases = control.subscribe();
+        let cancelled = phases.cancelling();
+        tokio::select! {
+            result = &mut server => result??,
+            _ = cancelled => {
+                // Cancelled Explains end their streams within one batch; a connection that still
+                // lingers after that must not keep the process alive.
+                let linger = std::time::Duration::from_secs(5);
+                match tokio::time::timeout(linger, &mut server).await {
+                    Ok(result) => result??,
+                    Err(_) => {
+                        tracing::warn!("connections still open {}s after cancelling; stopping anyway", linger.as_secs());
+                        server.abort();
+                    }
                 }
             }
         }
+        Ok(())
     }
+    .await;
+    // Only now: probes read NOT_SERVING on the health port for the whole drain.
+    if let Some(port) = health_port {
+        port.stop().await;
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

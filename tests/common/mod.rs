@@ -160,6 +160,49 @@ impl Drop for Process {
     }
 }
 
+/// Sends SIGTERM (what Kubernetes sends) to `child`.
+pub fn sigterm(child: &Process) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit.
+pub async fn exit_status(child: &mut Process) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts an Explain of rocket.jpg with `steps` on the plaintext server at `url` and returns
+/// its stream once the first progress event arrived (so it is surely in flight when the test
+/// sends SIGTERM).
+pub async fn explain_in_flight(url: &str, steps: u32) -> tonic::codec::Streaming<pb::ExplainEvent> {
+    let mut client = ExplainerClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20);
+    let request = pb::ExplainRequest {
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Image(sample("rocket.jpg"))),
+        }),
+        steps: Some(steps),
+        ..Default::default()
+    };
+    let mut stream = client.explain(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::explain_event::Event::Progress(_))
+    ));
+    stream
+}
+
 /// Certificates made for one test: a CA, a server certificate for 127.0.0.1 and localhost,
 /// and a client certificate, all signed by the CA, plus a second CA that signed nothing.
 pub struct TestPki {

@@ -63,15 +63,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The probe action: gRPC health unless TLS is on and the type is auto (the kubelet's gRPC probe is plaintext). */}}
+{{/* The plaintext health-only port (--health-listen), or nothing: it runs when TLS is on (the kubelet's gRPC probe is plaintext and has no client certificate) and ports.health is set. */}}
+{{- define "integrad.healthPort" -}}
+{{- if and .Values.tls.enabled .Values.ports.health }}{{ .Values.ports.health }}{{ end }}
+{{- end }}
+
+{{/* The probe action: gRPC health on the health port when it runs, else on the gRPC port; with type auto, TCP only where neither can work (TLS on, no health port). */}}
 {{- define "integrad.probeAction" -}}
 {{- $type := .Values.probes.type }}
+{{- $healthPort := include "integrad.healthPort" . }}
 {{- if eq $type "auto" }}
-{{- $type = ternary "tcp" "grpc" .Values.tls.enabled }}
+{{- $type = ternary "tcp" "grpc" (and .Values.tls.enabled (not $healthPort)) }}
 {{- end }}
 {{- if eq $type "grpc" }}
 grpc:
-  port: {{ .Values.ports.grpc }}
+  port: {{ $healthPort | default .Values.ports.grpc }}
 {{- else }}
 tcpSocket:
   port: grpc

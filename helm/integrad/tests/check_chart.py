@@ -53,6 +53,7 @@ AGREED_ENV = {
     "INTEGRAD_AUTH_TOKEN",
     "INTEGRAD_OTLP_ENDPOINT",
     "INTEGRAD_METRICS_LISTEN",
+    "INTEGRAD_HEALTH_LISTEN",
     "INTEGRAD_LOG_FORMAT",
     "INTEGRAD_DEVICE",
 }
@@ -63,7 +64,7 @@ AGREED_CONFIG_KEYS = {
     "max-steps", "cache-dir", "intra-threads", "inter-threads", "max-concurrent-explains",
     "max-queued-explains", "shutdown-grace", "log-format", "device", "otlp-endpoint",
     "metrics-listen", "listen", "ort-lib", "tls-cert", "tls-key", "tls-client-ca",
-    "auth-token-file",
+    "auth-token-file", "health-listen",
 }
 # Models load and build gradient graphs before SERVING; the startup probe must wait this long.
 MIN_STARTUP_SECONDS = 600
@@ -177,7 +178,8 @@ def volume(pod: dict, name: str) -> dict:
 
 
 def check_integrad_container(
-    pod: dict, c: dict, where: str, grpc_port: int, *, tls: bool, injected_models: bool = False
+    pod: dict, c: dict, where: str, grpc_port: int, *, tls: bool, health_port: int | None = None,
+    injected_models: bool = False
 ) -> None:
     env = env_of(c)
     check(c["args"][0] == "serve", f"{where}: runs `integrad serve`")
@@ -190,16 +192,29 @@ def check_integrad_container(
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(grpc_port in ports.values(), f"{where}: the gRPC port is declared")
 
-    # Probes: native gRPC health on the gRPC port (TCP when TLS makes the kubelet's gRPC
-    # probe impossible), a startup budget long enough for loading and warm-up.
+    # The plaintext health-only port runs exactly when TLS is on and a port is given for it.
+    health_listen = env.get("INTEGRAD_HEALTH_LISTEN", {}).get("value")
+    if tls and health_port:
+        check(health_listen == f"0.0.0.0:{health_port}",
+              f"{where}: INTEGRAD_HEALTH_LISTEN is 0.0.0.0:{health_port}: {health_listen}")
+        check(ports.get("grpc-health") == health_port, f"{where}: the health port is declared: {ports}")
+        check(health_port != grpc_port, f"{where}: the health port is not the gRPC port")
+    else:
+        check(health_listen is None and "grpc-health" not in ports,
+              f"{where}: no health-only port without TLS or without ports.health")
+
+    # Probes: native gRPC health on the gRPC port, or under TLS on the plaintext health port
+    # (TCP when TLS is on and there is no health port), a startup budget long enough for
+    # loading and warm-up.
+    probe_port = health_port if tls else grpc_port
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         check(probe in c, f"{where}: has a {probe}")
         p = c[probe]
-        if tls:
-            check("tcpSocket" in p, f"{where}: {probe} falls back to TCP under TLS")
+        if probe_port is None:
+            check("tcpSocket" in p, f"{where}: {probe} falls back to TCP under TLS without a health port")
         else:
-            check(p.get("grpc", {}).get("port") == grpc_port,
-                  f"{where}: {probe} is a native gRPC probe on {grpc_port}: {p}")
+            check(p.get("grpc", {}).get("port") == probe_port,
+                  f"{where}: {probe} is a native gRPC probe on {probe_port}: {p}")
             check("service" not in p["grpc"], f"{where}: {probe} asks for the server's overall health")
     s = c["startupProbe"]
     budget = s.get("periodSeconds", 10) * s.get("failureThreshold", 3)
@@ -250,7 +265,8 @@ def check_chart_pod(objects: list[dict], values: dict, where: str) -> tuple[dict
     containers = {c["name"]: c for c in pod["containers"]}
     c = containers["integrad"]
     tls = values.get("tls", {}).get("enabled", False)
-    check_integrad_container(pod, c, where, 50051, tls=tls)
+    health_port = values.get("ports", {}).get("health", 8081)
+    check_integrad_container(pod, c, where, 50051, tls=tls, health_port=health_port)
 
     # The config file is a mounted ConfigMap holding TOML keyed by flag names.
     config_path = env_of(c)["INTEGRAD_CONFIG"]["value"]
@@ -371,6 +387,11 @@ def scenario_tls_auth(objects, values, pod, c):
     np = only(objects, "NetworkPolicy")
     rules = np["spec"]["ingress"]
     check(rules[0]["ports"][0]["port"] == "grpc" and rules[0]["from"], "NetworkPolicy limits who calls gRPC")
+    health = [r for r in rules if r["ports"] == [{"port": "grpc-health", "protocol": "TCP"}]]
+    check(len(health) == 1 and health[0]["from"] == values["networkPolicy"]["healthFrom"],
+          f"NetworkPolicy admits the kubelet to the health port from healthFrom: {rules}")
+    check("grpc-health" not in {p["targetPort"] for p in only(objects, "Service")["spec"]["ports"]},
+          "tls: the health port is for the kubelet, not on the Service")
     check(np["spec"]["policyTypes"] == ["Ingress"], "NetworkPolicy leaves egress (OTLP) open")
 
 
@@ -404,6 +425,25 @@ SCENARIOS = {
 }
 
 
+def check_health_port_variants() -> list[str]:
+    """The TLS scenario with another health port, and with none (the TCP fallback)."""
+    done = []
+    tls = yaml.safe_load((CHART / "ci/tls-auth-values.yaml").read_text())
+    for name, health in [("tls-health-9555", 9555), ("tls-no-health-port", None)]:
+        values = copy.deepcopy(tls)
+        values["ports"] = {"health": health}
+        objects = render(copy.deepcopy(values))
+        for obj in objects:
+            validate(obj, f"{name}: {obj['__source']}")
+        pod, c = check_chart_pod(objects, values, name)
+        rules = only(objects, "NetworkPolicy")["spec"]["ingress"]
+        health_rules = [r for r in rules if r["ports"][0]["port"] == "grpc-health"]
+        check(len(health_rules) == (1 if health else 0),
+              f"{name}: NetworkPolicy admits the health port only when it runs: {rules}")
+        done.append(name)
+    return done
+
+
 # ---------------------------------------------------------------- bad values
 
 
@@ -416,11 +456,13 @@ BAD_VALUES = [
     ({"auth": {"enabled": True, "mode": "file"}}, "/auth/existingSecret"),
     ({"models": {"source": "s3"}}, "/models/source"),
     ({"config": {"listen": "0.0.0.0:1"}}, "/config/listen"),
+    ({"ports": {"health": 70000}}, "/ports/health"),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     ({"imagee": {"tag": "typo"}}, "imagee"),
 ]
 BAD_COMBINATIONS = [
     ({"terminationGracePeriodSeconds": 20}, "terminationGracePeriodSeconds"),
+    ({"tls": {"enabled": True, "secretName": "s"}, "ports": {"health": 50051}}, "ports.health (50051) must differ"),
     ({"triton": {"enabled": True}}, "triton.enabled needs a shared model volume"),
     ({"models": {"source": "initContainer"}}, "models.init needs"),
     ({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "autoscaling.enabled needs"),
@@ -538,6 +580,7 @@ def main() -> None:
                 check(any(f"`{key}.{sub}" in r or f"`.{sub}`" in r for r in named),
                       f"README.md values table lacks {key}.{sub}")
 
+    report["health_port_variants"] = check_health_port_variants()
     report["rejected"] = check_rejections()
     report["examples"] = check_examples()
     report["checks"] = checks
