@@ -18,7 +18,7 @@ use crate::engine::{f32s, softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
 use crate::ig::{self, step, BaselineKind, Integrator, Method};
 use crate::image::{Colormap, RenderOptions};
-use crate::model::{Model, OutputKind, TensorData, Worker};
+use crate::model::{Caller, Model, OutputKind, TensorData, Worker};
 use crate::proto::integrad::v1 as pb;
 
 /// Steps when the request says 0 (the classic recipe's figure).
@@ -442,9 +442,14 @@ impl ExplainJob {
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
         let input_len = input.len();
+        // This request's use of both workers, for their batchers (src/model/worker.rs).
+        let workers = Callers {
+            forward: self.model.worker.caller(),
+            gradient: self.gradient.caller(),
+        };
 
         // F(x) for every class, and the targets if they depend on the prediction.
-        let score_input = self.scores(input).await?;
+        let score_input = self.scores(&workers.forward, input).await?;
         let targets: Vec<usize> = match &self.targets {
             Targets::Classes(c) => c.clone(),
             Targets::TopK(k) => {
@@ -464,7 +469,7 @@ impl ExplainJob {
         let mut first: Option<Integrator> = None;
         let (mut evaluations, mut steps) = (0usize, 0u32);
         for (sample, baseline) in self.baselines.iter().enumerate() {
-            let score_baseline = self.scores(baseline).await?;
+            let score_baseline = self.scores(&workers.forward, baseline).await?;
             let path = Path {
                 baseline,
                 targets: &targets,
@@ -475,7 +480,9 @@ impl ExplainJob {
                 done_before: evaluations,
                 samples_left: samples - sample,
             };
-            let integrator = self.integrate(&path, progress, events).await?;
+            let integrator = self
+                .integrate(&workers.gradient, &path, progress, events)
+                .await?;
             for (j, &class) in targets.iter().enumerate() {
                 let average = integrator
                     .average_gradient(j)
@@ -517,6 +524,7 @@ impl ExplainJob {
     /// Integrates along one path (one baseline), streaming progress, refining if asked.
     async fn integrate(
         &self,
+        gradient: &Caller,
         path: &Path<'_>,
         plan: Plan,
         events: &mpsc::Sender<ExplainItem>,
@@ -528,54 +536,22 @@ impl ExplainJob {
         let classes = path.score_input.len();
         let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
             .map_err(|e| Error::invalid("steps", e.to_string()))?;
-        let mut single = vec![1];
-        single.extend_from_slice(&self.input.tensor.shape);
         loop {
             while let Some(batch) = integrator.next_batch(self.batch as usize) {
-                // Row r = alpha (r / t), target (r % t): the order Integrator expects.
-                let rows = batch.len() * t;
-                let (mut alphas, mut rests) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-                let mut cotangent = vec![0f32; rows * classes];
-                for (a, &alpha) in batch.alphas().iter().enumerate() {
-                    for (j, &class) in targets.iter().enumerate() {
-                        alphas.push(alpha as f32);
-                        rests.push((1.0 - alpha) as f32);
-                        cotangent[(a * t + j) * classes + class] = 1.0;
-                    }
-                }
-                let mut alpha_shape = vec![1i64; single.len()];
-                alpha_shape[0] = rows as i64;
-                let weights = integrator.sum_weights(&batch);
+                let run = step::StepRun {
+                    input,
+                    baseline: path.baseline,
+                    shape: &self.input.tensor.shape,
+                    alphas: batch.alphas(),
+                    targets,
+                    classes,
+                    weights: integrator.sum_weights(&batch),
+                };
+                let rows = run.rows();
                 let batch_started = Instant::now();
-                let outputs = self
-                    .gradient
+                let outputs = gradient
                     .run(
-                        vec![
-                            (
-                                step::STEP_INPUT.to_string(),
-                                TensorData::f32(single.clone(), input.to_vec()),
-                            ),
-                            (
-                                step::STEP_BASELINE.to_string(),
-                                TensorData::f32(single.clone(), path.baseline.to_vec()),
-                            ),
-                            (
-                                step::STEP_ALPHA.to_string(),
-                                TensorData::f32(alpha_shape.clone(), alphas),
-                            ),
-                            (
-                                step::STEP_ONE_MINUS_ALPHA.to_string(),
-                                TensorData::f32(alpha_shape, rests),
-                            ),
-                            (
-                                step::STEP_WEIGHTS.to_string(),
-                                TensorData::f32(vec![2 * t as i64, rows as i64], weights),
-                            ),
-                            (
-                                crate::autodiff::COTANGENT.to_string(),
-                                TensorData::f32(vec![rows as i64, classes as i64], cotangent),
-                            ),
-                        ],
+                        run.inputs(),
                         vec![
                             step::STEP_SUMS.to_string(),
                             step::STEP_ABS.to_string(),
@@ -669,13 +645,11 @@ impl ExplainJob {
         }
     }
 
-    async fn scores(&self, x: &[f32]) -> Result<Vec<f32>, Error> {
+    async fn scores(&self, forward: &Caller, x: &[f32]) -> Result<Vec<f32>, Error> {
         let spec = &self.model.spec;
         let mut shape = vec![1];
         shape.extend_from_slice(&self.input.tensor.shape);
-        let outputs = self
-            .model
-            .worker
+        let outputs = forward
             .run(
                 vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))],
                 vec![spec.output.clone()],
@@ -760,6 +734,12 @@ impl ExplainJob {
             overlay_png: Vec::new(),
         })
     }
+}
+
+/// An Explain's use of its model's workers while it runs.
+struct Callers {
+    forward: Caller,
+    gradient: Caller,
 }
 
 /// One path to integrate: its baseline, the targets, and F at both ends for every class.

@@ -1,14 +1,24 @@
 //! One thread per model that owns the ONNX Runtime session and runs jobs from a channel.
 //!
 //! Callers await a oneshot reply; the job carries the caller's tracing span so the ORT run is
-//! logged under the request that caused it.
+//! logged under the request that caused it. With batching on, the thread merges the jobs
+//! waiting in its queue into one run (src/model/batch.rs says which jobs can merge and how):
+//! FIFO, up to `--batch-max-rows`; a job that does not fit goes first in the next run. When
+//! more than one request is using the worker it waits up to `--batch-max-delay-us` for their
+//! jobs; a lone request never waits. Each Explain has at most one job queued at a time, so
+//! concurrent Explains take turns run by run whatever their step counts.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::oneshot;
 
+use super::batch::{Batching, Merge};
 use super::{ModelError, TensorData, Values};
 
 /// Jobs waiting for a model beyond this block their senders (backpressure, not a backlog).
@@ -28,11 +38,26 @@ struct Job {
 pub struct Worker {
     model: String,
     tx: mpsc::Sender<Job>,
+    /// Requests using the worker now ([`Caller`]s alive): the batcher waits for more jobs
+    /// only when there is more than one.
+    callers: Arc<AtomicUsize>,
+}
+
+/// One request's use of a worker, from its first run to its last. While it lives the batcher
+/// counts the request as active, so it may wait (briefly) for its next job to merge it.
+pub struct Caller {
+    worker: Worker,
 }
 
 impl Worker {
-    /// Moves `session` onto a new thread named after the model.
-    pub fn spawn(model: &str, session: Session) -> std::io::Result<Self> {
+    /// Moves `session` onto a new thread named after the model; `merge` says how its jobs may
+    /// share runs (with `batching` on).
+    pub fn spawn(
+        model: &str,
+        session: Session,
+        merge: Merge,
+        batching: Batching,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let queue = tx.downgrade();
         crate::telemetry::watch_queue(model, move || {
@@ -40,25 +65,42 @@ impl Worker {
                 .upgrade()
                 .map(|tx: mpsc::Sender<Job>| tx.max_capacity() - tx.capacity())
         });
-        let name = model.to_string();
+        let callers = Arc::new(AtomicUsize::new(0));
+        let thread = Thread {
+            model: model.to_string(),
+            session,
+            rx,
+            merge: if batching.enabled { merge } else { Merge::Off },
+            batching,
+            callers: callers.clone(),
+        };
         std::thread::Builder::new()
             .name(format!("model-{model}"))
-            .spawn(move || serve(name, session, rx))?;
+            .spawn(move || thread.serve())?;
         Ok(Self {
             model: model.to_string(),
             tx,
+            callers,
         })
     }
 
-    /// Runs the session on `inputs`, returning the named `outputs` in that order.
+    /// Starts a request's use of the worker (see [`Caller`]).
+    pub fn caller(&self) -> Caller {
+        self.callers.fetch_add(1, Ordering::SeqCst);
+        Caller {
+            worker: self.clone(),
+        }
+    }
+
+    /// Runs the session on `inputs`, returning the named `outputs` in that order: a request
+    /// of one run.
     pub async fn run(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
-        let (job, answer) = Job::new(inputs, outputs);
-        self.tx.send(job).await.map_err(|_| self.gone())?;
-        answer.await.map_err(|_| self.gone())?
+        self.caller().run(inputs, outputs).await
     }
 
     /// The blocking form of [`Worker::run`], for callers outside an async runtime.
     pub fn run_blocking(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
+        let _caller = self.caller();
         let (job, answer) = Job::new(inputs, outputs);
         self.tx.blocking_send(job).map_err(|_| self.gone())?;
         answer.blocking_recv().map_err(|_| self.gone())?
@@ -68,6 +110,22 @@ impl Worker {
         ModelError::WorkerGone {
             model: self.model.clone(),
         }
+    }
+}
+
+impl Caller {
+    /// Like [`Worker::run`], as one run of this request.
+    pub async fn run(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
+        let worker = &self.worker;
+        let (job, answer) = Job::new(inputs, outputs);
+        worker.tx.send(job).await.map_err(|_| worker.gone())?;
+        answer.await.map_err(|_| worker.gone())?
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        self.worker.callers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -89,22 +147,161 @@ impl Job {
     }
 }
 
-fn serve(model: String, mut session: Session, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.blocking_recv() {
-        let _entered = job.span.enter();
-        if job.reply.is_closed() {
-            // The caller gave up (cancelled or timed out) while the job waited.
-            continue;
+/// The worker thread's state.
+struct Thread {
+    model: String,
+    session: Session,
+    rx: mpsc::Receiver<Job>,
+    /// [`Merge::Off`] when batching is off.
+    merge: Merge,
+    batching: Batching,
+    callers: Arc<AtomicUsize>,
+}
+
+impl Thread {
+    fn serve(mut self) {
+        // NOTE: a current-thread runtime only to wait on the channel with a timeout (the
+        // batcher's max delay); ONNX Runtime itself runs on this thread, never on tokio's.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
+        let mut next: Option<Job> = None;
+        loop {
+            let first = match next.take() {
+                Some(job) => job,
+                None => match self.rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            if first.reply.is_closed() {
+                // The caller gave up (cancelled or timed out) while the job waited.
+                continue;
+            }
+            let mut group = vec![first];
+            if self.merge != Merge::Off && self.merge.mergeable(&group[0].inputs) {
+                next = self.gather(&mut group, timer.as_ref());
+            }
+            self.execute(group);
         }
-        let _run = tracing::info_span!("ort.run", worker = %model).entered();
-        let result =
-            run(&mut session, job.inputs, &job.outputs).map_err(|reason| ModelError::Runtime {
-                model: model.clone(),
-                reason,
-            });
-        let _ = job.reply.send(result);
+        tracing::debug!(model = %self.model, "model worker stopped");
     }
-    tracing::debug!(%model, "model worker stopped");
+
+    /// Adds to `group` the jobs that can share its run: those queued, and while other
+    /// requests are active, those arriving within the max delay. Returns the job that ended
+    /// the group (too many rows, or not compatible): it goes first in the next run.
+    fn gather(
+        &mut self,
+        group: &mut Vec<Job>,
+        timer: Option<&tokio::runtime::Runtime>,
+    ) -> Option<Job> {
+        let merge = self.merge;
+        let mut rows = merge.rows(&group[0].inputs);
+        let deadline = Instant::now() + self.batching.max_delay;
+        while rows < self.batching.max_rows {
+            let job = match self.rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {
+                    // Every active request already has its job here: nobody else is coming.
+                    if group.len() >= self.callers.load(Ordering::SeqCst) {
+                        return None;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Some(timer) = timer.filter(|_| !left.is_zero()) else {
+                        return None;
+                    };
+                    match timer.block_on(tokio::time::timeout(left, self.rx.recv())) {
+                        Ok(Some(job)) => job,
+                        Ok(None) | Err(_) => return None,
+                    }
+                }
+            };
+            if job.reply.is_closed() {
+                continue;
+            }
+            let head = &group[0];
+            let fits = rows + merge.rows(&job.inputs) <= self.batching.max_rows;
+            if !fits
+                || !merge.compatible((&head.inputs, &head.outputs), (&job.inputs, &job.outputs))
+            {
+                return Some(job);
+            }
+            rows += merge.rows(&job.inputs);
+            group.push(job);
+        }
+        None
+    }
+
+    /// Runs `group` as one ONNX Runtime run and answers each job with its share.
+    fn execute(&mut self, mut group: Vec<Job>) {
+        if group.len() == 1 {
+            let job = group.pop().expect("one job");
+            let _entered = job.span.enter();
+            let rows = self.merge.rows(&job.inputs);
+            let _run = tracing::info_span!(
+                "ort.run",
+                worker = %self.model,
+                batch.jobs = 1i64,
+                batch.rows = rows as i64
+            )
+            .entered();
+            crate::telemetry::record_batch(&self.model, 1, rows);
+            let result = self.run(job.inputs, &job.outputs);
+            let _ = job.reply.send(result);
+            return;
+        }
+        let rows: usize = group.iter().map(|j| self.merge.rows(&j.inputs)).sum();
+        let head_span = group[0].span.clone();
+        let _entered = head_span.enter();
+        let run_span = tracing::info_span!(
+            "ort.run",
+            worker = %self.model,
+            batch.jobs = group.len() as i64,
+            batch.rows = rows as i64
+        );
+        for job in &group[1..] {
+            run_span.follows_from(&job.span);
+        }
+        let _run = run_span.entered();
+        crate::telemetry::record_batch(&self.model, group.len(), rows);
+        let parts: Vec<&[(String, TensorData)]> =
+            group.iter().map(|j| j.inputs.as_slice()).collect();
+        let inputs = self.merge.merge(&parts);
+        let outputs = group[0].outputs.clone();
+        let split = self
+            .run(inputs, &outputs)
+            .map(|merged| self.merge.split(&parts, &outputs, merged));
+        match split {
+            Ok(Some(answers)) => {
+                for (job, answer) in group.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Ok(None) => {
+                // The outputs' first axis was not the jobs' batch: this model does not batch
+                // as its declared shapes said. Correct answers first: run each job alone.
+                tracing::warn!(worker = %self.model, "merged outputs do not split by batch; running the jobs one by one");
+                for job in group {
+                    let result = self.run(job.inputs, &job.outputs);
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for job in group {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, inputs: Vec<(String, TensorData)>, outputs: &[String]) -> Reply {
+        run(&mut self.session, inputs, outputs).map_err(|reason| ModelError::Runtime {
+            model: self.model.clone(),
+            reason,
+        })
+    }
 }
 
 fn run(
