@@ -50,7 +50,7 @@ fn explain_requests() -> Vec<pb::ExplainRequest> {
         },
         pb::ExplainRequest {
             model: MODEL.into(),
-            input: image_input("rocket.png"),
+            input: image_input("rocket.jpg"),
             target: Some(pb::Target {
                 kind: Some(pb::target::Kind::TopK(2)),
             }),
@@ -87,7 +87,7 @@ async fn predict(url: String, photo: &str) -> Vec<f32> {
     logits(&response)
 }
 
-const PHOTOS: [&str; 4] = ["coffee.png", "chelsea.png", "rocket.png", "coffee.png"];
+const PHOTOS: [&str; 4] = ["coffee.png", "chelsea.png", "rocket.jpg", "coffee.png"];
 
 fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());

@@ -212,7 +212,9 @@ impl Thread {
                     let Some(timer) = timer.filter(|_| !left.is_zero()) else {
                         return None;
                     };
-                    match timer.block_on(tokio::time::timeout(left, self.rx.recv())) {
+                    // The timeout is made inside the runtime: its timer needs the context.
+                    let rx = &mut self.rx;
+                    match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                         Ok(Some(job)) => job,
                         Ok(None) | Err(_) => return None,
                     }
