@@ -209,9 +209,7 @@ impl Thread {
                         return None;
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let Some(timer) = timer.filter(|_| !left.is_zero()) else {
-                        return None;
-                    };
+                    let timer = timer.filter(|_| !left.is_zero())?;
                     // The timeout is made inside the runtime: its timer needs the context.
                     let rx = &mut self.rx;
                     match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
