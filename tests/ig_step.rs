@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use common::*;
 use integrad::autodiff::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};
 use integrad::ig::{self, step, Integrator, Method};
-use integrad::model::{Merge, TensorData, Values};
+use integrad::model::{Batching, Merge, TensorData, Values, Worker, WorkerOptions};
 use integrad::proto::onnx::ModelProto;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
@@ -344,5 +344,61 @@ fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
             // sum by tens of percents.
             assert!(d < 1e-5, "job {job} {name}: relative L2 {d}");
         }
+    }
+}
+
+#[test]
+fn should_give_the_same_outputs_through_io_binding() {
+    let model = ModelProto::decode(
+        std::fs::read(demo_models().join("efficientnet-lite0/model.onnx"))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let grad = build_gradient(&model, &GradOptions::default())
+        .unwrap()
+        .model;
+    let stepped = step::build_step_model(&grad, "input").unwrap();
+    let worker = |name: &str, io_binding: bool| {
+        let options = WorkerOptions {
+            merge: Merge::Step,
+            batching: Batching {
+                enabled: false,
+                ..Batching::default()
+            },
+            io_binding,
+        };
+        Worker::spawn(name, session(&stepped), options).unwrap()
+    };
+    let (plain, bound) = (worker("plain", false), worker("bound", true));
+    let (shape, coffee) = fixture("coffee_input.npy");
+    let (_, cat) = fixture("chelsea_input.npy");
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let dark: Vec<f32> = coffee.iter().map(|v| 0.25 * v - 0.5).collect();
+    let zeros = vec![0f32; cat.len()];
+    // The same path twice (inputs kept bound), another path (rebound), then the first again:
+    // a stale or misbound input shows as a different sum.
+    let runs: [(&[f32], &[f32], &[f64]); 4] = [
+        (&coffee, &dark, &[0.0, 0.5, 1.0]),
+        (&coffee, &dark, &[0.25, 0.75]),
+        (&cat, &zeros, &[0.1, 0.9]),
+        (&coffee, &dark, &[0.3]),
+    ];
+    let outputs: Vec<String> = OUTPUTS.iter().map(|s| s.to_string()).collect();
+    for (i, (input, baseline, alphas)) in runs.into_iter().enumerate() {
+        let inputs = step::StepRun {
+            input,
+            baseline,
+            shape: &shape,
+            alphas,
+            targets: &[967, 968],
+            classes: CLASSES,
+            weights: vec![1.0; 4 * 2 * alphas.len()],
+        }
+        .inputs();
+        let want = plain.run_blocking(inputs.clone(), outputs.clone()).unwrap();
+        let have = bound.run_blocking(inputs, outputs.clone()).unwrap();
+        // The same kernels on the same values on the CPU: bit-identical.
+        assert_eq!(want, have, "run {i}");
     }
 }

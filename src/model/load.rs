@@ -12,7 +12,9 @@ use prost::Message;
 
 use super::batch::{Batching, Merge};
 use super::config::{ModelConfig, OutputKind};
-use super::{DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
+use super::{
+    DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker, WorkerOptions,
+};
 use crate::autodiff::{build_gradient, GradOptions, Objective};
 use crate::device::{Device, Placement};
 use crate::image::Layout;
@@ -149,8 +151,16 @@ pub fn load_model(
     } else {
         Merge::Off
     };
-    let worker = Worker::spawn(name, session, merge, options.batching)
-        .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+    let worker = Worker::spawn(
+        name,
+        session,
+        WorkerOptions {
+            merge,
+            batching: options.batching,
+            io_binding: false,
+        },
+    )
+    .map_err(|e| format!("cannot start a worker thread: {e}"))?;
     let spec = super::ModelSpec {
         name: name.to_string(),
         path: file.to_path_buf(),
@@ -225,7 +235,12 @@ fn build_gradients(
         } else {
             Merge::Off
         };
-        Worker::spawn(&format!("{name}-grad"), session, merge, options.batching)
+        let options = WorkerOptions {
+            merge,
+            batching: options.batching,
+            io_binding: true,
+        };
+        Worker::spawn(&format!("{name}-grad"), session, options)
             .map_err(|e| format!("cannot start a worker thread: {e}"))
     };
     let gradients = Gradients {

@@ -17,7 +17,7 @@ pub use batch::{Batching, Merge};
 pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, LoadOptions};
 pub use repository::{ModelEntry, Repository};
-pub use worker::{Caller, Worker};
+pub use worker::{Caller, Worker, WorkerOptions};
 
 use crate::image::Preprocessing;
 

@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ort::session::{Session, SessionInputValue};
+use ort::memory::MemoryInfo;
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::oneshot;
 
 use super::batch::{Batching, Merge};
 use super::{ModelError, TensorData, Values};
+use crate::ig::step;
 
 /// Jobs waiting for a model beyond this block their senders (backpressure, not a backlog).
 const QUEUE_DEPTH: usize = 64;
@@ -43,6 +45,17 @@ pub struct Worker {
     callers: Arc<AtomicUsize>,
 }
 
+/// How a worker runs its session.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    /// How its jobs may share runs (with batching on).
+    pub merge: Merge,
+    pub batching: Batching,
+    /// Run through ONNX Runtime I/O binding, keeping `ig_input`/`ig_baseline` bound across
+    /// runs while they are unchanged (see `Binding`): for IG step workers.
+    pub io_binding: bool,
+}
+
 /// One request's use of a worker, from its first run to its last. While it lives the batcher
 /// counts the request as active, so it may wait (briefly) for its next job to merge it.
 pub struct Caller {
@@ -50,14 +63,17 @@ pub struct Caller {
 }
 
 impl Worker {
-    /// Moves `session` onto a new thread named after the model; `merge` says how its jobs may
-    /// share runs (with `batching` on).
-    pub fn spawn(
-        model: &str,
-        session: Session,
-        merge: Merge,
-        batching: Batching,
-    ) -> std::io::Result<Self> {
+    /// Moves `session` onto a new thread named after the model.
+    pub fn spawn(model: &str, session: Session, options: WorkerOptions) -> std::io::Result<Self> {
+        let WorkerOptions {
+            merge,
+            batching,
+            io_binding,
+        } = options;
+        let binding = match io_binding {
+            true => Some(Binding::new(&session).map_err(std::io::Error::other)?),
+            false => None,
+        };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let queue = tx.downgrade();
         crate::telemetry::watch_queue(model, move || {
@@ -73,6 +89,7 @@ impl Worker {
             merge: if batching.enabled { merge } else { Merge::Off },
             batching,
             callers: callers.clone(),
+            binding,
         };
         std::thread::Builder::new()
             .name(format!("model-{model}"))
@@ -156,6 +173,8 @@ struct Thread {
     merge: Merge,
     batching: Batching,
     callers: Arc<AtomicUsize>,
+    /// Runs through I/O binding, when on.
+    binding: Option<Binding>,
 }
 
 impl Thread {
@@ -297,10 +316,104 @@ impl Thread {
     }
 
     fn run(&mut self, inputs: Vec<(String, TensorData)>, outputs: &[String]) -> Reply {
-        run(&mut self.session, inputs, outputs).map_err(|reason| ModelError::Runtime {
+        let result = match &mut self.binding {
+            Some(binding) => binding.run(&mut self.session, inputs, outputs),
+            None => run(&mut self.session, inputs, outputs),
+        };
+        result.map_err(|reason| ModelError::Runtime {
             model: self.model.clone(),
             reason,
         })
+    }
+}
+
+/// A worker's ONNX Runtime I/O binding (issue 7, item 2). `ig_input` and `ig_baseline` stay
+/// bound while a run's paths are the previous run's (an Explain's batches all share its path,
+/// and a merged run's set of paths repeats while the same requests run together): ONNX Runtime
+/// copies a bound value to the session's device once, when it is bound, so on CUDA the
+/// inputs and baselines stay in device memory across runs, and only the alphas, weights and
+/// cotangent rows travel. The outputs are bound to host memory, so each comes back in one
+/// copy. On the CPU this is the same arithmetic as [`run`] (tests/ig_step.rs checks it).
+///
+/// NOTE: the CUDA side of this (the copy at bind time, outputs fetched from the device) is
+/// ONNX Runtime's documented IoBinding behaviour and is not tested here: no GPU was at hand.
+struct Binding {
+    io: IoBinding,
+    /// Host copies of what is bound as `ig_input` and `ig_baseline` now, to compare the next
+    /// run's with.
+    paths: Option<(TensorData, TensorData)>,
+}
+
+impl Binding {
+    fn new(session: &Session) -> Result<Self, String> {
+        Ok(Self {
+            io: session.create_binding().map_err(|e| e.to_string())?,
+            paths: None,
+        })
+    }
+
+    fn run(
+        &mut self,
+        session: &mut Session,
+        inputs: Vec<(String, TensorData)>,
+        outputs: &[String],
+    ) -> Result<Vec<TensorData>, String> {
+        let find = |name: &str| inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let kept = match (
+            &self.paths,
+            find(step::STEP_INPUT),
+            find(step::STEP_BASELINE),
+        ) {
+            (Some((x, b)), Some(new_x), Some(new_b)) => x == new_x && b == new_b,
+            _ => false,
+        };
+        // Forgotten first: a failure below must not leave paths believed bound.
+        let previous = if kept { self.paths.take() } else { None };
+        self.paths = None;
+        let (mut input, mut baseline) = (None, None);
+        for (name, tensor) in inputs {
+            let slot = match name.as_str() {
+                step::STEP_INPUT => Some(&mut input),
+                step::STEP_BASELINE => Some(&mut baseline),
+                _ => None,
+            };
+            if kept && slot.is_some() {
+                continue;
+            }
+            self.bind(&name, &tensor)?;
+            if let Some(slot) = slot {
+                *slot = Some(tensor);
+            }
+        }
+        self.paths = previous.or(input.zip(baseline));
+        // NOTE: rebound every run: a bound output keeps the previous run's buffer, whose
+        // shape is wrong as soon as the rows change.
+        self.io.clear_outputs();
+        let host = MemoryInfo::default();
+        for name in outputs {
+            self.io
+                .bind_output_to_device(name.as_str(), &host)
+                .map_err(|e| e.to_string())?;
+        }
+        // Inputs bound to another device are copied asynchronously: done before the run.
+        self.io.synchronize_inputs().map_err(|e| e.to_string())?;
+        let result = session.run_binding(&self.io).map_err(|e| e.to_string())?;
+        read_outputs(&result, outputs)
+    }
+
+    fn bind(&mut self, name: &str, tensor: &TensorData) -> Result<(), String> {
+        let shape = tensor.shape.clone();
+        match &tensor.values {
+            Values::F32(data) => {
+                let value = Tensor::from_array((shape, data.clone())).map_err(|e| e.to_string())?;
+                self.io.bind_input(name, &value)
+            }
+            Values::I64(data) => {
+                let value = Tensor::from_array((shape, data.clone())).map_err(|e| e.to_string())?;
+                self.io.bind_input(name, &value)
+            }
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -323,6 +436,14 @@ fn run(
         values.push((Cow::Owned(name), value));
     }
     let result = session.run(values).map_err(|e| e.to_string())?;
+    read_outputs(&result, outputs)
+}
+
+/// The named `outputs` of a run, copied out of ONNX Runtime.
+fn read_outputs(
+    result: &ort::session::SessionOutputs<'_>,
+    outputs: &[String],
+) -> Result<Vec<TensorData>, String> {
     outputs
         .iter()
         .map(|name| {
