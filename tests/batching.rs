@@ -360,10 +360,10 @@ async fn should_finish_a_short_explain_while_a_long_one_runs() {
     let long_progress = order[..finished(Who::Short)]
         .iter()
         .filter_map(|(w, e)| match e {
-            pb::explain_event::Event::Progress(p) if *w == Who::Long => Some(p.clone()),
+            pb::explain_event::Event::Progress(p) if *w == Who::Long => Some(*p),
             _ => None,
         })
-        .last()
+        .next_back()
         .unwrap();
     assert!(long_progress.steps_done < long_progress.steps_total);
     server.stop().await;
