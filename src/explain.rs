@@ -18,7 +18,7 @@ use crate::engine::{f32s, softmax, to_proto, Engine, PreparedInput};
 use crate::error::Error;
 use crate::ig::{self, step, BaselineKind, Integrator, Method};
 use crate::image::{Colormap, RenderOptions};
-use crate::model::{Caller, Model, OutputKind, TensorData, Worker};
+use crate::model::{Model, OutputKind, TensorData, Worker};
 use crate::proto::integrad::v1 as pb;
 
 /// Steps when the request says 0 (the classic recipe's figure).
@@ -442,14 +442,8 @@ impl ExplainJob {
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
         let input_len = input.len();
-        // This request's use of both workers, for their batchers (src/model/worker.rs).
-        let workers = Callers {
-            forward: self.model.worker.caller(),
-            gradient: self.gradient.caller(),
-        };
-
         // F(x) for every class, and the targets if they depend on the prediction.
-        let score_input = self.scores(&workers.forward, input).await?;
+        let score_input = self.scores(input).await?;
         let targets: Vec<usize> = match &self.targets {
             Targets::Classes(c) => c.clone(),
             Targets::TopK(k) => {
@@ -469,7 +463,7 @@ impl ExplainJob {
         let mut first: Option<Integrator> = None;
         let (mut evaluations, mut steps) = (0usize, 0u32);
         for (sample, baseline) in self.baselines.iter().enumerate() {
-            let score_baseline = self.scores(&workers.forward, baseline).await?;
+            let score_baseline = self.scores(baseline).await?;
             let path = Path {
                 baseline,
                 targets: &targets,
@@ -480,9 +474,7 @@ impl ExplainJob {
                 done_before: evaluations,
                 samples_left: samples - sample,
             };
-            let integrator = self
-                .integrate(&workers.gradient, &path, progress, events)
-                .await?;
+            let integrator = self.integrate(&path, progress, events).await?;
             for (j, &class) in targets.iter().enumerate() {
                 let average = integrator
                     .average_gradient(j)
@@ -524,7 +516,6 @@ impl ExplainJob {
     /// Integrates along one path (one baseline), streaming progress, refining if asked.
     async fn integrate(
         &self,
-        gradient: &Caller,
         path: &Path<'_>,
         plan: Plan,
         events: &mpsc::Sender<ExplainItem>,
@@ -536,6 +527,9 @@ impl ExplainJob {
         let classes = path.score_input.len();
         let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
             .map_err(|e| Error::invalid("steps", e.to_string()))?;
+        // While it integrates, this request counts as active on the gradient worker: its
+        // batcher may wait briefly for this request's next batch to merge it with others'.
+        let gradient = self.gradient.caller();
         loop {
             while let Some(batch) = integrator.next_batch(self.batch as usize) {
                 let run = step::StepRun {
@@ -645,11 +639,13 @@ impl ExplainJob {
         }
     }
 
-    async fn scores(&self, forward: &Caller, x: &[f32]) -> Result<Vec<f32>, Error> {
+    async fn scores(&self, x: &[f32]) -> Result<Vec<f32>, Error> {
         let spec = &self.model.spec;
         let mut shape = vec![1];
         shape.extend_from_slice(&self.input.tensor.shape);
-        let outputs = forward
+        let outputs = self
+            .model
+            .worker
             .run(
                 vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))],
                 vec![spec.output.clone()],
@@ -734,12 +730,6 @@ impl ExplainJob {
             overlay_png: Vec::new(),
         })
     }
-}
-
-/// An Explain's use of its model's workers while it runs.
-struct Callers {
-    forward: Caller,
-    gradient: Caller,
 }
 
 /// One path to integrate: its baseline, the targets, and F at both ends for every class.
