@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::device::Device;
 use crate::image::DecodeLimits;
-use crate::model::LoadOptions;
+use crate::model::{Batching, LoadOptions};
 use crate::runtime::{Flavour, RuntimeOptions};
 
 #[derive(Debug, Parser)]
@@ -84,11 +84,17 @@ impl RuntimeArgs {
         }
     }
 
+    /// The session settings, without cross-request batching (the serve flags add it: a
+    /// command's own single request has nothing to merge with).
     pub fn load_options(&self) -> LoadOptions {
         let mut options = LoadOptions {
             device: self.device,
             inter_threads: self.inter_threads.max(1),
             intra_spin: self.intra_spin,
+            batching: Batching {
+                enabled: false,
+                ..Batching::default()
+            },
             ..LoadOptions::default()
         };
         if let Some(n) = self.intra_threads {
@@ -185,12 +191,59 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
+    pub batching: BatchingArgs,
+    #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 impl ServeArgs {
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits::with_max_pixels(self.max_image_pixels)
+    }
+
+    /// The session settings with this server's batching.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            batching: self.batching.batching(),
+            ..self.runtime.load_options()
+        }
+    }
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// Cross-request batching (docs/serving.md, "Batching").
+#[derive(Debug, Clone, Args)]
+pub struct BatchingArgs {
+    /// Merge concurrent requests' ONNX Runtime runs on the same model into one run (Predicts,
+    /// and Explains' gradient batches), as Triton's dynamic batcher does.
+    #[arg(long, env = "INTEGRAD_BATCHING", value_enum, default_value_t = Switch::On)]
+    pub batching: Switch,
+    /// Rows (images, or IG alphas x targets) of one merged run at most. Peak memory grows
+    /// with it: about 85 MB per row for the demo model's gradients. Step workers are warmed
+    /// up at this size too.
+    #[arg(long, env = "INTEGRAD_BATCH_MAX_ROWS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_max_rows: u32,
+    /// Microseconds a worker waits for other requests' runs to merge with the one it has. It
+    /// waits only while more than one request is using that model, so a lone request never
+    /// waits.
+    #[arg(long, env = "INTEGRAD_BATCH_MAX_DELAY_US", default_value_t = 2000)]
+    pub batch_max_delay_us: u64,
+}
+
+impl BatchingArgs {
+    pub fn batching(&self) -> Batching {
+        Batching {
+            enabled: self.batching == Switch::On,
+            max_rows: self.batch_max_rows as usize,
+            max_delay: std::time::Duration::from_micros(self.batch_max_delay_us),
+        }
     }
 }
 

@@ -442,7 +442,6 @@ impl ExplainJob {
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
         let input_len = input.len();
-
         // F(x) for every class, and the targets if they depend on the prediction.
         let score_input = self.scores(input).await?;
         let targets: Vec<usize> = match &self.targets {
@@ -528,54 +527,25 @@ impl ExplainJob {
         let classes = path.score_input.len();
         let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
             .map_err(|e| Error::invalid("steps", e.to_string()))?;
-        let mut single = vec![1];
-        single.extend_from_slice(&self.input.tensor.shape);
+        // While it integrates, this request counts as active on the gradient worker: its
+        // batcher may wait briefly for this request's next batch to merge it with others'.
+        let gradient = self.gradient.caller();
         loop {
             while let Some(batch) = integrator.next_batch(self.batch as usize) {
-                // Row r = alpha (r / t), target (r % t): the order Integrator expects.
-                let rows = batch.len() * t;
-                let (mut alphas, mut rests) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-                let mut cotangent = vec![0f32; rows * classes];
-                for (a, &alpha) in batch.alphas().iter().enumerate() {
-                    for (j, &class) in targets.iter().enumerate() {
-                        alphas.push(alpha as f32);
-                        rests.push((1.0 - alpha) as f32);
-                        cotangent[(a * t + j) * classes + class] = 1.0;
-                    }
-                }
-                let mut alpha_shape = vec![1i64; single.len()];
-                alpha_shape[0] = rows as i64;
-                let weights = integrator.sum_weights(&batch);
+                let run = step::StepRun {
+                    input,
+                    baseline: path.baseline,
+                    shape: &self.input.tensor.shape,
+                    alphas: batch.alphas(),
+                    targets,
+                    classes,
+                    weights: integrator.sum_weights(&batch),
+                };
+                let rows = run.rows();
                 let batch_started = Instant::now();
-                let outputs = self
-                    .gradient
+                let outputs = gradient
                     .run(
-                        vec![
-                            (
-                                step::STEP_INPUT.to_string(),
-                                TensorData::f32(single.clone(), input.to_vec()),
-                            ),
-                            (
-                                step::STEP_BASELINE.to_string(),
-                                TensorData::f32(single.clone(), path.baseline.to_vec()),
-                            ),
-                            (
-                                step::STEP_ALPHA.to_string(),
-                                TensorData::f32(alpha_shape.clone(), alphas),
-                            ),
-                            (
-                                step::STEP_ONE_MINUS_ALPHA.to_string(),
-                                TensorData::f32(alpha_shape, rests),
-                            ),
-                            (
-                                step::STEP_WEIGHTS.to_string(),
-                                TensorData::f32(vec![2 * t as i64, rows as i64], weights),
-                            ),
-                            (
-                                crate::autodiff::COTANGENT.to_string(),
-                                TensorData::f32(vec![rows as i64, classes as i64], cotangent),
-                            ),
-                        ],
+                        run.inputs(),
                         vec![
                             step::STEP_SUMS.to_string(),
                             step::STEP_ABS.to_string(),

@@ -170,3 +170,31 @@ async fn should_listen_where_the_file_says_unless_the_environment_says_otherwise
     let _child = Process::spawn(&mut command);
     wait_serving(&format!("http://{in_file}"), None).await;
 }
+
+#[test]
+fn should_read_the_batching_flags_from_the_file_and_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        "batching = \"off\"\nbatch-max-rows = 8\nbatch-max-delay-us = 500\n",
+    );
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["integrad", "serve", "--config", &file];
+        argv.extend_from_slice(extra);
+        match Cli::parse_with_config(argv).unwrap().command {
+            Command::Serve(args) => args.load_options().batching,
+            _ => unreachable!(),
+        }
+    };
+    let from_file = parse(&[]);
+    assert!(!from_file.enabled);
+    assert_eq!(from_file.max_rows, 8);
+    assert_eq!(from_file.max_delay, std::time::Duration::from_micros(500));
+    let overridden = parse(&["--batching", "on", "--batch-max-rows", "64"]);
+    assert!(overridden.enabled);
+    assert_eq!(overridden.max_rows, 64);
+    assert_eq!(overridden.max_delay, std::time::Duration::from_micros(500));
+    // No rows would never run anything.
+    let argv = ["integrad", "serve", "--batch-max-rows", "0"];
+    assert!(Cli::parse_with_config(argv).is_err());
+}

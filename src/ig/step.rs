@@ -5,31 +5,43 @@
 //! `cotangent`, first output `grad`) so that interpolation and accumulation happen inside the
 //! graph:
 //!
-//! - inputs: [`STEP_INPUT`] and [`STEP_BASELINE`] (the model input's shape with batch 1),
-//!   [`STEP_ALPHA`] and [`STEP_ONE_MINUS_ALPHA`] (`[rows, 1, ..., 1]`: one alpha per row, and
-//!   1 - alpha computed in f64 by the caller), [`STEP_WEIGHTS`] (`[sums, rows]`),
-//!   `cotangent` (`[rows, classes]`), and any other input of the original model;
+//! - inputs: [`STEP_INPUT`] and [`STEP_BASELINE`] (the model input's shape with a `paths`
+//!   batch: one input and baseline per path), [`STEP_PATH`] (int64 `[rows]`: the path each row
+//!   interpolates), [`STEP_ALPHA`] and [`STEP_ONE_MINUS_ALPHA`] (`[rows, 1, ..., 1]`: one
+//!   alpha per row, and 1 - alpha computed in f64 by the caller), [`STEP_WEIGHTS`]
+//!   (`[sums, rows]`), `cotangent` (`[rows, classes]`), and any other input of the original
+//!   model;
 //! - outputs: [`STEP_SUMS`], `weights x grad` flattened (`[sums, input values]`), then
 //!   [`STEP_ABS`], the sum of |grad| of each row (`[rows, 1]`), then the original outputs
 //!   (`[rows, classes]`: the scores along the path).
 //!
-//! Row r evaluates the gradient at `(1 - alpha_r) * baseline + alpha_r * input`, exactly the
-//! baseline at alpha 0 and exactly the input at 1 (as [`super::interpolate`]). A batch thus
+//! Row r evaluates the gradient at `(1 - alpha_r) * baseline_p + alpha_r * input_p` with
+//! `p = ig_path[r]`, exactly the baseline at alpha 0 and exactly the input at 1 (as
+//! [`super::interpolate`]). One Explain sends one path (`ig_path` all zeros); the worker's
+//! batcher (src/model/batch.rs) merges several Explains' runs into one by stacking their paths
+//! and offsetting their `ig_path`s, with their weights block-diagonal. Every row-indexed
+//! tensor, `ig_path` included, shares the cotangent's batch symbol, so ONNX Runtime keeps its
+//! fast layout (docs/autodiff.md, "One batch symbol"). A batch thus
 //! sends two inputs and a few numbers per row, and gets back `sums` input-sized tensors
 //! (a handful, whatever the batch size) instead of one per row: less data to copy, and on an
 //! accelerator the batch never leaves the device.
 
 use crate::autodiff::builder::{attr_i, attr_ints};
 use crate::autodiff::{graph, COTANGENT, GRAD};
+use crate::model::{TensorData, Values};
 use crate::proto::onnx::tensor_shape_proto::dimension::Value as Dim;
 use crate::proto::onnx::{
     type_proto, AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 
-/// The input x (batch 1).
+/// The inputs x, one per path, `[paths, ...]`.
 pub const STEP_INPUT: &str = "ig_input";
-/// The baseline x' (batch 1).
+/// The baselines x', one per path, `[paths, ...]`.
 pub const STEP_BASELINE: &str = "ig_baseline";
+/// Which path each row interpolates, int64 `[rows]`.
+pub const STEP_PATH: &str = "ig_path";
+/// Inputs of the step model of a single-input model: the six above and the cotangent.
+pub const STEP_INPUT_COUNT: usize = 7;
 /// One alpha per row, `[rows, 1, ..., 1]`.
 pub const STEP_ALPHA: &str = "ig_alpha";
 /// 1 - alpha per row, `[rows, 1, ..., 1]`.
@@ -40,6 +52,85 @@ pub const STEP_WEIGHTS: &str = "ig_weights";
 pub const STEP_SUMS: &str = "ig_sums";
 /// Sum of |grad| per row, `[rows, 1]`.
 pub const STEP_ABS: &str = "ig_abs_sums";
+
+/// One path's step run: `rows = alphas x targets`, row r at alpha `r / t` with target
+/// `r % t`'s one-hot cotangent (the order [`super::Integrator`] expects).
+pub struct StepRun<'a> {
+    /// The input x, flat.
+    pub input: &'a [f32],
+    /// The baseline x', flat, as long as `input`.
+    pub baseline: &'a [f32],
+    /// The model input's shape without its batch axis.
+    pub shape: &'a [i64],
+    pub alphas: &'a [f64],
+    /// The target class of each row within an alpha.
+    pub targets: &'a [usize],
+    /// The output's classes (the cotangent's width).
+    pub classes: usize,
+    /// `[sums, rows]`, row-major (e.g. [`super::Integrator::sum_weights`]).
+    pub weights: Vec<f32>,
+}
+
+impl StepRun<'_> {
+    pub fn rows(&self) -> usize {
+        self.alphas.len() * self.targets.len()
+    }
+
+    /// The step model's inputs for this run, as one path (`ig_path` all zeros).
+    pub fn inputs(self) -> Vec<(String, TensorData)> {
+        let (rows, t) = (self.rows(), self.targets.len());
+        let mut alphas = Vec::with_capacity(rows);
+        let mut rests = Vec::with_capacity(rows);
+        let mut cotangent = vec![0f32; rows * self.classes];
+        for (a, &alpha) in self.alphas.iter().enumerate() {
+            for (j, &class) in self.targets.iter().enumerate() {
+                alphas.push(alpha as f32);
+                // NOTE: 1 - alpha in f64, so alpha 1 gives exactly the input (module docs).
+                rests.push((1.0 - alpha) as f32);
+                cotangent[(a * t + j) * self.classes + class] = 1.0;
+            }
+        }
+        let single: Vec<i64> = std::iter::once(1)
+            .chain(self.shape.iter().copied())
+            .collect();
+        let mut alpha_shape = vec![1i64; single.len()];
+        alpha_shape[0] = rows as i64;
+        let sums = self.weights.len() / rows.max(1);
+        vec![
+            (
+                STEP_INPUT.into(),
+                TensorData::f32(single.clone(), self.input.to_vec()),
+            ),
+            (
+                STEP_BASELINE.into(),
+                TensorData::f32(single, self.baseline.to_vec()),
+            ),
+            (
+                STEP_PATH.into(),
+                TensorData {
+                    shape: vec![rows as i64],
+                    values: Values::I64(vec![0; rows]),
+                },
+            ),
+            (
+                STEP_ALPHA.into(),
+                TensorData::f32(alpha_shape.clone(), alphas),
+            ),
+            (
+                STEP_ONE_MINUS_ALPHA.into(),
+                TensorData::f32(alpha_shape, rests),
+            ),
+            (
+                STEP_WEIGHTS.into(),
+                TensorData::f32(vec![sums as i64, rows as i64], self.weights),
+            ),
+            (
+                COTANGENT.into(),
+                TensorData::f32(vec![rows as i64, self.classes as i64], cotangent),
+            ),
+        ]
+    }
+}
 
 /// Wraps `grad` (a gradient model of the input `input`) into the step model described in the
 /// module docs. Errors name what does not fit the autodiff contract.
@@ -62,6 +153,7 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     for reserved in [
         STEP_INPUT,
         STEP_BASELINE,
+        STEP_PATH,
         STEP_ALPHA,
         STEP_ONE_MINUS_ALPHA,
         STEP_WEIGHTS,
@@ -98,8 +190,8 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     // Rows share the cotangent's batch dimension (one symbol: see docs/autodiff.md).
     let rows = cotangent.1.first().cloned().unwrap_or(Dim::DimValue(-1));
     let one = Dim::DimValue(1);
-    let mut single = dims.clone();
-    single[0] = one.clone();
+    let mut per_path = dims.clone();
+    per_path[0] = Dim::DimParam("paths".into());
     let mut alpha = vec![one.clone(); dims.len()];
     alpha[0] = rows.clone();
     let sums = Dim::DimParam("sums".into());
@@ -113,8 +205,9 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     let flat_len = values.map_or(Dim::DimParam("values".into()), Dim::DimValue);
 
     g.input.extend([
-        typed(STEP_INPUT, &single),
-        typed(STEP_BASELINE, &single),
+        typed(STEP_INPUT, &per_path),
+        typed(STEP_BASELINE, &per_path),
+        typed_as(STEP_PATH, graph::INT64, std::slice::from_ref(&rows)),
         typed(STEP_ALPHA, &alpha),
         typed(STEP_ONE_MINUS_ALPHA, &alpha),
         typed(STEP_WEIGHTS, &[sums.clone(), rows.clone()]),
@@ -122,15 +215,28 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     // The interpolated rows take the old input's name, so the graph below is unchanged.
     g.value_info.push(declared);
     let mut nodes = vec![
-        node("Mul", &[STEP_ALPHA, STEP_INPUT], "ig/to_input", vec![]),
+        node(
+            "Gather",
+            &[STEP_INPUT, STEP_PATH],
+            "ig/inputs",
+            vec![attr_i("axis", 0)],
+        ),
+        node(
+            "Gather",
+            &[STEP_BASELINE, STEP_PATH],
+            "ig/baselines",
+            vec![attr_i("axis", 0)],
+        ),
+        node("Mul", &[STEP_ALPHA, "ig/inputs"], "ig/to_input", vec![]),
         node(
             "Mul",
-            &[STEP_ONE_MINUS_ALPHA, STEP_BASELINE],
+            &[STEP_ONE_MINUS_ALPHA, "ig/baselines"],
             "ig/to_baseline",
             vec![],
         ),
         node("Add", &["ig/to_baseline", "ig/to_input"], input, vec![]),
     ];
+    const INTERPOLATION: usize = 5;
     // Flatten with 0 for the batch axis, so it keeps the rows' symbol.
     g.initializer
         .push(int64s("ig/flat_shape", &[0, values.unwrap_or(-1)]));
@@ -160,9 +266,9 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     }
     // Interpolation first, sums last: the node list stays topologically sorted.
     let body = std::mem::take(&mut g.node);
-    g.node = nodes[..3].to_vec();
+    g.node = nodes[..INTERPOLATION].to_vec();
     g.node.extend(body);
-    g.node.extend(nodes.drain(3..));
+    g.node.extend(nodes.drain(INTERPOLATION..));
 
     let mut outputs = vec![
         typed(STEP_SUMS, &[sums, flat_len]),
@@ -189,7 +295,11 @@ fn tensor_type(v: &ValueInfoProto) -> Option<(i32, Vec<Dim>)> {
 }
 
 fn typed(name: &str, dims: &[Dim]) -> ValueInfoProto {
-    let mut v = graph::value_info(name, graph::FLOAT, &vec![0; dims.len()]);
+    typed_as(name, graph::FLOAT, dims)
+}
+
+fn typed_as(name: &str, elem: i32, dims: &[Dim]) -> ValueInfoProto {
+    let mut v = graph::value_info(name, elem, &vec![0; dims.len()]);
     if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
     {
         for (d, want) in t

@@ -10,8 +10,11 @@ use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 use prost::Message;
 
+use super::batch::{Batching, Merge};
 use super::config::{ModelConfig, OutputKind};
-use super::{DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker};
+use super::{
+    DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker, WorkerOptions,
+};
 use crate::autodiff::{build_gradient, GradOptions, Objective};
 use crate::device::{Device, Placement};
 use crate::image::Layout;
@@ -28,6 +31,8 @@ pub struct LoadOptions {
     pub inter_threads: usize,
     /// Whether idle pool threads spin before sleeping during a run.
     pub intra_spin: bool,
+    /// Cross-request batching in every worker.
+    pub batching: Batching,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +47,7 @@ impl Default for LoadOptions {
             intra_threads: cores,
             inter_threads: 1,
             intra_spin: true,
+            batching: Batching::default(),
         }
     }
 }
@@ -133,8 +139,28 @@ pub fn load_model(
         tracing::warn!(model = name, %reason, "model is not explainable");
     }
 
-    let worker =
-        Worker::spawn(name, session).map_err(|e| format!("cannot start a worker thread: {e}"))?;
+    // Jobs merge on axis 0 only if every input and output has a dynamic first axis.
+    let batchable = session
+        .inputs()
+        .iter()
+        .map(|i| i.dtype())
+        .chain(session.outputs().iter().map(|o| o.dtype()))
+        .all(|ty| matches!(ty, ValueType::Tensor { shape, .. } if shape.first() == Some(&-1)));
+    let merge = if batchable {
+        Merge::Forward
+    } else {
+        Merge::Off
+    };
+    let worker = Worker::spawn(
+        name,
+        session,
+        WorkerOptions {
+            merge,
+            batching: options.batching,
+            io_binding: false,
+        },
+    )
+    .map_err(|e| format!("cannot start a worker thread: {e}"))?;
     let spec = super::ModelSpec {
         name: name.to_string(),
         path: file.to_path_buf(),
@@ -159,7 +185,7 @@ pub fn load_model(
         gradients: gradients.ok(),
     };
     warm_up(&model)?;
-    warm_up_gradients(&model)?;
+    warm_up_gradients(&model, &options.batching)?;
     Ok(model)
 }
 
@@ -202,7 +228,19 @@ fn build_gradients(
         let session = session_builder(env, options, placement)
             .and_then(|mut b| b.commit_from_memory(&bytes))
             .map_err(|e| format!("ONNX Runtime cannot load the IG step model: {e}"))?;
-        Worker::spawn(&format!("{name}-grad"), session)
+        // A model with inputs besides the explained one has them in the step model too, and
+        // the batcher does not know how their rows go: such step jobs run alone.
+        let merge = if session.inputs().len() == crate::ig::step::STEP_INPUT_COUNT {
+            Merge::Step
+        } else {
+            Merge::Off
+        };
+        let options = WorkerOptions {
+            merge,
+            batching: options.batching,
+            io_binding: true,
+        };
+        Worker::spawn(&format!("{name}-grad"), session, options)
             .map_err(|e| format!("cannot start a worker thread: {e}"))
     };
     let gradients = Gradients {
@@ -380,66 +418,45 @@ fn warm_up(model: &Model) -> Result<(), String> {
         .map_err(|e| format!("warm-up run failed: {e}"))
 }
 
-/// One IG step run per gradient worker at the default Explain batch (ONNX Runtime's first run
-/// at a batch size is slow, ORT-GRADIENTS.md), so the first Explain costs what later ones do.
-fn warm_up_gradients(model: &Model) -> Result<(), String> {
+/// IG step runs per gradient worker at the default Explain batch and, with batching on, at the
+/// largest merged run (ONNX Runtime's first run at a batch size is about 1.8x slower,
+/// ORT-GRADIENTS.md), so the first Explains cost what later ones do.
+fn warm_up_gradients(model: &Model, batching: &Batching) -> Result<(), String> {
     use crate::ig::step;
-    let (Some(gradients), Some(classes)) =
+    let (Some(gradients), Some(&classes)) =
         (&model.gradients, model.spec.output_spec().shape.last())
     else {
         return Ok(());
     };
     let input = model.spec.input_spec();
-    if *classes < 1 || model.spec.inputs.len() != 1 || input.shape.iter().skip(1).any(|&d| d < 1) {
+    if classes < 1 || model.spec.inputs.len() != 1 || input.shape.iter().skip(1).any(|&d| d < 1) {
         return Ok(());
     }
-    let single: Vec<i64> = std::iter::once(1)
-        .chain(input.shape.iter().skip(1).copied())
-        .collect();
-    let len = single.iter().product::<i64>() as usize;
-    let rows = crate::explain::default_batch(len) as usize;
-    let mut alpha_shape = vec![1; single.len()];
-    alpha_shape[0] = rows as i64;
+    let shape = &input.shape[1..];
+    let len = shape.iter().product::<i64>() as usize;
+    let default = crate::explain::default_batch(len) as usize;
+    let mut sizes = vec![default];
+    if batching.enabled && batching.max_rows > default {
+        sizes.push(batching.max_rows);
+    }
+    let zeros = vec![0f32; len];
     let workers = std::iter::once(&gradients.output).chain(&gradients.softmax);
     for worker in workers {
-        let alphas: Vec<f32> = (0..rows).map(|r| r as f32 / rows as f32).collect();
-        let rests = alphas.iter().map(|a| 1.0 - a).collect();
-        let mut cotangent = vec![0f32; rows * *classes as usize];
-        cotangent
-            .iter_mut()
-            .step_by(*classes as usize)
-            .for_each(|c| *c = 1.0);
-        worker
-            .run_blocking(
-                vec![
-                    (
-                        step::STEP_INPUT.into(),
-                        TensorData::f32(single.clone(), vec![0.0; len]),
-                    ),
-                    (
-                        step::STEP_BASELINE.into(),
-                        TensorData::f32(single.clone(), vec![0.0; len]),
-                    ),
-                    (
-                        step::STEP_ALPHA.into(),
-                        TensorData::f32(alpha_shape.clone(), alphas),
-                    ),
-                    (
-                        step::STEP_ONE_MINUS_ALPHA.into(),
-                        TensorData::f32(alpha_shape.clone(), rests),
-                    ),
-                    (
-                        step::STEP_WEIGHTS.into(),
-                        TensorData::f32(vec![2, rows as i64], vec![1.0; 2 * rows]),
-                    ),
-                    (
-                        crate::autodiff::COTANGENT.into(),
-                        TensorData::f32(vec![rows as i64, *classes], cotangent),
-                    ),
-                ],
-                vec![step::STEP_SUMS.into()],
-            )
-            .map_err(|e| format!("gradient warm-up run failed: {e}"))?;
+        for &rows in &sizes {
+            let alphas: Vec<f64> = (0..rows).map(|r| r as f64 / rows as f64).collect();
+            let run = step::StepRun {
+                input: &zeros,
+                baseline: &zeros,
+                shape,
+                alphas: &alphas,
+                targets: &[0],
+                classes: classes as usize,
+                weights: vec![1.0; 2 * rows],
+            };
+            worker
+                .run_blocking(run.inputs(), vec![step::STEP_SUMS.into()])
+                .map_err(|e| format!("gradient warm-up run failed: {e}"))?;
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! Each loaded model owns one session on its own worker thread ([`worker`]); requests reach it
 //! through a bounded channel, so ONNX Runtime never runs on tokio's threads.
 
+pub mod batch;
 pub mod config;
 mod load;
 mod repository;
@@ -12,10 +13,11 @@ mod worker;
 
 use std::path::PathBuf;
 
+pub use batch::{Batching, Merge};
 pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, LoadOptions};
 pub use repository::{ModelEntry, Repository};
-pub use worker::Worker;
+pub use worker::{Caller, Worker, WorkerOptions};
 
 use crate::image::Preprocessing;
 
@@ -157,7 +159,7 @@ pub struct Gradients {
     pub softmax: Option<Worker>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     #[error("ONNX Runtime failed on model {model}: {reason}")]
     Runtime { model: String, reason: String },

@@ -1,15 +1,27 @@
 //! One thread per model that owns the ONNX Runtime session and runs jobs from a channel.
 //!
 //! Callers await a oneshot reply; the job carries the caller's tracing span so the ORT run is
-//! logged under the request that caused it.
+//! logged under the request that caused it. With batching on, the thread merges the jobs
+//! waiting in its queue into one run (src/model/batch.rs says which jobs can merge and how):
+//! FIFO, up to `--batch-max-rows`; a job that does not fit goes first in the next run. When
+//! more than one request is using the worker it waits up to `--batch-max-delay-us` for their
+//! jobs; a lone request never waits. Each Explain has at most one job queued at a time, so
+//! concurrent Explains take turns run by run whatever their step counts.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
-use ort::session::{Session, SessionInputValue};
+use ort::memory::MemoryInfo;
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::oneshot;
 
+use super::batch::{Batching, Merge};
 use super::{ModelError, TensorData, Values};
+use crate::ig::step;
 
 /// Jobs waiting for a model beyond this block their senders (backpressure, not a backlog).
 const QUEUE_DEPTH: usize = 64;
@@ -28,11 +40,40 @@ struct Job {
 pub struct Worker {
     model: String,
     tx: mpsc::Sender<Job>,
+    /// Requests using the worker now ([`Caller`]s alive): the batcher waits for more jobs
+    /// only when there is more than one.
+    callers: Arc<AtomicUsize>,
+}
+
+/// How a worker runs its session.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    /// How its jobs may share runs (with batching on).
+    pub merge: Merge,
+    pub batching: Batching,
+    /// Run through ONNX Runtime I/O binding, keeping `ig_input`/`ig_baseline` bound across
+    /// runs while they are unchanged (see `Binding`): for IG step workers.
+    pub io_binding: bool,
+}
+
+/// One request's use of a worker, from its first run to its last. While it lives the batcher
+/// counts the request as active, so it may wait (briefly) for its next job to merge it.
+pub struct Caller {
+    worker: Worker,
 }
 
 impl Worker {
     /// Moves `session` onto a new thread named after the model.
-    pub fn spawn(model: &str, session: Session) -> std::io::Result<Self> {
+    pub fn spawn(model: &str, session: Session, options: WorkerOptions) -> std::io::Result<Self> {
+        let WorkerOptions {
+            merge,
+            batching,
+            io_binding,
+        } = options;
+        let binding = match io_binding {
+            true => Some(Binding::new(&session).map_err(std::io::Error::other)?),
+            false => None,
+        };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let queue = tx.downgrade();
         crate::telemetry::watch_queue(model, move || {
@@ -40,25 +81,43 @@ impl Worker {
                 .upgrade()
                 .map(|tx: mpsc::Sender<Job>| tx.max_capacity() - tx.capacity())
         });
-        let name = model.to_string();
+        let callers = Arc::new(AtomicUsize::new(0));
+        let thread = Thread {
+            model: model.to_string(),
+            session,
+            rx,
+            merge: if batching.enabled { merge } else { Merge::Off },
+            batching,
+            callers: callers.clone(),
+            binding,
+        };
         std::thread::Builder::new()
             .name(format!("model-{model}"))
-            .spawn(move || serve(name, session, rx))?;
+            .spawn(move || thread.serve())?;
         Ok(Self {
             model: model.to_string(),
             tx,
+            callers,
         })
     }
 
-    /// Runs the session on `inputs`, returning the named `outputs` in that order.
+    /// Starts a request's use of the worker (see [`Caller`]).
+    pub fn caller(&self) -> Caller {
+        self.callers.fetch_add(1, Ordering::SeqCst);
+        Caller {
+            worker: self.clone(),
+        }
+    }
+
+    /// Runs the session on `inputs`, returning the named `outputs` in that order: a request
+    /// of one run.
     pub async fn run(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
-        let (job, answer) = Job::new(inputs, outputs);
-        self.tx.send(job).await.map_err(|_| self.gone())?;
-        answer.await.map_err(|_| self.gone())?
+        self.caller().run(inputs, outputs).await
     }
 
     /// The blocking form of [`Worker::run`], for callers outside an async runtime.
     pub fn run_blocking(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
+        let _caller = self.caller();
         let (job, answer) = Job::new(inputs, outputs);
         self.tx.blocking_send(job).map_err(|_| self.gone())?;
         answer.blocking_recv().map_err(|_| self.gone())?
@@ -68,6 +127,22 @@ impl Worker {
         ModelError::WorkerGone {
             model: self.model.clone(),
         }
+    }
+}
+
+impl Caller {
+    /// Like [`Worker::run`], as one run of this request.
+    pub async fn run(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
+        let worker = &self.worker;
+        let (job, answer) = Job::new(inputs, outputs);
+        worker.tx.send(job).await.map_err(|_| worker.gone())?;
+        answer.await.map_err(|_| worker.gone())?
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        self.worker.callers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -89,22 +164,257 @@ impl Job {
     }
 }
 
-fn serve(model: String, mut session: Session, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.blocking_recv() {
-        let _entered = job.span.enter();
-        if job.reply.is_closed() {
-            // The caller gave up (cancelled or timed out) while the job waited.
-            continue;
+/// The worker thread's state.
+struct Thread {
+    model: String,
+    session: Session,
+    rx: mpsc::Receiver<Job>,
+    /// [`Merge::Off`] when batching is off.
+    merge: Merge,
+    batching: Batching,
+    callers: Arc<AtomicUsize>,
+    /// Runs through I/O binding, when on.
+    binding: Option<Binding>,
+}
+
+impl Thread {
+    fn serve(mut self) {
+        // NOTE: a current-thread runtime only to wait on the channel with a timeout (the
+        // batcher's max delay); ONNX Runtime itself runs on this thread, never on tokio's.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
+        let mut next: Option<Job> = None;
+        loop {
+            let first = match next.take() {
+                Some(job) => job,
+                None => match self.rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            if first.reply.is_closed() {
+                // The caller gave up (cancelled or timed out) while the job waited.
+                continue;
+            }
+            let mut group = vec![first];
+            if self.merge != Merge::Off && self.merge.mergeable(&group[0].inputs) {
+                next = self.gather(&mut group, timer.as_ref());
+            }
+            self.execute(group);
         }
-        let _run = tracing::info_span!("ort.run", worker = %model).entered();
-        let result =
-            run(&mut session, job.inputs, &job.outputs).map_err(|reason| ModelError::Runtime {
-                model: model.clone(),
-                reason,
-            });
-        let _ = job.reply.send(result);
+        tracing::debug!(model = %self.model, "model worker stopped");
     }
-    tracing::debug!(%model, "model worker stopped");
+
+    /// Adds to `group` the jobs that can share its run: those queued, and while other
+    /// requests are active, those arriving within the max delay. Returns the job that ended
+    /// the group (too many rows, or not compatible): it goes first in the next run.
+    fn gather(
+        &mut self,
+        group: &mut Vec<Job>,
+        timer: Option<&tokio::runtime::Runtime>,
+    ) -> Option<Job> {
+        let merge = self.merge;
+        let mut rows = merge.rows(&group[0].inputs);
+        let deadline = Instant::now() + self.batching.max_delay;
+        while rows < self.batching.max_rows {
+            let job = match self.rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {
+                    // Every active request already has its job here: nobody else is coming.
+                    if group.len() >= self.callers.load(Ordering::SeqCst) {
+                        return None;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let timer = timer.filter(|_| !left.is_zero())?;
+                    // The timeout is made inside the runtime: its timer needs the context.
+                    let rx = &mut self.rx;
+                    match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(Some(job)) => job,
+                        Ok(None) | Err(_) => return None,
+                    }
+                }
+            };
+            if job.reply.is_closed() {
+                continue;
+            }
+            let head = &group[0];
+            let fits = rows + merge.rows(&job.inputs) <= self.batching.max_rows;
+            if !fits
+                || !merge.compatible((&head.inputs, &head.outputs), (&job.inputs, &job.outputs))
+            {
+                return Some(job);
+            }
+            rows += merge.rows(&job.inputs);
+            group.push(job);
+        }
+        None
+    }
+
+    /// Runs `group` as one ONNX Runtime run and answers each job with its share.
+    fn execute(&mut self, mut group: Vec<Job>) {
+        if group.len() == 1 {
+            let job = group.pop().expect("one job");
+            let _entered = job.span.enter();
+            let rows = self.merge.rows(&job.inputs);
+            let _run = tracing::info_span!(
+                "ort.run",
+                worker = %self.model,
+                batch.jobs = 1i64,
+                batch.rows = rows as i64
+            )
+            .entered();
+            crate::telemetry::record_batch(&self.model, 1, rows);
+            let result = self.run(job.inputs, &job.outputs);
+            let _ = job.reply.send(result);
+            return;
+        }
+        let rows: usize = group.iter().map(|j| self.merge.rows(&j.inputs)).sum();
+        let head_span = group[0].span.clone();
+        let _entered = head_span.enter();
+        let run_span = tracing::info_span!(
+            "ort.run",
+            worker = %self.model,
+            batch.jobs = group.len() as i64,
+            batch.rows = rows as i64
+        );
+        for job in &group[1..] {
+            run_span.follows_from(&job.span);
+        }
+        let _run = run_span.entered();
+        crate::telemetry::record_batch(&self.model, group.len(), rows);
+        let parts: Vec<&[(String, TensorData)]> =
+            group.iter().map(|j| j.inputs.as_slice()).collect();
+        let inputs = self.merge.merge(&parts);
+        let outputs = group[0].outputs.clone();
+        let split = self
+            .run(inputs, &outputs)
+            .map(|merged| self.merge.split(&parts, &outputs, merged));
+        match split {
+            Ok(Some(answers)) => {
+                for (job, answer) in group.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Ok(None) => {
+                // The outputs' first axis was not the jobs' batch: this model does not batch
+                // as its declared shapes said. Correct answers first: run each job alone.
+                tracing::warn!(worker = %self.model, "merged outputs do not split by batch; running the jobs one by one");
+                for job in group {
+                    let result = self.run(job.inputs, &job.outputs);
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for job in group {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, inputs: Vec<(String, TensorData)>, outputs: &[String]) -> Reply {
+        let result = match &mut self.binding {
+            Some(binding) => binding.run(&mut self.session, inputs, outputs),
+            None => run(&mut self.session, inputs, outputs),
+        };
+        result.map_err(|reason| ModelError::Runtime {
+            model: self.model.clone(),
+            reason,
+        })
+    }
+}
+
+/// A worker's ONNX Runtime I/O binding (issue 7, item 2). `ig_input` and `ig_baseline` stay
+/// bound while a run's paths are the previous run's (an Explain's batches all share its path,
+/// and a merged run's set of paths repeats while the same requests run together): ONNX Runtime
+/// copies a bound value to the session's device once, when it is bound, so on CUDA the
+/// inputs and baselines stay in device memory across runs, and only the alphas, weights and
+/// cotangent rows travel. The outputs are bound to host memory, so each comes back in one
+/// copy. On the CPU this is the same arithmetic as [`run`] (tests/ig_step.rs checks it).
+///
+/// NOTE: the CUDA side of this (the copy at bind time, outputs fetched from the device) is
+/// ONNX Runtime's documented IoBinding behaviour and is not tested here: no GPU was at hand.
+struct Binding {
+    io: IoBinding,
+    /// Host copies of what is bound as `ig_input` and `ig_baseline` now, to compare the next
+    /// run's with.
+    paths: Option<(TensorData, TensorData)>,
+}
+
+impl Binding {
+    fn new(session: &Session) -> Result<Self, String> {
+        Ok(Self {
+            io: session.create_binding().map_err(|e| e.to_string())?,
+            paths: None,
+        })
+    }
+
+    fn run(
+        &mut self,
+        session: &mut Session,
+        inputs: Vec<(String, TensorData)>,
+        outputs: &[String],
+    ) -> Result<Vec<TensorData>, String> {
+        let find = |name: &str| inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let kept = match (
+            &self.paths,
+            find(step::STEP_INPUT),
+            find(step::STEP_BASELINE),
+        ) {
+            (Some((x, b)), Some(new_x), Some(new_b)) => x == new_x && b == new_b,
+            _ => false,
+        };
+        // Forgotten first: a failure below must not leave paths believed bound.
+        let previous = if kept { self.paths.take() } else { None };
+        self.paths = None;
+        let (mut input, mut baseline) = (None, None);
+        for (name, tensor) in inputs {
+            let slot = match name.as_str() {
+                step::STEP_INPUT => Some(&mut input),
+                step::STEP_BASELINE => Some(&mut baseline),
+                _ => None,
+            };
+            if kept && slot.is_some() {
+                continue;
+            }
+            self.bind(&name, &tensor)?;
+            if let Some(slot) = slot {
+                *slot = Some(tensor);
+            }
+        }
+        self.paths = previous.or(input.zip(baseline));
+        // NOTE: rebound every run: a bound output keeps the previous run's buffer, whose
+        // shape is wrong as soon as the rows change.
+        self.io.clear_outputs();
+        let host = MemoryInfo::default();
+        for name in outputs {
+            self.io
+                .bind_output_to_device(name.as_str(), &host)
+                .map_err(|e| e.to_string())?;
+        }
+        // Inputs bound to another device are copied asynchronously: done before the run.
+        self.io.synchronize_inputs().map_err(|e| e.to_string())?;
+        let result = session.run_binding(&self.io).map_err(|e| e.to_string())?;
+        read_outputs(&result, outputs)
+    }
+
+    fn bind(&mut self, name: &str, tensor: &TensorData) -> Result<(), String> {
+        let shape = tensor.shape.clone();
+        match &tensor.values {
+            Values::F32(data) => {
+                let value = Tensor::from_array((shape, data.clone())).map_err(|e| e.to_string())?;
+                self.io.bind_input(name, &value)
+            }
+            Values::I64(data) => {
+                let value = Tensor::from_array((shape, data.clone())).map_err(|e| e.to_string())?;
+                self.io.bind_input(name, &value)
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
 }
 
 fn run(
@@ -126,6 +436,14 @@ fn run(
         values.push((Cow::Owned(name), value));
     }
     let result = session.run(values).map_err(|e| e.to_string())?;
+    read_outputs(&result, outputs)
+}
+
+/// The named `outputs` of a run, copied out of ONNX Runtime.
+fn read_outputs(
+    result: &ort::session::SessionOutputs<'_>,
+    outputs: &[String],
+) -> Result<Vec<TensorData>, String> {
     outputs
         .iter()
         .map(|name| {

@@ -152,7 +152,7 @@ pub async fn serve(
             let repository = load_repository(
                 &args.models.source(),
                 &runtime_options,
-                &args.runtime.load_options(),
+                &args.load_options(),
                 args.default_model.as_deref(),
             )?;
             let ready = repository.len() - repository.failures().count();

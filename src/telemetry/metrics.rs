@@ -23,8 +23,17 @@ pub struct Metrics {
     pub ig_steps: Counter<u64>,
     /// Time of one gradient batch (one ONNX Runtime run over several path points), by model.
     pub ig_batch_duration: Histogram<f64>,
+    /// Jobs (requests' runs) merged into one ONNX Runtime run, by worker.
+    pub batch_jobs: Histogram<u64>,
+    /// Rows (batch entries: images, or alphas x targets) of one ONNX Runtime run, by worker.
+    pub batch_rows: Histogram<u64>,
     _queue_depth: ObservableGauge<i64>,
 }
+
+/// Bucket bounds for jobs and rows per run (the default --batch-max-rows is 32).
+const COUNT_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 128.0,
+];
 
 /// How to read one worker's queue: its name, and its depth (None once it is gone).
 type QueueProbe = (String, Box<dyn Fn() -> Option<usize> + Send + Sync>);
@@ -76,6 +85,20 @@ pub fn metrics() -> &'static Metrics {
                 .with_unit("s")
                 .with_boundaries(SECONDS_BUCKETS.to_vec())
                 .build(),
+            batch_jobs: meter
+                .u64_histogram("integrad.batch.jobs")
+                .with_description(
+                    "jobs (one per request's run) merged into one ONNX Runtime run by the batcher",
+                )
+                .with_unit("{job}")
+                .with_boundaries(COUNT_BUCKETS.to_vec())
+                .build(),
+            batch_rows: meter
+                .u64_histogram("integrad.batch.rows")
+                .with_description("rows (batch entries) of one ONNX Runtime run")
+                .with_unit("{row}")
+                .with_boundaries(COUNT_BUCKETS.to_vec())
+                .build(),
             _queue_depth: meter
                 .i64_observable_gauge("integrad.model.queue_depth")
                 .with_description("jobs waiting for a model worker's ONNX Runtime session")
@@ -106,4 +129,12 @@ pub fn record_gradient_batch(model: &str, steps: usize, elapsed: Duration) {
     metrics
         .ig_batch_duration
         .record(elapsed.as_secs_f64(), &model);
+}
+
+/// Worker `worker` ran `jobs` jobs of `rows` rows in all as one ONNX Runtime run.
+pub fn record_batch(worker: &str, jobs: usize, rows: usize) {
+    let metrics = metrics();
+    let worker = [KeyValue::new("worker", worker.to_string())];
+    metrics.batch_jobs.record(jobs as u64, &worker);
+    metrics.batch_rows.record(rows as u64, &worker);
 }

@@ -26,7 +26,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-pub use metrics::{metrics, record_gradient_batch, watch_queue, Metrics};
+pub use metrics::{metrics, record_batch, record_gradient_batch, watch_queue, Metrics};
 pub use rpc::{note_model, RpcLayer};
 
 /// The service name when `OTEL_SERVICE_NAME` is unset.

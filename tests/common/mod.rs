@@ -3,6 +3,9 @@
 //! shipped fixtures.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -530,4 +533,74 @@ pub fn python_venv(override_env: &str, venv: &str, requirements: &str, imports: 
         }
     }
     python.display().to_string()
+}
+
+/// GET /metrics over a plain TCP connection: (content type, body).
+pub fn scrape(address: SocketAddr) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+/// One Prometheus sample: its labels and value.
+pub type Sample = (BTreeMap<String, String>, f64);
+
+/// Prometheus text -> samples by metric name (label values here hold no commas or quotes).
+pub fn parse(text: &str) -> HashMap<String, Vec<Sample>> {
+    let mut samples: HashMap<String, Vec<Sample>> = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (key, value) = l.split_once('=').unwrap();
+                (key.to_string(), value.trim_matches('"').to_string())
+            })
+            .collect();
+        samples
+            .entry(name.to_string())
+            .or_default()
+            .push((labels, value));
+    }
+    samples
+}
+
+/// The sample of `name` whose labels are exactly `labels`, or 0 if there is none yet.
+pub fn value(samples: &HashMap<String, Vec<Sample>>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples
+        .get(name)
+        .and_then(|s| s.iter().find(|(l, _)| *l == wanted))
+        .map_or(0.0, |(_, v)| *v)
 }
