@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::device::Device;
 use crate::image::DecodeLimits;
-use crate::model::{Batching, LoadOptions};
+use crate::model::{Batching, BatchingMode, LoadOptions};
 use crate::runtime::{Flavour, RuntimeOptions};
 
 #[derive(Debug, Parser)]
@@ -92,7 +92,7 @@ impl RuntimeArgs {
             inter_threads: self.inter_threads.max(1),
             intra_spin: self.intra_spin,
             batching: Batching {
-                enabled: false,
+                mode: BatchingMode::Off,
                 ..Batching::default()
             },
             ..LoadOptions::default()
@@ -210,20 +210,15 @@ impl ServeArgs {
     }
 }
 
-/// On or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Switch {
-    On,
-    Off,
-}
-
 /// Cross-request batching (docs/serving.md, "Batching").
 #[derive(Debug, Clone, Args)]
 pub struct BatchingArgs {
     /// Merge concurrent requests' ONNX Runtime runs on the same model into one run (Predicts,
-    /// and Explains' gradient batches), as Triton's dynamic batcher does.
-    #[arg(long, env = "INTEGRAD_BATCHING", value_enum, default_value_t = Switch::On)]
-    pub batching: Switch,
+    /// and Explains' gradient batches), as Triton's dynamic batcher does. `auto`: on for
+    /// models on a CUDA device, off on the CPU, where merging measured no faster and doubled
+    /// peak memory (docs/BENCHMARKS.md).
+    #[arg(long, env = "INTEGRAD_BATCHING", value_enum, default_value_t = BatchingMode::Auto)]
+    pub batching: BatchingMode,
     /// Rows (images, or IG alphas x targets) of one merged run at most. Peak memory grows
     /// with it: about 85 MB per row for the demo model's gradients. Step workers are warmed
     /// up at this size too.
@@ -240,7 +235,7 @@ pub struct BatchingArgs {
 impl BatchingArgs {
     pub fn batching(&self) -> Batching {
         Batching {
-            enabled: self.batching == Switch::On,
+            mode: self.batching,
             max_rows: self.batch_max_rows as usize,
             max_delay: std::time::Duration::from_micros(self.batch_max_delay_us),
         }

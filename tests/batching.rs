@@ -258,6 +258,8 @@ async fn should_run_jobs_of_different_shapes_apart_and_answer_each() {
     let server = TestServer::start(&[
         "--model-file",
         file.to_str().unwrap(),
+        "--batching",
+        "on",
         "--batch-max-delay-us",
         "200000",
     ])
@@ -309,6 +311,8 @@ async fn should_finish_a_short_explain_while_a_long_one_runs() {
     let server = TestServer::start(&[
         "--models",
         demo_models().to_str().unwrap(),
+        "--batching",
+        "on",
         "--batch-max-rows",
         "16",
     ])

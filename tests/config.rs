@@ -7,6 +7,7 @@ mod common;
 use clap::CommandFactory;
 use common::*;
 use integrad::config::{Cli, Command};
+use integrad::model::BatchingMode;
 
 fn write_config(dir: &std::path::Path, text: &str) -> String {
     let path = dir.join("integrad.toml");
@@ -187,11 +188,11 @@ fn should_read_the_batching_flags_from_the_file_and_the_command_line() {
         }
     };
     let from_file = parse(&[]);
-    assert!(!from_file.enabled);
+    assert_eq!(from_file.mode, BatchingMode::Off);
     assert_eq!(from_file.max_rows, 8);
     assert_eq!(from_file.max_delay, std::time::Duration::from_micros(500));
     let overridden = parse(&["--batching", "on", "--batch-max-rows", "64"]);
-    assert!(overridden.enabled);
+    assert_eq!(overridden.mode, BatchingMode::On);
     assert_eq!(overridden.max_rows, 64);
     assert_eq!(overridden.max_delay, std::time::Duration::from_micros(500));
     // No rows would never run anything.

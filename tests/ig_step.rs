@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use common::*;
 use integrad::autodiff::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};
 use integrad::ig::{self, step, Integrator, Method};
-use integrad::model::{Batching, Merge, TensorData, Values, Worker, WorkerOptions};
+use integrad::model::{Batching, BatchingMode, Merge, TensorData, Values, Worker, WorkerOptions};
 use integrad::proto::onnx::ModelProto;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
@@ -363,7 +363,7 @@ fn should_give_the_same_outputs_through_io_binding() {
         let options = WorkerOptions {
             merge: Merge::Step,
             batching: Batching {
-                enabled: false,
+                mode: BatchingMode::Off,
                 ..Batching::default()
             },
             io_binding,

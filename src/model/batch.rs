@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::{TensorData, Values};
 use crate::autodiff::COTANGENT;
+use crate::device::Placement;
 use crate::ig::step;
 
 /// A job's named inputs.
@@ -38,10 +39,22 @@ pub enum Merge {
     Step,
 }
 
+/// When workers merge jobs. On a CPU a merged run costs about what its parts cost one after
+/// another (ONNX Runtime already keeps the cores busy, and larger batches run slower per row),
+/// while it doubles peak memory: docs/BENCHMARKS.md, "Throughput". An accelerator, whose
+/// cores one request's batch leaves idle, is where merging pays; `auto` merges there only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchingMode {
+    /// On for models placed on a CUDA device, off on the CPU.
+    Auto,
+    On,
+    Off,
+}
+
 /// The batcher's settings, shared by every worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
-    pub enabled: bool,
+    pub mode: BatchingMode,
     /// Rows of one merged run at most (a job larger than this still runs, alone).
     pub max_rows: usize,
     /// How long a worker waits for more jobs when other requests are active on it.
@@ -51,10 +64,27 @@ pub struct Batching {
 impl Default for Batching {
     fn default() -> Self {
         Self {
-            enabled: true,
+            mode: BatchingMode::Auto,
             max_rows: 32,
             max_delay: Duration::from_micros(2000),
         }
+    }
+}
+
+impl Batching {
+    /// Whether jobs merge (`auto` not yet resolved with [`Batching::on`] counts as off).
+    pub fn enabled(&self) -> bool {
+        self.mode == BatchingMode::On
+    }
+
+    /// These settings for a model placed on `placement`, `auto` resolved.
+    pub fn on(self, placement: Placement) -> Self {
+        let mode = match (self.mode, placement) {
+            (BatchingMode::Auto, Placement::Cuda(_)) => BatchingMode::On,
+            (BatchingMode::Auto, Placement::Cpu) => BatchingMode::Off,
+            (mode, _) => mode,
+        };
+        Self { mode, ..self }
     }
 }
 

@@ -156,7 +156,7 @@ pub fn load_model(
         session,
         WorkerOptions {
             merge,
-            batching: options.batching,
+            batching: options.batching.on(placement),
             io_binding: false,
         },
     )
@@ -185,7 +185,7 @@ pub fn load_model(
         gradients: gradients.ok(),
     };
     warm_up(&model)?;
-    warm_up_gradients(&model, &options.batching)?;
+    warm_up_gradients(&model, &options.batching.on(placement))?;
     Ok(model)
 }
 
@@ -237,7 +237,7 @@ fn build_gradients(
         };
         let options = WorkerOptions {
             merge,
-            batching: options.batching,
+            batching: options.batching.on(placement),
             io_binding: true,
         };
         Worker::spawn(&format!("{name}-grad"), session, options)
@@ -436,7 +436,7 @@ fn warm_up_gradients(model: &Model, batching: &Batching) -> Result<(), String> {
     let len = shape.iter().product::<i64>() as usize;
     let default = crate::explain::default_batch(len) as usize;
     let mut sizes = vec![default];
-    if batching.enabled && batching.max_rows > default {
+    if batching.enabled() && batching.max_rows > default {
         sizes.push(batching.max_rows);
     }
     let zeros = vec![0f32; len];

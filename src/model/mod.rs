@@ -13,7 +13,7 @@ mod worker;
 
 use std::path::PathBuf;
 
-pub use batch::{Batching, Merge};
+pub use batch::{Batching, BatchingMode, Merge};
 pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, LoadOptions};
 pub use repository::{ModelEntry, Repository};

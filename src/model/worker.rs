@@ -86,7 +86,11 @@ impl Worker {
             model: model.to_string(),
             session,
             rx,
-            merge: if batching.enabled { merge } else { Merge::Off },
+            merge: if batching.enabled() {
+                merge
+            } else {
+                Merge::Off
+            },
             batching,
             callers: callers.clone(),
             binding,
