@@ -26,13 +26,11 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use integrad::autodiff::{build_gradient, GradOptions, Objective, COTANGENT};
-use integrad::ig::step::{
-    STEP_ABS, STEP_ALPHA, STEP_BASELINE, STEP_INPUT, STEP_ONE_MINUS_ALPHA, STEP_SUMS, STEP_WEIGHTS,
-};
+use integrad::autodiff::{build_gradient, GradOptions, Objective};
+use integrad::ig::step::{StepRun, STEP_ABS, STEP_SUMS};
 use integrad::ig::{self, BaselineKind, Completeness, Integrator, Method};
 use integrad::image::{preprocess, render, RenderOptions};
-use integrad::model::{LoadOptions, ModelConfig};
+use integrad::model::{LoadOptions, ModelConfig, Values};
 use integrad::proto::onnx::ModelProto;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
@@ -235,50 +233,27 @@ fn session(env: &ort::environment::Environment, bytes: &[u8]) -> Session {
 }
 
 /// The IG step model's inputs for `alphas` (one target, [`TARGET`]) with `weights`
-/// (`[2, rows]`).
+/// (`[2, rows]`), made by the server's own constructor ([`StepRun::inputs`]).
 fn step_inputs(input: &[f32], baseline: &[f32], alphas: &[f64], weights: &[f32]) -> Inputs {
-    let rows = alphas.len();
-    let single = vec![1i64, 3, 224, 224];
-    let alpha_shape = vec![rows as i64, 1, 1, 1];
-    let mut cotangent = vec![0f32; rows * CLASSES];
-    for r in 0..rows {
-        cotangent[r * CLASSES + TARGET] = 1.0;
-    }
-    let f32s = |shape: Vec<i64>, data: Vec<f32>| -> SessionInputValue<'static> {
-        Tensor::from_array((shape, data)).unwrap().into()
+    let run = StepRun {
+        input,
+        baseline,
+        shape: &[3, 224, 224],
+        alphas,
+        targets: &[TARGET],
+        classes: CLASSES,
+        weights: weights.to_vec(),
     };
-    vec![
-        (
-            Cow::Borrowed(STEP_INPUT),
-            f32s(single.clone(), input.to_vec()),
-        ),
-        (
-            Cow::Borrowed(STEP_BASELINE),
-            f32s(single, baseline.to_vec()),
-        ),
-        (
-            Cow::Borrowed(STEP_ALPHA),
-            f32s(
-                alpha_shape.clone(),
-                alphas.iter().map(|&a| a as f32).collect(),
-            ),
-        ),
-        (
-            Cow::Borrowed(STEP_ONE_MINUS_ALPHA),
-            f32s(
-                alpha_shape,
-                alphas.iter().map(|&a| (1.0 - a) as f32).collect(),
-            ),
-        ),
-        (
-            Cow::Borrowed(STEP_WEIGHTS),
-            f32s(vec![2, rows as i64], weights.to_vec()),
-        ),
-        (
-            Cow::Borrowed(COTANGENT),
-            f32s(vec![rows as i64, CLASSES as i64], cotangent),
-        ),
-    ]
+    run.inputs()
+        .into_iter()
+        .map(|(name, tensor)| {
+            let value: SessionInputValue<'static> = match tensor.values {
+                Values::F32(data) => Tensor::from_array((tensor.shape, data)).unwrap().into(),
+                Values::I64(data) => Tensor::from_array((tensor.shape, data)).unwrap().into(),
+            };
+            (Cow::Owned(name), value)
+        })
+        .collect()
 }
 
 /// The average gradient of P(espresso) from `baseline` to `input` over `steps` trapezoid
