@@ -20,7 +20,9 @@ Steps, all in one run (well under 8 minutes on an H200):
       (relative L2, Pearson correlation), the target class and F(input);
   (c) speed on the CUDA server: warm Explain latency at 50 and 300 steps (median of --runs;
       the server's own elapsed_ms and the client's wall time), throughput with --concurrency
-      Explains in flight, and Captum's IntegratedGradients on the same GPU and weights.
+      Explains in flight (cross-request batching on, as `--batching auto` is for CUDA), the
+      same throughput on a fresh server with `--batching off` (what merging buys on the GPU),
+      and Captum's IntegratedGradients on the same GPU and weights.
 
 Results: OUT/gpu_check.json and OUT/gpu_check.txt (OUT: --out, else $OUT, else
 ./gpu-check-results). Exit status 0 when the correctness checks pass, 1 when one fails,
@@ -119,14 +121,15 @@ class Server:
             return f.read()
 
 
-def start_server(name, device, args, env, out_dir):
-    extra = ["--device", device]
+def start_server(name, device, args, env, out_dir, flags=()):
+    extra = ["--device", device, *flags]
     if args.ort_lib:
         extra += ["--ort-lib", args.ort_lib]
     if args.intra_threads:
         extra += ["--intra-threads", str(args.intra_threads)]
     server = Server(name, args, extra, env, out_dir)
-    log(f"started {name} server (--device {device}) on {server.url}, log {server.log_path}")
+    log(f"started {name} server (--device {device} {' '.join(flags)}) on {server.url}, "
+        f"log {server.log_path}")
     return server
 
 
@@ -349,7 +352,12 @@ def main():
     servers = []
     started = time.time()
     try:
-        accel = start_server("gpu", "cpu" if args.cpu_only else "cuda", args, env, args.out)
+        device = "cpu" if args.cpu_only else "cuda"
+        # As many Explains at once as the throughput test sends, so that they can share runs
+        # (cross-request batching: `--batching auto` is on for CUDA devices).
+        concurrent = ["--max-concurrent-explains", str(args.concurrency),
+                      "--max-queued-explains", str(args.concurrency)]
+        accel = start_server("gpu", device, args, env, args.out, concurrent)
         servers.append(accel)
         cpu = start_server("cpu", "cpu", args, env, args.out)
         servers.append(cpu)
@@ -376,6 +384,15 @@ def main():
         results["throughput"] = bench_throughput(args, env, accel, work)
         log(f"throughput: {results['throughput']['explains_per_s']:.2f} Explains/s at "
             f"{args.concurrency} concurrent")
+        cpu.stop()
+        servers.remove(cpu)
+        unbatched = start_server("gpu-unbatched", device, args, env, args.out,
+                                 concurrent + ["--batching", "off"])
+        servers.append(unbatched)
+        wait_ready(args, env, unbatched, args.ready_timeout)
+        results["throughput_unbatched"] = bench_throughput(args, env, unbatched, work)
+        log(f"throughput with --batching off: "
+            f"{results['throughput_unbatched']['explains_per_s']:.2f} Explains/s")
         log("Captum IG on the same device and weights")
         results["captum"] = captum(args, x_np, (args.steps, args.large_steps))
         if "skipped" in results["captum"]:
@@ -411,10 +428,12 @@ def write_results(out, results):
         lines.append(f"Explain {figure['steps']} steps: server {figure['server_ms_median']:.1f} ms,"
                      f" client wall {figure['client_wall_ms_median']:.1f} ms (median of "
                      f"{figure['runs']})")
-    t = results.get("throughput")
-    if t:
-        lines.append(f"throughput: {t['explains_per_s']:.2f} Explains/s with {t['concurrency']} "
-                     f"concurrent ({t['steps']} steps, {t['explains']} in {t['wall_s']:.1f} s)")
+    for key, what in (("throughput", "batching auto"), ("throughput_unbatched", "batching off")):
+        t = results.get(key)
+        if t:
+            lines.append(f"throughput ({what}): {t['explains_per_s']:.2f} Explains/s with "
+                         f"{t['concurrency']} concurrent ({t['steps']} steps, {t['explains']} in "
+                         f"{t['wall_s']:.1f} s)")
     cap = results.get("captum")
     if cap:
         if "skipped" in cap:
