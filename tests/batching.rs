@@ -89,19 +89,6 @@ async fn predict(url: String, photo: &str) -> Vec<f32> {
 
 const PHOTOS: [&str; 4] = ["coffee.png", "chelsea.png", "rocket.jpg", "coffee.png"];
 
-fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let norm = a.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(p, q)| f64::from(p - q).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    assert!(norm > 0.0);
-    diff / norm
-}
-
 /// Merged runs on the batcher's rows: (runs, jobs) of `worker` from /metrics.
 fn batches(metrics: std::net::SocketAddr, worker: &str) -> (f64, f64) {
     let samples = parse(&scrape(metrics).1);

@@ -52,25 +52,30 @@ fn softmax_at(logits: &[f32], class: usize) -> f32 {
     (logits[class] - max).exp() / sum
 }
 
-/// IG of the coffee photo for two targets both ways; returns the worst relative L2 distance
-/// between the two attributions over the targets, after checking the path diagnostics.
-/// `f32_path`: the plain path interpolates as the step model does (float32) instead of in f64.
-fn compare(f32_path: bool) -> f64 {
+/// The demo model's gradient model for `objective`.
+fn demo_gradient(objective: Objective) -> ModelProto {
     let model = ModelProto::decode(
         std::fs::read(demo_models().join("efficientnet-lite0/model.onnx"))
             .unwrap()
             .as_slice(),
     )
     .unwrap();
-    let grad = build_gradient(
+    build_gradient(
         &model,
         &GradOptions {
-            objective: Objective::Probability,
+            objective,
             ..Default::default()
         },
     )
     .unwrap()
-    .model;
+    .model
+}
+
+/// IG of the coffee photo for two targets both ways; returns the worst relative L2 distance
+/// between the two attributions over the targets, after checking the path diagnostics.
+/// `f32_path`: the plain path interpolates as the step model does (float32) instead of in f64.
+fn compare(f32_path: bool) -> f64 {
+    let grad = demo_gradient(Objective::Probability);
     let stepped = step::build_step_model(&grad, "input").unwrap();
     let (mut plain, mut summing) = (session(&grad), session(&stepped));
 
@@ -262,36 +267,9 @@ fn run_step(session: &mut Session, inputs: Vec<(String, TensorData)>) -> Vec<Ten
         .collect()
 }
 
-fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let norm = a.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(p, q)| f64::from(p - q).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    assert!(norm > 0.0);
-    diff / norm
-}
-
 #[test]
 fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
-    let model = ModelProto::decode(
-        std::fs::read(demo_models().join("efficientnet-lite0/model.onnx"))
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    let grad = build_gradient(
-        &model,
-        &GradOptions {
-            objective: Objective::Probability,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .model;
+    let grad = demo_gradient(Objective::Probability);
     let mut session = session(&step::build_step_model(&grad, "input").unwrap());
     let (shape, coffee) = fixture("coffee_input.npy");
     let (_, cat) = fixture("chelsea_input.npy");
@@ -349,15 +327,7 @@ fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
 
 #[test]
 fn should_give_the_same_outputs_through_io_binding() {
-    let model = ModelProto::decode(
-        std::fs::read(demo_models().join("efficientnet-lite0/model.onnx"))
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    let grad = build_gradient(&model, &GradOptions::default())
-        .unwrap()
-        .model;
+    let grad = demo_gradient(Objective::Logit);
     let stepped = step::build_step_model(&grad, "input").unwrap();
     let worker = |name: &str, io_binding: bool| {
         let options = WorkerOptions {

@@ -604,3 +604,17 @@ pub fn value(samples: &HashMap<String, Vec<Sample>>, name: &str, labels: &[(&str
         .and_then(|s| s.iter().find(|(l, _)| *l == wanted))
         .map_or(0.0, |(_, v)| *v)
 }
+
+/// ||a - b|| / ||a|| (L2), for comparing attributions or gradients computed two ways.
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let norm = a.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(p, q)| f64::from(p - q).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(norm > 0.0);
+    diff / norm
+}
