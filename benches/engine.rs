@@ -22,6 +22,8 @@
 //! The real attributions are made once, untimed, before the benches that read them: a 50-step
 //! IG run on the step model (4 runs of at most 16 rows), whatever FILTER selects.
 
+mod common;
+
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -292,20 +294,7 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// Prints the IG step run against the forward at 16 rows, from criterion's saved estimates.
 fn summary(root: &Path) {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let median_ms = |name: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(
-            target
-                .join("criterion")
-                .join(name)
-                .join("new/estimates.json"),
-        )
-        .ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-        Some(json["median"]["point_estimate"].as_f64()? / 1e6)
-    };
+    let median_ms = |name: &str| common::median_ms(root, name);
     let (Some(forward), Some(step)) = (median_ms(FORWARD), median_ms(IG_STEP)) else {
         return;
     };

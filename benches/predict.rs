@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench predict`; the summary at the end reads criterion's estimates.
 
+mod common;
+
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -151,20 +153,7 @@ fn main() {
 
 /// Prints overhead = gRPC Predict - raw ORT run, from criterion's saved estimates.
 fn summary(root: &std::path::Path) {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let mean_ms = |name: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(
-            target
-                .join("criterion")
-                .join(name)
-                .join("new/estimates.json"),
-        )
-        .ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-        Some(json["median"]["point_estimate"].as_f64()? / 1e6)
-    };
+    let mean_ms = |name: &str| common::median_ms(root, name);
     let (Some(raw), Some(decode), Some(worker), Some(engine), Some(grpc)) = (
         mean_ms(RAW),
         mean_ms(DECODE),
