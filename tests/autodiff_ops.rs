@@ -5,6 +5,7 @@
 mod ad_support;
 
 use ad_support::*;
+use integrad::autodiff::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};
 
 fn unary(
     op: &str,
@@ -340,7 +341,7 @@ fn should_diff_clip_as_relu6_and_one_sided() {
         17,
         1,
     );
-    // float32 NCHW takes the fused depthwise-conv mask.
+    // float32 with 3 channels: the two-step mask (the fused one needs 16k channels, below).
     let x32 = T::new(F32, &x.shape, x.data.clone());
     let lo32 = T::new(F32, &[], vec![0.0]);
     let hi32 = T::new(F32, &[], vec![6.0]);
@@ -354,6 +355,167 @@ fn should_diff_clip_as_relu6_and_one_sided() {
         1,
     );
     let _ = r.next();
+}
+
+/// Values of x for the bound checks of ReLU6-like clips: exactly on both bounds, one float32
+/// step inside and outside them, tiny positives, around 2^(k-1) (where the fused mask's
+/// exactness argument changes case, see `clip_mask`) and far out on both sides.
+fn bound_values(hi: f32) -> Vec<f64> {
+    let below = |v: f32| f32::from_bits(v.to_bits() - 1);
+    let above = |v: f32| f32::from_bits(v.to_bits() + 1);
+    let half = 2f32.powi(hi.log2().ceil() as i32 - 1);
+    let v = [
+        0.0,
+        -0.0,
+        hi,
+        below(hi),
+        above(hi),
+        f32::from_bits(1),
+        1e-30,
+        1e-20,
+        -1e-20,
+        below(half),
+        half,
+        above(half),
+        hi / 3.0,
+        -2.0,
+        hi + 1.0,
+        1e6,
+    ];
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Clip(0, hi) on float32 NCHW with 16 channels takes the fused mask (HardSigmoid step +
+/// depthwise 1x1 Conv with Add and HardSigmoid, `clip_mask`). Its gradient must be exactly
+/// cotangent * [0 < x < hi] in every element, bounds included: no tolerance, because the mask
+/// is 0 or 1 and the multiplication by 1 is exact. The one documented exception, 0 < y <
+/// 2^-100 (the HardSigmoid step's slope, 2^100, falls short of 1 there: the mask is 0 or 1
+/// depending on hi), is the smallest subnormal here: that element may be either.
+#[test]
+fn should_mask_relu6_exactly_on_and_next_to_its_bounds() {
+    for hi in [6.0f32, 1.0, 0.75] {
+        let vals = bound_values(hi);
+        let n = 16 * 2 * 8;
+        let x = T::new(
+            F32,
+            &[1, 16, 2, 8],
+            (0..n)
+                .map(|i| vals[(i * 7 + i / 16) % vals.len()])
+                .collect(),
+        );
+        let c = T::random(F32, &x.shape, &mut Rng::new(9));
+        let m = Tiny::new(17)
+            .input("x", F32, &x.shape)
+            .init("lo", &T::new(F32, &[], vec![0.0]))
+            .init("hi", &T::new(F32, &[], vec![hi as f64]))
+            .node("Clip", &["x", "lo", "hi"], &["y"], vec![])
+            .output("y", F32)
+            .build();
+        let grad = build_gradient(
+            &m,
+            &GradOptions {
+                wrt: Some("x".into()),
+                of: None,
+                objective: Objective::Logit,
+            },
+        )
+        .unwrap();
+        assert!(
+            grad.emitted_ops.contains("Conv"),
+            "hi {hi}: the fused mask is a depthwise Conv, got {:?}",
+            grad.emitted_ops
+        );
+        let out = run(&grad.model, &[("x", &x), (COTANGENT, &c)]);
+        for (i, (&xi, (&ci, &gi))) in x
+            .data
+            .iter()
+            .zip(c.data.iter().zip(&out[GRAD].data))
+            .enumerate()
+        {
+            let inside = xi > 0.0 && xi < hi as f64;
+            // The model runs in float32: the cotangent passes through as its float32 value.
+            let want = if inside { ci as f32 as f64 } else { 0.0 };
+            let exception = xi > 0.0 && xi < 2f64.powi(-100);
+            assert!(
+                gi == want || (exception && gi == 0.0),
+                "hi {hi}, element {i}: x = {xi:e}, gradient {gi:e}, expected {want:e}"
+            );
+        }
+    }
+}
+
+/// Conv1x1 (identity, 16 channels) -> Clip(0, 6) -> depthwise stride-2 Conv: the per-phase
+/// masks of `masked_adjoint` in their fused form. With z = x exactly, the gradient must be 0
+/// exactly wherever x is on or outside a bound and equal the same chain without the Clip
+/// elsewhere (to 1e-6 relative: the two graphs sum the same products, maybe in another order),
+/// but for the 0 < x < 2^-100 exception of the test above, which may also be 0.
+#[test]
+fn should_mask_per_phase_exactly_after_a_16_channel_expansion() {
+    let vals = bound_values(6.0);
+    let shape = [1i64, 16, 4, 6];
+    let n = 16 * 4 * 6;
+    let x = T::new(
+        F32,
+        &shape,
+        (0..n)
+            .map(|i| vals[(i * 5 + i / 16) % vals.len()])
+            .collect(),
+    );
+    let eye = T::new(
+        F32,
+        &[16, 16, 1, 1],
+        (0..256)
+            .map(|i| if i / 16 == i % 16 { 1.0 } else { 0.0 })
+            .collect(),
+    );
+    let w2 = T::random(F32, &[16, 1, 3, 3], &mut Rng::new(11));
+    let dw = vec![
+        ai("group", 16),
+        ais("strides", &[2, 2]),
+        ais("pads", &[1, 1, 1, 1]),
+    ];
+    let model = |clipped: bool| {
+        let mut m = Tiny::new(17)
+            .input("x", F32, &shape)
+            .init("eye", &eye)
+            .init("w2", &w2)
+            .init("lo", &T::new(F32, &[], vec![0.0]))
+            .init("hi", &T::new(F32, &[], vec![6.0]))
+            .node("Conv", &["x", "eye"], &["z"], vec![]);
+        m = if clipped {
+            m.node("Clip", &["z", "lo", "hi"], &["a"], vec![])
+        } else {
+            m.node("Identity", &["z"], &["a"], vec![])
+        };
+        m.node("Conv", &["a", "w2"], &["y"], dw.clone())
+            .output("y", F32)
+            .build()
+    };
+    let options = GradOptions {
+        wrt: Some("x".into()),
+        of: None,
+        objective: Objective::Logit,
+    };
+    let c = T::random(F32, &[1, 16, 2, 3], &mut Rng::new(12));
+    let masked = build_gradient(&model(true), &options).unwrap();
+    let plain = build_gradient(&model(false), &options).unwrap();
+    let g = &run(&masked.model, &[("x", &x), (COTANGENT, &c)])[GRAD];
+    let full = &run(&plain.model, &[("x", &x), (COTANGENT, &c)])[GRAD];
+    for (i, (&xi, (&gi, &fi))) in x.data.iter().zip(g.data.iter().zip(&full.data)).enumerate() {
+        let inside = xi > 0.0 && xi < 6.0;
+        let exception = xi > 0.0 && xi < 2f64.powi(-100);
+        if inside && !(exception && gi == 0.0) {
+            assert!(
+                (gi - fi).abs() <= 1e-6 * (1.0 + fi.abs()),
+                "element {i}: x = {xi:e}, gradient {gi:e}, without the clip {fi:e}"
+            );
+        } else {
+            assert!(
+                gi == 0.0,
+                "element {i}: x = {xi:e} is masked, gradient {gi:e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -69,6 +69,49 @@ pub(crate) fn affine_step(
     Ok(b.op("Clip", &[&s, &zero, &one], vec![]))
 }
 
+/// The mask `[lo < t] * [t < hi]` of a Clip's output `t` (or of an exact copy of it, such as
+/// one phase of it) of shape `shape`; `like` is the forward tensor that gives its type.
+///
+/// NOTE: for ReLU6-like clips of NCHW float32 tensors (lo = 0, channels a multiple of 16) it
+/// takes two passes instead of three: `m_lo = [t > 0]` (a HardSigmoid step), then
+/// `HardSigmoid(BIG * (m_lo - t / 2^k + hi / 2^k - 1))` with 2^k the power of two at or above
+/// hi, written as a depthwise 1x1 Conv (weight -1/2^k, bias hi/2^k - 1) + Add(m_lo) +
+/// HardSigmoid, which ONNX Runtime fuses into one blocked-layout Conv. The sum is
+/// `hi/2^k - 1 <= 0` where t = 0 (needs 2^k >= hi), `(hi - t)/2^k > 0` where 0 < t < hi and
+/// exactly 0 at t = hi: with hi/2^k >= 3/4 every operation on the way is exact in float32 for
+/// t >= 2^(k-1) (Sterbenz), and below that the sum is at least 1/4, so the mask is exactly
+/// the one of the two-step form (docs/autodiff.md measures it).
+pub(crate) fn clip_mask(
+    b: &mut Builder,
+    t: &str,
+    shape: &[i64],
+    like: &str,
+    lo: f64,
+    hi: f64,
+) -> Result<String, String> {
+    let fused = if b.info(like)?.dtype == graph::FLOAT && lo == 0.0 && hi > 0.0 {
+        let pow2 = 2f64.powi(hi.log2().ceil() as i32);
+        let channels = match shape {
+            [_, c, _, _] if *c > 0 && c % 16 == 0 => Some(*c),
+            _ => None,
+        };
+        channels.filter(|_| hi / pow2 >= 0.75).map(|c| (c, pow2))
+    } else {
+        None
+    };
+    let Some((c, pow2)) = fused else {
+        let m_lo = affine_step(b, t, like, BIG, -BIG * lo)?;
+        let m_hi = affine_step(b, t, like, -BIG, BIG * hi)?;
+        return Ok(b.op("Mul", &[&m_lo, &m_hi], vec![]));
+    };
+    let m_lo = affine_step(b, t, like, BIG, 0.0)?;
+    let w = b.const_tensor(graph::FLOAT, &[c, 1, 1, 1], &vec![-1.0 / pow2; c as usize]);
+    let bias = b.const_tensor(graph::FLOAT, &[c], &vec![hi / pow2 - 1.0; c as usize]);
+    let lin = b.op("Conv", &[t, &w, &bias], vec![attr_i("group", c)]);
+    let sum = b.op("Add", &[&lin, &m_lo], vec![]);
+    affine_step(b, &sum, like, BIG, 0.0)
+}
+
 /// Y = max(X, 0): dX = dY * [Y > 0].
 fn relu(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
@@ -86,10 +129,8 @@ fn clip(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let bounds = (b.const_input(node, 1), b.const_input(node, 2));
     if let (Some(l), Some(h)) = &bounds {
         if let ([l], [h]) = (l.floats().as_slice(), h.floats().as_slice()) {
-            // [l < Y] * [Y < h] as two steps of Y (see `affine_step`).
-            let m_lo = affine_step(b, &y, &y, BIG, -BIG * l)?;
-            let m_hi = affine_step(b, &y, &y, -BIG, BIG * h)?;
-            let m = b.op("Mul", &[&m_lo, &m_hi], vec![]);
+            let shape = b.info(&y)?.shape.clone();
+            let m = clip_mask(b, &y, &shape, &y, *l, *h)?;
             return Ok(vec![Some(b.op("Mul", &[&dy, &m], vec![]))]);
         }
     }

@@ -7,7 +7,7 @@ use super::super::builder::{attr_i, attr_ints, Builder};
 use super::super::graph;
 use super::super::graph::{attr_i as node_i, attr_ints as node_ints, attr_s as node_s, DYNAMIC};
 use super::super::registry::Registry;
-use super::activation::{affine_step, BIG};
+use super::activation::clip_mask;
 use crate::proto::onnx::NodeProto;
 
 type Grads = Result<Vec<Option<String>>, String>;
@@ -360,8 +360,8 @@ fn interleave_phases(
 /// the chain per phase before interleaving, where the tensor has the 1x1 conv's input
 /// channels (usually several times fewer): phase (p, q) of dA is multiplied by the Clip's
 /// mask `[lo < a] * [a < hi]` on `a[p::s0, q::s1]` (the phase taken by a depthwise Conv with
-/// a single unit tap at (p, q) and strides s, each factor a HardSigmoid of it as in the Clip
-/// rule), then goes through
+/// a single unit tap at (p, q) and strides s, its mask made as in the Clip rule by
+/// `clip_mask`), then goes through
 /// the 1x1 conv's adjoint (a 1x1 Conv with the channel-swapped weight). Returns `x` and dX.
 /// Needs X's spatial size divisible by the strides (no crop).
 fn masked_adjoint(
@@ -433,11 +433,8 @@ fn masked_adjoint(
                 &[a, &tap],
                 vec![attr_i("group", c), attr_ints("strides", &s)],
             );
-            let mut factors = Vec::new();
-            for (scale, shift) in [(BIG, -BIG * lo), (-BIG, BIG * hi)] {
-                factors.push(affine_step(b, &phase, a, scale, shift).ok()?);
-            }
-            let m = b.op("Mul", &[&factors[0], &factors[1]], vec![]);
+            let shape = [a_shape[0], c, rows[0], rows[1]];
+            let m = clip_mask(b, &phase, &shape, a, lo, hi).ok()?;
             let masked = b.op("Mul", &[part, &m], vec![]);
             out.push(b.op("Conv", &[&masked, &ewf], vec![attr_i("group", egroup)]));
         }
