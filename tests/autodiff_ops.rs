@@ -154,6 +154,14 @@ fn should_diff_conv_stride1_pads_dilation_groups() {
 
 #[test]
 fn should_diff_conv_strided_and_auto_pad() {
+    // Dense strided convs on fewer than 16 channels take ConvTranspose, from 16 on the
+    // polyphase form (ops/conv.rs): one case of the latter, asymmetric pads.
+    conv_case(
+        &[1, 16, 7, 8],
+        &[4, 16, 3, 3],
+        vec![ais("strides", &[2, 2]), ais("pads", &[0, 1, 1, 0])],
+        true,
+    );
     conv_case(
         &[2, 3, 7, 8],
         &[4, 3, 3, 3],

@@ -10,6 +10,7 @@ use super::super::builder::{attr_f, attr_i, Builder};
 use super::super::graph::{self, attr_f as node_f, attr_i as node_i, attr_s as node_s};
 use super::super::registry::Registry;
 use super::axis;
+use super::conv::NCHWC_BLOCK;
 use crate::proto::onnx::NodeProto;
 
 type Grads = Result<Vec<Option<String>>, String>;
@@ -92,7 +93,7 @@ pub(crate) fn clip_mask(
     let fused = if b.info(like)?.dtype == graph::FLOAT && lo == 0.0 && hi > 0.0 {
         let pow2 = 2f64.powi(hi.log2().ceil() as i32);
         let channels = match shape {
-            [_, c, _, _] if *c > 0 && c % 16 == 0 => Some(*c),
+            [_, c, _, _] if *c > 0 && c % NCHWC_BLOCK == 0 => Some(*c),
             _ => None,
         };
         channels.filter(|_| hi / pow2 >= 0.75).map(|c| (c, pow2))
