@@ -11,7 +11,10 @@ Captum gets the same: the PyTorch model model.onnx was exported from
 alphas in one batch (Captum's default internal_batch_size; --captum-batch-size N splits them),
 torch.set_num_threads(THREADS). The server runs with --intra-threads THREADS. Runs alternate
 (Explain, Captum, Explain, ...) after one warm-up each, so both see the same machine load;
-medians are printed.
+medians are printed. Each timed run starts after a --settle pause (0.5 s): the server's
+ONNX Runtime threads and PyTorch's OpenMP threads (in this process) may spin for a while
+after their own work, and neither side's run should start while the other's pool may still
+hold the cores.
 
 "One forward" is the server's own inference_ms of a batch-1 Predict on the same tensor
 (median), so explain / (alphas x forward) is the distance from the floor of running the
@@ -53,6 +56,9 @@ def main():
                     help="comma-separated step counts, each timed on its own (e.g. 50,300)")
     ap.add_argument("--batch-size", type=int, default=0,
                     help="alphas per gradient run; 0: the server's default")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="seconds to pause before each timed run, so that neither side's "
+                         "thread pool is still spinning from the other's run (0: none)")
     ap.add_argument("--captum-batch-size", type=int, default=0,
                     help="Captum's internal_batch_size; 0: all alphas in one batch (Captum's "
                          "default; 301 alphas at 300 steps need many GB)")
@@ -118,8 +124,10 @@ def run(args, pb, rpc, target, x_np, process=None):
         captum(steps)  # warm-up
         ours, theirs = [], []
         for i in range(args.runs):
+            time.sleep(args.settle)
             t, result = explain(steps)
             ours.append(t)
+            time.sleep(args.settle)
             c = captum(steps)
             theirs.append(c)
             print(f"{steps} steps, run {i + 1}: explain {t:.3f} s, captum {c:.3f} s",
