@@ -452,16 +452,24 @@ fn should_mask_relu6_exactly_on_and_next_to_its_bounds() {
     }
 }
 
-/// Conv1x1 (identity, 16 channels) -> Clip(0, 6) -> depthwise stride-2 Conv: the per-phase
-/// masks of `masked_adjoint` in their fused form. With z = x exactly, the gradient must be 0
-/// exactly wherever x is on or outside a bound and equal the same chain without the Clip
-/// elsewhere (to 1e-6 relative: the two graphs sum the same products, maybe in another order),
-/// but for the 0 < x < 2^-100 exception of the test above, which may also be 0.
+/// Conv1x1 (identity, 16 or 48 channels) -> Clip(0, 6) -> depthwise stride-2 Conv: the
+/// per-phase masks of `masked_adjoint` in their fused form, with the phases of the Clip's
+/// output recomputed from the phases of x (16 channels) and taken from the output itself (48).
+/// With z = x exactly, the gradient must be 0 exactly wherever x is on or outside a bound and
+/// equal the same chain without the Clip elsewhere (to 1e-6 relative: the two graphs sum the
+/// same products, maybe in another order), but for the 0 < x < 2^-100 exception of the test
+/// above, which may also be 0.
 #[test]
-fn should_mask_per_phase_exactly_after_a_16_channel_expansion() {
+fn should_mask_per_phase_exactly_after_an_expansion_conv() {
+    for ch in [16i64, 48] {
+        per_phase_masks_exact(ch);
+    }
+}
+
+fn per_phase_masks_exact(ch: i64) {
     let vals = bound_values(6.0);
-    let shape = [1i64, 16, 4, 6];
-    let n = 16 * 4 * 6;
+    let shape = [1i64, ch, 4, 6];
+    let n = (ch * 4 * 6) as usize;
     let x = T::new(
         F32,
         &shape,
@@ -469,16 +477,17 @@ fn should_mask_per_phase_exactly_after_a_16_channel_expansion() {
             .map(|i| vals[(i * 5 + i / 16) % vals.len()])
             .collect(),
     );
+    let k = ch as usize;
     let eye = T::new(
         F32,
-        &[16, 16, 1, 1],
-        (0..256)
-            .map(|i| if i / 16 == i % 16 { 1.0 } else { 0.0 })
+        &[ch, ch, 1, 1],
+        (0..k * k)
+            .map(|i| if i / k == i % k { 1.0 } else { 0.0 })
             .collect(),
     );
-    let w2 = T::random(F32, &[16, 1, 3, 3], &mut Rng::new(11));
+    let w2 = T::random(F32, &[ch, 1, 3, 3], &mut Rng::new(11));
     let dw = vec![
-        ai("group", 16),
+        ai("group", ch),
         ais("strides", &[2, 2]),
         ais("pads", &[1, 1, 1, 1]),
     ];
@@ -504,7 +513,7 @@ fn should_mask_per_phase_exactly_after_a_16_channel_expansion() {
         of: None,
         objective: Objective::Logit,
     };
-    let c = T::random(F32, &[1, 16, 2, 3], &mut Rng::new(12));
+    let c = T::random(F32, &[1, ch, 2, 3], &mut Rng::new(12));
     let masked = build_gradient(&model(true), &options).unwrap();
     let plain = build_gradient(&model(false), &options).unwrap();
     let g = &run(&masked.model, &[("x", &x), (COTANGENT, &c)])[GRAD];
@@ -515,12 +524,12 @@ fn should_mask_per_phase_exactly_after_a_16_channel_expansion() {
         if inside && !(exception && gi == 0.0) {
             assert!(
                 (gi - fi).abs() <= 1e-6 * (1.0 + fi.abs()),
-                "element {i}: x = {xi:e}, gradient {gi:e}, without the clip {fi:e}"
+                "{ch} channels, element {i}: x = {xi:e}, gradient {gi:e}, without the clip {fi:e}"
             );
         } else {
             assert!(
                 gi == 0.0,
-                "element {i}: x = {xi:e} is masked, gradient {gi:e}"
+                "{ch} channels, element {i}: x = {xi:e} is masked, gradient {gi:e}"
             );
         }
     }
