@@ -6,7 +6,7 @@ mod common;
 
 use clap::CommandFactory;
 use common::*;
-use integrad::config::{Cli, Command};
+use integrad::config::{Cli, Command, ServeArgs};
 use integrad::model::BatchingMode;
 
 fn write_config(dir: &std::path::Path, text: &str) -> String {
@@ -40,6 +40,16 @@ fn should_give_every_serve_flag_an_environment_variable_and_help() {
     assert!(checked >= 18, "only {checked} flags found");
 }
 
+/// `integrad serve --config FILE EXTRA...` parsed as the binary parses it.
+fn serve_args(file: &str, extra: &[&str]) -> ServeArgs {
+    let mut argv = vec!["integrad", "serve", "--config", file];
+    argv.extend_from_slice(extra);
+    match Cli::parse_with_config(argv).unwrap().command {
+        Command::Serve(args) => args,
+        _ => unreachable!(),
+    }
+}
+
 #[test]
 fn should_take_flags_from_the_file_unless_given_on_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,14 +57,7 @@ fn should_take_flags_from_the_file_unless_given_on_the_command_line() {
         dir.path(),
         "listen = \"127.0.0.1:7001\"\nmax-steps = 2000\nmax-queued-explains = 3\nhealth-listen = \"127.0.0.1:7003\"\n",
     );
-    let parse = |extra: &[&str]| {
-        let mut argv = vec!["integrad", "serve", "--config", &file];
-        argv.extend_from_slice(extra);
-        match Cli::parse_with_config(argv).unwrap().command {
-            Command::Serve(args) => args,
-            _ => unreachable!(),
-        }
-    };
+    let parse = |extra: &[&str]| serve_args(&file, extra);
     let from_file = parse(&[]);
     assert_eq!(from_file.listen.to_string(), "127.0.0.1:7001");
     assert_eq!(from_file.max_steps, 2000);
@@ -76,31 +79,11 @@ fn should_take_flags_from_the_file_unless_given_on_the_command_line() {
 
     // A flag that conflicts with a key of the file wins over it rather than clashing.
     let file = write_config(dir.path(), "models = \"/srv/models\"\n");
-    let argv = [
-        "integrad",
-        "serve",
-        "--config",
-        &file,
-        "--model-file",
-        "m.onnx",
-    ];
-    let Command::Serve(args) = Cli::parse_with_config(argv).unwrap().command else {
-        unreachable!()
-    };
+    let args = serve_args(&file, &["--model-file", "m.onnx"]);
     assert_eq!(args.models.model_file.unwrap().to_str(), Some("m.onnx"));
     assert_eq!(args.models.models, None);
     let file = write_config(dir.path(), "model-file = \"m.onnx\"\n");
-    let argv = [
-        "integrad",
-        "serve",
-        "--config",
-        &file,
-        "--models",
-        "/srv/models",
-    ];
-    let Command::Serve(args) = Cli::parse_with_config(argv).unwrap().command else {
-        unreachable!()
-    };
+    let args = serve_args(&file, &["--models", "/srv/models"]);
     assert_eq!(args.models.models.unwrap().to_str(), Some("/srv/models"));
     assert_eq!(args.models.model_file, None);
 }
@@ -179,14 +162,7 @@ fn should_read_the_batching_flags_from_the_file_and_the_command_line() {
         dir.path(),
         "batching = \"off\"\nbatch-max-rows = 8\nbatch-max-delay-us = 500\n",
     );
-    let parse = |extra: &[&str]| {
-        let mut argv = vec!["integrad", "serve", "--config", &file];
-        argv.extend_from_slice(extra);
-        match Cli::parse_with_config(argv).unwrap().command {
-            Command::Serve(args) => args.load_options().batching,
-            _ => unreachable!(),
-        }
-    };
+    let parse = |extra: &[&str]| serve_args(&file, extra).load_options().batching;
     let from_file = parse(&[]);
     assert_eq!(from_file.mode, BatchingMode::Off);
     assert_eq!(from_file.max_rows, 8);
