@@ -40,8 +40,6 @@ pub const STEP_INPUT: &str = "ig_input";
 pub const STEP_BASELINE: &str = "ig_baseline";
 /// Which path each row interpolates, int64 `[rows]`.
 pub const STEP_PATH: &str = "ig_path";
-/// Inputs of the step model of a single-input model: the six above and the cotangent.
-pub const STEP_INPUT_COUNT: usize = 7;
 /// One alpha per row, `[rows, 1, ..., 1]`.
 pub const STEP_ALPHA: &str = "ig_alpha";
 /// 1 - alpha per row, `[rows, 1, ..., 1]`.
@@ -52,6 +50,16 @@ pub const STEP_WEIGHTS: &str = "ig_weights";
 pub const STEP_SUMS: &str = "ig_sums";
 /// Sum of |grad| per row, `[rows, 1]`.
 pub const STEP_ABS: &str = "ig_abs_sums";
+/// Every input of the step model of a single-input model: the six above and the cotangent.
+pub const STEP_INPUTS: [&str; 7] = [
+    STEP_INPUT,
+    STEP_BASELINE,
+    STEP_PATH,
+    STEP_ALPHA,
+    STEP_ONE_MINUS_ALPHA,
+    STEP_WEIGHTS,
+    COTANGENT,
+];
 
 /// One path's step run: `rows = alphas x targets`, row r at alpha `r / t` with target
 /// `r % t`'s one-hot cotangent (the order [`super::Integrator`] expects).

@@ -88,17 +88,6 @@ impl Batching {
     }
 }
 
-/// The step model's inputs, all of which a step job must have (and no others) to be merged.
-const STEP_INPUTS: [&str; 7] = [
-    step::STEP_INPUT,
-    step::STEP_BASELINE,
-    step::STEP_PATH,
-    step::STEP_ALPHA,
-    step::STEP_ONE_MINUS_ALPHA,
-    step::STEP_WEIGHTS,
-    COTANGENT,
-];
-
 impl Merge {
     /// The rows `inputs` take in a run: the batch of a forward job, the rows (alphas x
     /// targets) of a step job.
@@ -128,8 +117,9 @@ impl Merge {
                 inputs.iter().all(|(_, t)| t.shape[0] == batch)
             }
             Merge::Step => {
-                if inputs.len() != STEP_INPUTS.len()
-                    || !STEP_INPUTS.iter().all(|n| get(inputs, n).is_some())
+                // All of the step model's inputs (and no others).
+                if inputs.len() != step::STEP_INPUTS.len()
+                    || !step::STEP_INPUTS.iter().all(|n| get(inputs, n).is_some())
                 {
                     return false;
                 }
@@ -224,8 +214,9 @@ impl Merge {
     }
 }
 
-fn get<'a>(inputs: &'a Inputs, name: &str) -> Option<&'a TensorData> {
-    inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+/// The input called `name`.
+pub(super) fn get<'a>(inputs: &'a Inputs, name: &str) -> Option<&'a TensorData> {
+    get_pair(inputs, name).map(|(_, t)| t)
 }
 
 fn get_pair<'a>(inputs: &'a Inputs, name: &str) -> Option<&'a (String, TensorData)> {

@@ -230,7 +230,7 @@ fn build_gradients(
             .map_err(|e| format!("ONNX Runtime cannot load the IG step model: {e}"))?;
         // A model with inputs besides the explained one has them in the step model too, and
         // the batcher does not know how their rows go: such step jobs run alone.
-        let merge = if session.inputs().len() == crate::ig::step::STEP_INPUT_COUNT {
+        let merge = if session.inputs().len() == crate::ig::step::STEP_INPUTS.len() {
             Merge::Step
         } else {
             Merge::Off

@@ -19,7 +19,7 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::oneshot;
 
-use super::batch::{Batching, Merge};
+use super::batch::{self, Batching, Merge};
 use super::{ModelError, TensorData, Values};
 use crate::ig::step;
 
@@ -245,13 +245,14 @@ impl Thread {
                 continue;
             }
             let head = &group[0];
-            let fits = rows + merge.rows(&job.inputs) <= self.batching.max_rows;
+            let job_rows = merge.rows(&job.inputs);
+            let fits = rows + job_rows <= self.batching.max_rows;
             if !fits
                 || !merge.compatible((&head.inputs, &head.outputs), (&job.inputs, &job.outputs))
             {
                 return Some(job);
             }
-            rows += merge.rows(&job.inputs);
+            rows += job_rows;
             group.push(job);
         }
         None
@@ -362,11 +363,10 @@ impl Binding {
         inputs: Vec<(String, TensorData)>,
         outputs: &[String],
     ) -> Result<Vec<TensorData>, String> {
-        let find = |name: &str| inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let kept = match (
             &self.paths,
-            find(step::STEP_INPUT),
-            find(step::STEP_BASELINE),
+            batch::get(&inputs, step::STEP_INPUT),
+            batch::get(&inputs, step::STEP_BASELINE),
         ) {
             (Some((x, b)), Some(new_x), Some(new_b)) => x == new_x && b == new_b,
             _ => false,
