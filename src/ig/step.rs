@@ -158,16 +158,9 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     if g.output.first().map(|o| o.name()) != Some(GRAD) {
         return Err(format!("the gradient model's first output is not {GRAD:?}"));
     }
-    for reserved in [
-        STEP_INPUT,
-        STEP_BASELINE,
-        STEP_PATH,
-        STEP_ALPHA,
-        STEP_ONE_MINUS_ALPHA,
-        STEP_WEIGHTS,
-        STEP_SUMS,
-        STEP_ABS,
-    ] {
+    // The step model's own names (the cotangent is the gradient model's already).
+    let own_inputs = STEP_INPUTS.iter().filter(|n| **n != COTANGENT);
+    for &reserved in own_inputs.chain(&[STEP_SUMS, STEP_ABS]) {
         if g.input
             .iter()
             .chain(&g.output)
