@@ -69,6 +69,8 @@ pub struct ExplainJob {
     /// One baseline, or several samples whose IG is averaged (expected gradients).
     baselines: Vec<Vec<f32>>,
     targets: Targets,
+    /// The output's classes (the cotangent's width).
+    classes: usize,
     objective: pb::Objective,
     method: Method,
     steps: u32,
@@ -336,6 +338,7 @@ impl Engine {
             baselines,
             targets,
             objective,
+            classes,
             method,
             steps,
             max_steps,
@@ -442,16 +445,33 @@ impl ExplainJob {
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
         let input_len = input.len();
-        // F(x) for every class, and the targets if they depend on the prediction.
-        let score_input = self.scores(input).await?;
-        let targets: Vec<usize> = match &self.targets {
-            Targets::Classes(c) => c.clone(),
-            Targets::TopK(k) => {
-                let mut order: Vec<usize> = (0..score_input.len()).collect();
-                order.sort_by(|&a, &b| score_input[b].total_cmp(&score_input[a]).then(a.cmp(&b)));
+        // F(x) and F(x') for every class come from the path's own rows at alpha 1 and 0 where
+        // the rule evaluates there (trapezoid: both ends), exactly those points through the
+        // same model, with no forward run of their own. A forward run computes the others,
+        // and F(x) up front when the targets depend on the prediction: all of them that are
+        // needed before the first path in one run.
+        let rule = ig::quadrature::nodes(self.method, self.steps);
+        let on_path = |alpha: f64| rule.iter().any(|n| n.alpha == alpha);
+        let (input_on_path, baseline_on_path) = (on_path(1.0), on_path(0.0));
+        let input_first = matches!(self.targets, Targets::TopK(_)) || !input_on_path;
+        let mut first = Vec::new();
+        if input_first {
+            first.push(input);
+        }
+        if !baseline_on_path {
+            first.push(self.baselines[0].as_slice());
+        }
+        let mut known = self.scores(&first).await?.into_iter();
+        let mut score_input = if input_first { known.next() } else { None };
+        let targets: Vec<usize> = match (&self.targets, &score_input) {
+            (Targets::Classes(c), _) => c.clone(),
+            (Targets::TopK(k), Some(scores)) => {
+                let mut order: Vec<usize> = (0..scores.len()).collect();
+                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
                 order.truncate(*k);
                 order
             }
+            (Targets::TopK(_), None) => return Err(Error::Internal("top-k without F(x)".into())),
         };
         let t = targets.len();
 
@@ -460,21 +480,32 @@ impl ExplainJob {
         let samples = self.baselines.len();
         let mut attribution_sums = vec![vec![0f64; input_len]; t];
         let mut baseline_scores = vec![0f64; t];
-        let mut first: Option<Integrator> = None;
+        let mut first_path: Option<Integrator> = None;
         let (mut evaluations, mut steps) = (0usize, 0u32);
         for (sample, baseline) in self.baselines.iter().enumerate() {
-            let score_baseline = self.scores(baseline).await?;
-            let path = Path {
+            let score_baseline = match (sample, baseline_on_path) {
+                (_, true) => None,
+                (0, false) => known.next(),
+                (_, false) => self.scores(&[baseline]).await?.pop(),
+            };
+            let mut path = Path {
                 baseline,
                 targets: &targets,
-                score_input: &score_input,
-                score_baseline: &score_baseline,
+                ends: Ends {
+                    input: score_input.clone(),
+                    baseline: score_baseline,
+                },
             };
             let progress = Plan {
                 done_before: evaluations,
                 samples_left: samples - sample,
             };
-            let integrator = self.integrate(&path, progress, events).await?;
+            let integrator = self.integrate(&mut path, progress, events).await?;
+            let (Some(f_input), Some(f_baseline)) = (path.ends.input, path.ends.baseline) else {
+                return Err(Error::Internal(
+                    "a path ended without F at both ends".into(),
+                ));
+            };
             for (j, &class) in targets.iter().enumerate() {
                 let average = integrator
                     .average_gradient(j)
@@ -483,13 +514,16 @@ impl ExplainJob {
                 for (sum, value) in attribution_sums[j].iter_mut().zip(attributions) {
                     *sum += f64::from(value);
                 }
-                baseline_scores[j] += f64::from(score_baseline[class]);
+                baseline_scores[j] += f64::from(f_baseline[class]);
             }
+            score_input.get_or_insert(f_input);
             evaluations += integrator.evaluations();
             steps = steps.max(integrator.estimate_steps().unwrap_or(0));
-            first.get_or_insert(integrator);
+            first_path.get_or_insert(integrator);
         }
-        let first = first.ok_or_else(|| Error::Internal("no baseline".into()))?;
+        let (Some(first), Some(score_input)) = (first_path, score_input) else {
+            return Err(Error::Internal("no baseline".into()));
+        };
 
         for (j, &class) in targets.iter().enumerate() {
             let attributions: Vec<f32> = attribution_sums[j]
@@ -516,7 +550,7 @@ impl ExplainJob {
     /// Integrates along one path (one baseline), streaming progress, refining if asked.
     async fn integrate(
         &self,
-        path: &Path<'_>,
+        path: &mut Path<'_>,
         plan: Plan,
         events: &mpsc::Sender<ExplainItem>,
     ) -> Result<Integrator, Error> {
@@ -524,7 +558,7 @@ impl ExplainJob {
         let input = self.input.tensor.as_f32().expect("checked in plan_explain");
         let input_len = input.len();
         let (targets, t) = (path.targets, path.targets.len());
-        let classes = path.score_input.len();
+        let classes = self.classes;
         let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
             .map_err(|e| Error::invalid("steps", e.to_string()))?;
         // While it integrates, this request counts as active on the gradient worker: its
@@ -569,12 +603,24 @@ impl ExplainJob {
                         .ok_or_else(|| Error::Internal("IG step output is not float32".into()))
                 };
                 let (sums, abs_sums, out) = (float(0)?, float(1)?, float(2)?);
-                let scores: Vec<f32> = (0..rows)
-                    .map(|r| {
-                        let row = self.objective_scores(&out[r * classes..(r + 1) * classes]);
-                        row[targets[r % t]]
-                    })
-                    .collect();
+                if out.len() != rows * classes {
+                    return Err(Error::Internal(format!(
+                        "IG step output has {} scores for {rows} rows of {classes} classes",
+                        out.len()
+                    )));
+                }
+                let mut scores = Vec::with_capacity(rows);
+                for (r, row) in out.chunks_exact(classes).enumerate() {
+                    let all = self.objective_scores(row);
+                    scores.push(all[targets[r % t]]);
+                    // The ends of the path: F at exactly x' and x (any target's row).
+                    let end = match batch.alphas()[r / t] {
+                        0.0 => &mut path.ends.baseline,
+                        1.0 => &mut path.ends.input,
+                        _ => continue,
+                    };
+                    end.get_or_insert(all);
+                }
                 integrator
                     .feed_sums(&batch, sums, &scores, abs_sums)
                     .map_err(|e| Error::Internal(e.to_string()))?;
@@ -639,37 +685,64 @@ impl ExplainJob {
         }
     }
 
-    async fn scores(&self, x: &[f32]) -> Result<Vec<f32>, Error> {
+    /// The objective for every class at each of `points` (inputs of the model's input shape),
+    /// in one forward run (one per point where the model's batch axis is fixed).
+    async fn scores(&self, points: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
         let spec = &self.model.spec;
-        let mut shape = vec![1];
+        if points.len() > 1 && spec.input_spec().shape.first().is_some_and(|&d| d > 0) {
+            let mut all = Vec::with_capacity(points.len());
+            for point in points {
+                all.extend(Box::pin(self.scores(&[point])).await?);
+            }
+            return Ok(all);
+        }
+        let mut shape = vec![points.len() as i64];
         shape.extend_from_slice(&self.input.tensor.shape);
         let outputs = self
             .model
             .worker
             .run(
-                vec![(spec.input.clone(), TensorData::f32(shape, x.to_vec()))],
+                vec![(spec.input.clone(), TensorData::f32(shape, points.concat()))],
                 vec![spec.output.clone()],
             )
-            .instrument(tracing::info_span!("forward"))
+            .instrument(tracing::info_span!(
+                "forward",
+                ig.points = points.len() as i64
+            ))
             .await?;
         let out = outputs[0]
             .as_f32()
             .ok_or_else(|| Error::Internal("output is not float32".into()))?;
-        Ok(self.objective_scores(out))
+        if out.len() != points.len() * self.classes {
+            return Err(Error::Internal(format!(
+                "forward output has {} values for {} points of {} classes",
+                out.len(),
+                points.len(),
+                self.classes
+            )));
+        }
+        Ok(out
+            .chunks_exact(self.classes)
+            .map(|row| self.objective_scores(row))
+            .collect())
     }
 
     /// The largest |delta| / |F(x) - F(x')| over the targets, once a round is complete.
     fn worst_delta(&self, integrator: &Integrator, path: &Path<'_>) -> Option<f32> {
         integrator.estimate_steps()?;
         let input = self.input.tensor.as_f32()?;
+        let (ends_input, ends_baseline) = (path.ends.input.as_ref()?, path.ends.baseline.as_ref()?);
         let mut worst = 0f64;
         for (j, &class) in path.targets.iter().enumerate() {
             let average = integrator.average_gradient(j).ok()?;
             let attributions = ig::attributions(input, path.baseline, &average);
             let c = ig::Completeness::new(
                 &attributions,
-                f64::from(path.score_input[class]),
-                f64::from(path.score_baseline[class]),
+                f64::from(ends_input[class]),
+                f64::from(ends_baseline[class]),
             );
             worst = worst.max(c.relative_delta());
         }
@@ -736,8 +809,14 @@ impl ExplainJob {
 struct Path<'a> {
     baseline: &'a [f32],
     targets: &'a [usize],
-    score_input: &'a [f32],
-    score_baseline: &'a [f32],
+    ends: Ends,
+}
+
+/// F at x and at x' for every class: known before the path runs (a forward run), or taken
+/// from the path's own rows at alpha 1 and 0 as they come.
+struct Ends {
+    input: Option<Vec<f32>>,
+    baseline: Option<Vec<f32>>,
 }
 
 /// Where one path sits in the whole job, for progress events.

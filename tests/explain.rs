@@ -90,6 +90,76 @@ async fn should_stream_progress_then_an_explanation_that_adds_up() {
     server.stop().await;
 }
 
+/// F(x) and F(x') in an Explanation are the scores Predict gives for the input and for the
+/// baseline, whether they come from the path's own rows at alpha 1 and 0 (trapezoid), from a
+/// forward run (midpoint never evaluates at the ends), or from both (left: F(x') on the path,
+/// F(x) by a forward run), with a fixed target or with top-k (F(x) needed before the path).
+#[tokio::test]
+async fn should_report_the_scores_predict_gives_at_both_ends() {
+    let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;
+    let mut client = server.client().await;
+    let at_input = logits(
+        &client
+            .predict(image_request("", sample("coffee.png"), 0))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let zeros = vec![0f32; 3 * 224 * 224];
+    let at_baseline = logits(
+        &client
+            .predict(tensor_request("", &[3, 224, 224], &zeros))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let targets = [pb::target::Kind::ClassIndex(967), pb::target::Kind::TopK(2)];
+    for method in [
+        pb::Method::Trapezoid,
+        pb::Method::Midpoint,
+        pb::Method::Left,
+    ] {
+        for target in &targets {
+            let request = pb::ExplainRequest {
+                input: image_input("coffee.png"),
+                target: Some(pb::Target {
+                    kind: Some(target.clone()),
+                }),
+                objective: pb::Objective::Logit as i32,
+                baseline: Some(pb::Baseline {
+                    kind: Some(pb::baseline::Kind::Zeros(true)),
+                    samples: 0,
+                }),
+                method: method as i32,
+                steps: Some(4),
+                ..Default::default()
+            };
+            let (_, results) = explain(&server, request).await.unwrap();
+            assert!(!results.is_empty());
+            for r in &results {
+                let class = r.target_class as usize;
+                // Logits of about 10-20 from two ONNX Runtime graphs of the same model (the
+                // gradient model's forward part, run at another batch size, and the forward
+                // model): they may differ in float32 rounding only, a few 1e-6 relative.
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+                assert!(
+                    close(r.score_input, at_input[class]),
+                    "{method:?} {target:?}: F(x) {} against Predict's {}",
+                    r.score_input,
+                    at_input[class]
+                );
+                assert!(
+                    close(r.score_baseline, at_baseline[class]),
+                    "{method:?} {target:?}: F(x') {} against Predict's {}",
+                    r.score_baseline,
+                    at_baseline[class]
+                );
+            }
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn should_converge_as_steps_grow_and_adaptively() {
     let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;
