@@ -359,3 +359,97 @@ async fn should_finish_a_short_explain_while_a_long_one_runs() {
     assert!(long_progress.steps_done < long_progress.steps_total);
     server.stop().await;
 }
+
+/// `out = Gather(table, ids)` with a 10-entry table `table[i] = i + 0.5`: `ids` is int64
+/// `[batch, 2]`, and an id outside 0..10 makes ONNX Runtime fail the whole run.
+fn lookup_model() -> Vec<u8> {
+    let table = onnx::TensorProto {
+        name: Some("table".into()),
+        dims: vec![10],
+        data_type: Some(onnx::tensor_proto::DataType::Float as i32),
+        float_data: (0..10).map(|i| i as f32 + 0.5).collect(),
+        ..Default::default()
+    };
+    model_bytes(onnx::GraphProto {
+        name: Some("lookup".into()),
+        node: vec![onnx::NodeProto {
+            op_type: Some("Gather".into()),
+            name: Some("lookup".into()),
+            input: vec!["table".into(), "ids".into()],
+            output: vec!["out".into()],
+            ..Default::default()
+        }],
+        initializer: vec![table],
+        input: vec![typed_value_info(
+            "ids",
+            &[None, Some(2)],
+            onnx::tensor_proto::DataType::Int64,
+        )],
+        output: vec![value_info("out", &[None, Some(2)])],
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn should_fail_only_the_job_that_fails_a_merged_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lookup.onnx");
+    std::fs::write(&file, lookup_model()).unwrap();
+    let metrics = free_address();
+    let server = BinaryServer::start(&[
+        "--model-file",
+        file.to_str().unwrap(),
+        "--batching",
+        "on",
+        "--batch-max-delay-us",
+        "200000",
+        "--metrics-listen",
+        &metrics.to_string(),
+    ])
+    .await;
+    // Eight concurrent lookups, the fourth with id 50 (out of the table): merged with it,
+    // the others' run fails in ONNX Runtime; each must still get its own answer.
+    let ids: Vec<[i64; 2]> = (0..8)
+        .map(|i| if i == 3 { [1, 50] } else { [i, 9 - i] })
+        .collect();
+    let calls: Vec<_> = ids
+        .iter()
+        .map(|pair| {
+            let url = server.url.clone();
+            let tensor = pb::Tensor {
+                shape: vec![2],
+                dtype: pb::DataType::Int64 as i32,
+                data: pair.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            tokio::spawn(async move {
+                let channel = connect_channel(&url, None).await.unwrap();
+                let mut client = pb::explainer_client::ExplainerClient::new(channel);
+                let request = pb::PredictRequest {
+                    input: Some(pb::Input {
+                        kind: Some(pb::input::Kind::Tensor(tensor)),
+                    }),
+                    ..Default::default()
+                };
+                client
+                    .predict(request)
+                    .await
+                    .map(|r| logits(&r.into_inner()))
+            })
+        })
+        .collect();
+    for (pair, call) in ids.iter().zip(calls) {
+        let result = call.await.unwrap();
+        if pair[1] == 50 {
+            let status = result.expect_err("id 50 is out of the table");
+            assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        } else {
+            // Table entries i + 0.5 are exact in float32.
+            let want: Vec<f32> = pair.iter().map(|&i| i as f32 + 0.5).collect();
+            assert_eq!(result.unwrap(), want, "ids {pair:?}");
+        }
+    }
+    // The point of the test: the bad job did share a run with others.
+    let (runs, jobs) = batches(metrics, "lookup");
+    assert!(jobs > runs, "no merged run: {runs} runs for {jobs} jobs");
+    drop(server);
+}

@@ -307,16 +307,26 @@ impl Thread {
                 // The outputs' first axis was not the jobs' batch: this model does not batch
                 // as its declared shapes said. Correct answers first: run each job alone.
                 tracing::warn!(worker = %self.model, "merged outputs do not split by batch; running the jobs one by one");
-                for job in group {
-                    let result = self.run(job.inputs, &job.outputs);
-                    let _ = job.reply.send(result);
-                }
+                self.run_alone(group);
+            }
+            Err(error) if group.len() > 1 => {
+                // One job's values may fail the run (an index out of range, say): each job
+                // alone gets its own answer or its own error, not its neighbours'.
+                tracing::warn!(worker = %self.model, %error, jobs = group.len(), "merged run failed; running its jobs one by one");
+                self.run_alone(group);
             }
             Err(error) => {
                 for job in group {
                     let _ = job.reply.send(Err(error.clone()));
                 }
             }
+        }
+    }
+
+    fn run_alone(&mut self, group: Vec<Job>) {
+        for job in group {
+            let result = self.run(job.inputs, &job.outputs);
+            let _ = job.reply.send(result);
         }
     }
 
