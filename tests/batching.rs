@@ -35,7 +35,11 @@ fn explain_requests() -> Vec<pb::ExplainRequest> {
         pb::ExplainRequest {
             model: MODEL.into(),
             input: image_input("coffee.png"),
-            steps: Some(12),
+            // The longest by far (8 gradient runs) and the first to start them (a given
+            // target and trapezoid steps need no forward run first), so that the top-k
+            // request, on the same (probability) gradient worker, starts while it runs.
+            target: class(967),
+            steps: Some(28),
             batch_size: 4,
             ..Default::default()
         },
@@ -164,8 +168,8 @@ async fn should_give_merged_runs_the_results_of_unmerged_ones() {
     }
     let after = batches(metrics, &grad);
     let (runs, jobs) = (after.0 - before.0, after.1 - before.1);
-    // 4 + 2 + 3 gradient runs if none were merged: fewer runs than jobs means some were.
-    assert_eq!(jobs, 9.0, "every gradient batch is one job");
+    // 8 + 2 + 3 gradient runs if none were merged: fewer runs than jobs means some were.
+    assert_eq!(jobs, 13.0, "every gradient batch is one job");
     assert!(
         runs < jobs,
         "no gradient run was merged: {runs} runs, {jobs} jobs"
@@ -239,18 +243,8 @@ fn summing_model() -> Vec<u8> {
 
 #[tokio::test]
 async fn should_run_jobs_of_different_shapes_apart_and_answer_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sum.onnx");
-    std::fs::write(&file, summing_model()).unwrap();
-    let server = TestServer::start(&[
-        "--model-file",
-        file.to_str().unwrap(),
-        "--batching",
-        "on",
-        "--batch-max-delay-us",
-        "200000",
-    ])
-    .await;
+    let (_dir, file) = model_file("sum.onnx", summing_model());
+    let server = TestServer::start(&[&["--model-file", &file][..], &MERGE_ALL].concat()).await;
     // Widths 3 and 5 interleaved: merging any two of different widths would fail in ONNX
     // Runtime or mix rows.
     let inputs: Vec<Vec<f32>> = (0..8)
@@ -259,29 +253,54 @@ async fn should_run_jobs_of_different_shapes_apart_and_answer_each() {
             (0..width).map(|k| (i * 10 + k) as f32 * 0.5).collect()
         })
         .collect();
-    let calls: Vec<_> = inputs
+    let requests = inputs
         .iter()
-        .map(|x| {
-            let url = server.url.clone();
-            let x = x.clone();
+        .map(|x| tensor_request("", &[x.len()], x))
+        .collect();
+    for (x, result) in inputs.iter().zip(predict_all(&server.url, requests).await) {
+        let sum: f32 = x.iter().sum();
+        // Sums of at most five halves of small integers are exact in float32.
+        assert_eq!(result.unwrap(), vec![sum]);
+    }
+    server.stop().await;
+}
+
+/// Batching on, with a max delay long enough (0.2 s) that concurrent requests merge.
+const MERGE_ALL: [&str; 4] = ["--batching", "on", "--batch-max-delay-us", "200000"];
+
+/// `bytes` written to `name` in a new temporary directory: the directory (removed when
+/// dropped) and the file's path.
+fn model_file(name: &str, bytes: Vec<u8>) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, bytes).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+/// Sends every request at once, each on its own connection: the logits or the error of each,
+/// in order.
+async fn predict_all(
+    url: &str,
+    requests: Vec<pb::PredictRequest>,
+) -> Vec<Result<Vec<f32>, tonic::Status>> {
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let url = url.to_string();
             tokio::spawn(async move {
                 let channel = connect_channel(&url, None).await.unwrap();
                 let mut client = pb::explainer_client::ExplainerClient::new(channel);
-                let response = client
-                    .predict(tensor_request("", &[x.len()], &x))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                logits(&response)
+                let response = client.predict(request).await?;
+                Ok(logits(&response.into_inner()))
             })
         })
         .collect();
-    for (x, call) in inputs.iter().zip(calls) {
-        let sum: f32 = x.iter().sum();
-        // Sums of at most five halves of small integers are exact in float32.
-        assert_eq!(call.await.unwrap(), vec![sum]);
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
     }
-    server.stop().await;
+    results
 }
 
 /// Which request an event came from.
@@ -392,53 +411,33 @@ fn lookup_model() -> Vec<u8> {
 
 #[tokio::test]
 async fn should_fail_only_the_job_that_fails_a_merged_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("lookup.onnx");
-    std::fs::write(&file, lookup_model()).unwrap();
-    let metrics = free_address();
-    let server = BinaryServer::start(&[
-        "--model-file",
-        file.to_str().unwrap(),
-        "--batching",
-        "on",
-        "--batch-max-delay-us",
-        "200000",
-        "--metrics-listen",
-        &metrics.to_string(),
-    ])
-    .await;
+    let (_dir, file) = model_file("lookup.onnx", lookup_model());
+    let metrics = free_address().to_string();
+    let flags = [
+        &["--model-file", &file, "--metrics-listen", &metrics][..],
+        &MERGE_ALL,
+    ]
+    .concat();
+    let server = BinaryServer::start(&flags).await;
     // Eight concurrent lookups, the fourth with id 50 (out of the table): merged with it,
     // the others' run fails in ONNX Runtime; each must still get its own answer.
     let ids: Vec<[i64; 2]> = (0..8)
         .map(|i| if i == 3 { [1, 50] } else { [i, 9 - i] })
         .collect();
-    let calls: Vec<_> = ids
+    let requests = ids
         .iter()
-        .map(|pair| {
-            let url = server.url.clone();
-            let tensor = pb::Tensor {
-                shape: vec![2],
-                dtype: pb::DataType::Int64 as i32,
-                data: pair.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            };
-            tokio::spawn(async move {
-                let channel = connect_channel(&url, None).await.unwrap();
-                let mut client = pb::explainer_client::ExplainerClient::new(channel);
-                let request = pb::PredictRequest {
-                    input: Some(pb::Input {
-                        kind: Some(pb::input::Kind::Tensor(tensor)),
-                    }),
-                    ..Default::default()
-                };
-                client
-                    .predict(request)
-                    .await
-                    .map(|r| logits(&r.into_inner()))
-            })
+        .map(|pair| pb::PredictRequest {
+            input: Some(pb::Input {
+                kind: Some(pb::input::Kind::Tensor(pb::Tensor {
+                    shape: vec![2],
+                    dtype: pb::DataType::Int64 as i32,
+                    data: pair.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                })),
+            }),
+            ..Default::default()
         })
         .collect();
-    for (pair, call) in ids.iter().zip(calls) {
-        let result = call.await.unwrap();
+    for (pair, result) in ids.iter().zip(predict_all(&server.url, requests).await) {
         if pair[1] == 50 {
             let status = result.expect_err("id 50 is out of the table");
             assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
@@ -449,7 +448,7 @@ async fn should_fail_only_the_job_that_fails_a_merged_run() {
         }
     }
     // The point of the test: the bad job did share a run with others.
-    let (runs, jobs) = batches(metrics, "lookup");
+    let (runs, jobs) = batches(metrics.parse().unwrap(), "lookup");
     assert!(jobs > runs, "no merged run: {runs} runs for {jobs} jobs");
     drop(server);
 }
