@@ -688,46 +688,39 @@ impl ExplainJob {
     /// The objective for every class at each of `points` (inputs of the model's input shape),
     /// in one forward run (one per point where the model's batch axis is fixed).
     async fn scores(&self, points: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
-        if points.is_empty() {
-            return Ok(Vec::new());
-        }
         let spec = &self.model.spec;
-        if points.len() > 1 && spec.input_spec().shape.first().is_some_and(|&d| d > 0) {
-            let mut all = Vec::with_capacity(points.len());
-            for point in points {
-                all.extend(Box::pin(self.scores(&[point])).await?);
+        let fixed_batch = spec.input_spec().shape.first().is_some_and(|&d| d > 0);
+        let per_run = if fixed_batch { 1 } else { points.len().max(1) };
+        let mut all = Vec::with_capacity(points.len());
+        for run in points.chunks(per_run) {
+            let mut shape = vec![run.len() as i64];
+            shape.extend_from_slice(&self.input.tensor.shape);
+            let outputs = self
+                .model
+                .worker
+                .run(
+                    vec![(spec.input.clone(), TensorData::f32(shape, run.concat()))],
+                    vec![spec.output.clone()],
+                )
+                .instrument(tracing::info_span!("forward", ig.points = run.len() as i64))
+                .await?;
+            let out = outputs[0]
+                .as_f32()
+                .ok_or_else(|| Error::Internal("output is not float32".into()))?;
+            if out.len() != run.len() * self.classes {
+                return Err(Error::Internal(format!(
+                    "forward output has {} values for {} points of {} classes",
+                    out.len(),
+                    run.len(),
+                    self.classes
+                )));
             }
-            return Ok(all);
+            all.extend(
+                out.chunks_exact(self.classes)
+                    .map(|row| self.objective_scores(row)),
+            );
         }
-        let mut shape = vec![points.len() as i64];
-        shape.extend_from_slice(&self.input.tensor.shape);
-        let outputs = self
-            .model
-            .worker
-            .run(
-                vec![(spec.input.clone(), TensorData::f32(shape, points.concat()))],
-                vec![spec.output.clone()],
-            )
-            .instrument(tracing::info_span!(
-                "forward",
-                ig.points = points.len() as i64
-            ))
-            .await?;
-        let out = outputs[0]
-            .as_f32()
-            .ok_or_else(|| Error::Internal("output is not float32".into()))?;
-        if out.len() != points.len() * self.classes {
-            return Err(Error::Internal(format!(
-                "forward output has {} values for {} points of {} classes",
-                out.len(),
-                points.len(),
-                self.classes
-            )));
-        }
-        Ok(out
-            .chunks_exact(self.classes)
-            .map(|row| self.objective_scores(row))
-            .collect())
+        Ok(all)
     }
 
     /// The largest |delta| / |F(x) - F(x')| over the targets, once a round is complete.
