@@ -4,7 +4,6 @@
 //!
 //!     cargo bench --bench autodiff
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use integrad::autodiff::{build_gradient, GradOptions, COTANGENT};
 use integrad::proto::onnx::ModelProto;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::Session;
 use ort::value::Tensor;
 use prost::Message;
 
@@ -31,28 +30,21 @@ fn session(bytes: &[u8]) -> Session {
         .unwrap()
 }
 
-fn inputs(with_cotangent: bool) -> Vec<(Cow<'static, str>, SessionInputValue<'static>)> {
+/// The input tensors, made once outside the timed loop: the input (a fixed pattern in
+/// [-1, 1)) and, for the gradient model, a one-hot cotangent row per batch row.
+fn inputs() -> (Tensor<f32>, Tensor<f32>) {
     let n = (BATCH * 3 * 224 * 224) as usize;
     let x: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
         .collect();
-    let mut v = vec![(
-        Cow::Borrowed("input"),
-        Tensor::from_array((vec![BATCH, 3, 224, 224], x))
-            .unwrap()
-            .into(),
-    )];
-    if with_cotangent {
-        let mut c = vec![0f32; (BATCH * 1000) as usize];
-        for r in 0..BATCH as usize {
-            c[r * 1000 + (r * 37) % 1000] = 1.0;
-        }
-        v.push((
-            Cow::Borrowed(COTANGENT),
-            Tensor::from_array((vec![BATCH, 1000], c)).unwrap().into(),
-        ));
+    let mut c = vec![0f32; (BATCH * 1000) as usize];
+    for r in 0..BATCH as usize {
+        c[r * 1000 + (r * 37) % 1000] = 1.0;
     }
-    v
+    (
+        Tensor::from_array((vec![BATCH, 3, 224, 224], x)).unwrap(),
+        Tensor::from_array((vec![BATCH, 1000], c)).unwrap(),
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -68,15 +60,18 @@ fn bench(c: &mut Criterion) {
 
     let mut forward = session(&model.encode_to_vec());
     let mut backward = session(&grad.model.encode_to_vec());
+    let (x, cotangent) = inputs();
     g.measurement_time(Duration::from_secs(20));
     g.bench_function("forward_batch32", |b| {
         b.iter(|| {
-            forward.run(inputs(false)).unwrap();
+            forward.run(ort::inputs!["input" => &x]).unwrap();
         })
     });
     g.bench_function("gradient_batch32", |b| {
         b.iter(|| {
-            backward.run(inputs(true)).unwrap();
+            backward
+                .run(ort::inputs!["input" => &x, COTANGENT => &cotangent])
+                .unwrap();
         })
     });
     g.finish();
