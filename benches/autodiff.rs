@@ -1,11 +1,12 @@
 //! The autodiff benchmark (docs/autodiff.md): on the demo model (EfficientNet-Lite0) at batch
 //! 32 on CPU, one gradient-model run against one forward run of the original model, in the
-//! same process with the same session options, and the time to build the gradient graph.
+//! same process with the same session options, and the time to build the gradient graph;
+//! then the same ratio on alternating runs (see [`paired_ratio`]).
 //!
 //!     cargo bench --bench autodiff
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use integrad::autodiff::{build_gradient, GradOptions, COTANGENT};
@@ -75,6 +76,52 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    paired_ratio(&mut forward, &mut backward, &x, &cotangent);
+}
+
+/// (forward, gradient) run pairs for [`paired_ratio`].
+const PAIRS: usize = 21;
+
+/// The ratio on alternating runs. Criterion times the forward for 20 s and then the gradient
+/// for 20 s, so when the machine's speed drifts between those minutes (on a shared 2-vCPU VM
+/// it does, by 10-30 %) their ratio drifts with it. Each pair here runs the forward and then
+/// the gradient model back to back; the median and quartiles of the per-pair ratios are
+/// printed next to criterion's figures (docs/BENCHMARKS.md).
+fn paired_ratio(
+    forward: &mut Session,
+    backward: &mut Session,
+    x: &Tensor<f32>,
+    cotangent: &Tensor<f32>,
+) {
+    let mut ratios = Vec::with_capacity(PAIRS);
+    let mut times = (Vec::with_capacity(PAIRS), Vec::with_capacity(PAIRS));
+    for _ in 0..PAIRS {
+        let started = Instant::now();
+        forward.run(ort::inputs!["input" => x]).unwrap();
+        let f = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        backward
+            .run(ort::inputs!["input" => x, COTANGENT => cotangent])
+            .unwrap();
+        let g = started.elapsed().as_secs_f64();
+        ratios.push(g / f);
+        times.0.push(f);
+        times.1.push(g);
+    }
+    let quartiles = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |q: usize| v[(v.len() - 1) * q / 4];
+        (at(1), at(2), at(3))
+    };
+    let (lo, mid, hi) = quartiles(&mut ratios);
+    let (_, f, _) = quartiles(&mut times.0);
+    let (_, g, _) = quartiles(&mut times.1);
+    println!(
+        "autodiff/paired_batch32: {PAIRS} alternating (forward, gradient) pairs: ratio median \
+         {mid:.2}x (quartiles {lo:.2}-{hi:.2}); medians forward {:.1} ms, gradient {:.1} ms",
+        f * 1e3,
+        g * 1e3
+    );
 }
 
 criterion_group!(benches, bench);
