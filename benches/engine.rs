@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use integrad::autodiff::{build_gradient, GradOptions, Objective};
-use integrad::ig::step::{StepRun, STEP_ABS, STEP_SUMS};
+use integrad::explain::step::{self, StepRun, STEP_ABS, STEP_SUMS};
 use integrad::ig::{self, BaselineKind, Completeness, Integrator, Method};
 use integrad::image::{preprocess, render, RenderOptions};
 use integrad::model::{LoadOptions, ModelConfig, Values};
@@ -75,7 +75,7 @@ fn main() {
         },
     )
     .unwrap();
-    let step_model = ig::build_step_model(&grad.model, "input").unwrap();
+    let step_model = step::build_step_model(&grad.model, "input").unwrap();
     let mut forward = session(&env, &model_bytes);
     let mut step = session(&env, &step_model.encode_to_vec());
 
@@ -171,7 +171,7 @@ fn main() {
         let mut g = criterion.benchmark_group("build");
         g.sample_size(10);
         g.bench_function("step_model", |b| {
-            b.iter(|| ig::build_step_model(&grad.model, "input").unwrap())
+            b.iter(|| step::build_step_model(&grad.model, "input").unwrap())
         });
         g.finish();
     }

@@ -73,7 +73,8 @@ fn main() {
     // top-k) in-process, to split the gRPC figure into its parts.
     let repository =
         integrad::model::Repository::load_dir(&root.join("models"), &env, &options).unwrap();
-    let engine = integrad::engine::Engine::new(Arc::new(repository), Default::default());
+    let engine =
+        integrad::engine::Engine::new(Arc::new(repository), Default::default(), Default::default());
     let model = engine.model("").unwrap().clone();
     criterion.bench_function(WORKER, |b| {
         b.iter(|| {

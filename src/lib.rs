@@ -1,10 +1,12 @@
 //! integrad: Integrated Gradients for any ONNX model, computed inside ONNX Runtime and served
 //! over gRPC beside existing model servers.
 //!
-//! The crate is a library plus the `integrad` binary. `image` is a plain library (no tonic, no
-//! tokio); `model` owns the ONNX Runtime sessions, each on its own worker thread; `server` is
-//! the gRPC face and `cli` the command-line clients. Data flows one way: request -> decode ->
-//! preprocess -> worker (ORT) -> response.
+//! The crate is a library plus the `integrad` binary. Data flows one way, one module each:
+//! request -> `input` (decode, preprocess; tensors through the `wire` codec) -> `model` (the
+//! ONNX Runtime sessions, each on its own worker thread; it knows nothing of IG) -> `explain`
+//! (plan, integrate, respond) -> response. `autodiff` (the gradient-graph builder), `ig` (the
+//! arithmetic of the method) and `image` (decoding, preprocessing, pictures, plots) are plain
+//! libraries with no tonic or tokio; `server` is the gRPC face and `cli` the command line.
 
 pub mod autodiff;
 pub mod cli;
@@ -15,11 +17,13 @@ pub mod error;
 pub mod explain;
 pub mod ig;
 pub mod image;
+pub mod input;
 pub mod model;
 pub mod npy;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod wire;
 
 /// Generated code for our API, the Open Inference Protocol and ONNX's protobuf format.
 pub mod proto {

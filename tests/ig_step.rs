@@ -10,7 +10,8 @@ use std::borrow::Cow;
 
 use common::*;
 use integrad::autodiff::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};
-use integrad::ig::{self, step, Integrator, Method};
+use integrad::explain::step;
+use integrad::ig::{self, Integrator, Method};
 use integrad::model::{Batching, BatchingMode, Merge, TensorData, Values, Worker, WorkerOptions};
 use integrad::proto::onnx::ModelProto;
 use ort::session::builder::GraphOptimizationLevel;
@@ -304,14 +305,16 @@ fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
     }
     .inputs();
     let outputs: Vec<String> = OUTPUTS.iter().map(|s| s.to_string()).collect();
-    assert!(Merge::Step.compatible((&a, &outputs), (&b, &outputs)));
+    assert!(Merge::Paths(step::MERGE).compatible((&a, &outputs), (&b, &outputs)));
 
     let alone = [
         run_step(&mut session, a.clone()),
         run_step(&mut session, b.clone()),
     ];
-    let merged = run_step(&mut session, Merge::Step.merge(&[&a, &b]));
-    let split = Merge::Step.split(&[&a, &b], &outputs, merged).unwrap();
+    let merged = run_step(&mut session, Merge::Paths(step::MERGE).merge(&[&a, &b]));
+    let split = Merge::Paths(step::MERGE)
+        .split(&[&a, &b], &outputs, merged)
+        .unwrap();
     for (job, (one, together)) in alone.iter().zip(&split).enumerate() {
         for (name, (p, q)) in OUTPUTS.iter().zip(one.iter().zip(together)) {
             assert_eq!(p.shape, q.shape, "job {job} {name}");
@@ -331,12 +334,12 @@ fn should_give_the_same_outputs_through_io_binding() {
     let stepped = step::build_step_model(&grad, "input").unwrap();
     let worker = |name: &str, io_binding: bool| {
         let options = WorkerOptions {
-            merge: Merge::Step,
+            merge: Merge::Paths(step::MERGE),
             batching: Batching {
                 mode: BatchingMode::Off,
                 ..Batching::default()
             },
-            io_binding,
+            keep_bound: io_binding.then_some(step::KEEP_BOUND),
         };
         Worker::spawn(name, session(&stepped), options).unwrap()
     };

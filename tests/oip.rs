@@ -142,7 +142,7 @@ fn raw_request(model: &str, input: InferInputTensor, raw: Vec<u8>) -> oip::Model
 }
 
 fn raw_floats(bytes: &[u8]) -> Vec<f32> {
-    integrad::engine::f32s(bytes)
+    integrad::wire::f32s(bytes)
 }
 
 #[tokio::test]

@@ -159,8 +159,8 @@ async fn should_serve_and_explain_a_triton_repository() {
         .await
         .unwrap()
         .into_inner();
-    let a = integrad::engine::f32s(&triton.raw_output_contents[0]);
-    let b = integrad::engine::f32s(&plain.raw_output_contents[0]);
+    let a = integrad::wire::f32s(&triton.raw_output_contents[0]);
+    let b = integrad::wire::f32s(&plain.raw_output_contents[0]);
     // Same file, same input, two sessions with the same settings: the same floats up to how
     // ONNX Runtime splits a reduction (1e-5 on logits of ~10, ~1e-6 relative).
     let diff = a

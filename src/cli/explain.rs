@@ -219,7 +219,7 @@ fn write_files(dir: &Path, r: &pb::Explanation, objective: &str) -> anyhow::Resu
         .attributions
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("explanation without attributions"))?;
-    let values = crate::engine::f32s(&attributions.data);
+    let values = crate::wire::f32s(&attributions.data);
     let shape: Vec<usize> = attributions.shape.iter().map(|&d| d as usize).collect();
     crate::npy::write_f32(&dir.join("attributions.npy"), &shape, &values)?;
     if !r.mask_png.is_empty() {

@@ -77,7 +77,7 @@ pub async fn local_engine(
 ) -> anyhow::Result<std::sync::Arc<crate::engine::Engine>> {
     let source = models.source();
     let runtime = runtime.clone();
-    let repository = tokio::task::spawn_blocking(move || {
+    let (repository, explainers) = tokio::task::spawn_blocking(move || {
         crate::server::load_repository(
             &source,
             &runtime.runtime_options(),
@@ -95,6 +95,7 @@ pub async fn local_engine(
     }
     Ok(std::sync::Arc::new(crate::engine::Engine::new(
         std::sync::Arc::new(repository),
+        explainers,
         Default::default(),
     )))
 }

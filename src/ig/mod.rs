@@ -1,6 +1,6 @@
 //! Integrated Gradients as a plain library: no model, no tonic, no tokio.
 //!
-//! The method is the one written down in `shared/IG.md`:
+//! The method, as docs/method.md states it:
 //!
 //! ```text
 //! IG_i(x) = (x_i - x'_i) * integral_{a=0..1} dF(x' + a (x - x')) / dx_i  da
@@ -25,7 +25,6 @@
 pub mod baseline;
 pub mod path;
 pub mod quadrature;
-pub mod step;
 
 #[cfg(test)]
 mod tests;
@@ -33,7 +32,6 @@ mod tests;
 pub use baseline::{make_baseline, BaselineKind};
 pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
-pub use step::build_step_model;
 
 /// What can go wrong in the arithmetic of Integrated Gradients. Every variant names the value
 /// that was wrong, so that the server can pass the message on as it is.

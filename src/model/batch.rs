@@ -9,11 +9,13 @@
 //! - [`Merge::Forward`] (Predict, Open Inference Protocol, Explain's F(x)): every input is
 //!   concatenated on axis 0 and every output split on axis 0 by each job's batch. Only for
 //!   models whose inputs and outputs all have a dynamic first axis.
-//! - [`Merge::Step`] (the IG step model, [`crate::ig::step`]): the jobs' paths are stacked
-//!   (`ig_input`, `ig_baseline`), their rows concatenated with each `ig_path` offset by the
-//!   paths before it, and their `ig_weights` laid out block-diagonally (`[sum of sums, sum of
-//!   rows]`, zero outside each job's block), so each job's sums only ever see its own rows.
-//!   `ig_sums` is split by each job's sums, every other output by its rows.
+//! - [`Merge::Paths`] (a model that evaluates several paths and returns weighted sums over
+//!   rows, as Explain's IG step model does; the caller names the roles of its tensors in
+//!   [`PathRules`]): the jobs' per-path inputs are stacked, their rows concatenated with each
+//!   path index offset by the paths before it, and their weights laid out block-diagonally
+//!   (`[sum of sums, sum of rows]`, zero outside each job's block), so each job's sums only
+//!   ever see its own rows. The sums output is split by each job's sums, every other output by
+//!   its rows.
 //!
 //! Jobs that differ in input names, element types, trailing shapes or requested outputs are
 //! never merged: the worker runs them separately, in order.
@@ -21,9 +23,7 @@
 use std::time::Duration;
 
 use super::{TensorData, Values};
-use crate::autodiff::COTANGENT;
 use crate::device::Placement;
-use crate::ig::step;
 
 /// A job's named inputs.
 pub type Inputs = [(String, TensorData)];
@@ -35,8 +35,25 @@ pub enum Merge {
     Off,
     /// Concatenate inputs and split outputs on axis 0.
     Forward,
-    /// The IG step model's rules (module docs).
-    Step,
+    /// Stack paths, concatenate rows, weights block-diagonal (module docs).
+    Paths(PathRules),
+}
+
+/// The roles of a path model's tensors, by name, for [`Merge::Paths`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRules {
+    /// Every input a job sends, and no others.
+    pub inputs: &'static [&'static str],
+    /// Inputs with one entry per path on axis 0 (all of one shape): stacked.
+    pub per_path: &'static [&'static str],
+    /// Int64 `[rows]`: the path each row reads; offset by the paths of the jobs before.
+    pub path_index: &'static str,
+    /// Inputs with one entry per row on axis 0; the first one's axis 0 counts the rows.
+    pub per_row: &'static [&'static str],
+    /// `[sums, rows]`: each sum's weight of each row; laid out block-diagonally.
+    pub weights: &'static str,
+    /// The output with one entry per sum on axis 0; every other output has one per row.
+    pub sums: &'static str,
 }
 
 /// When workers merge jobs. On a CPU a merged run costs about what its parts cost one after
@@ -93,7 +110,7 @@ impl Merge {
     /// targets) of a step job.
     pub fn rows(self, inputs: &Inputs) -> usize {
         let name = match self {
-            Merge::Step => COTANGENT,
+            Merge::Paths(rules) => rules.per_row[0],
             Merge::Off | Merge::Forward => return first_dim(inputs.first()),
         };
         first_dim(inputs.iter().find(|(n, _)| n == name))
@@ -116,26 +133,29 @@ impl Merge {
                 let batch = inputs[0].1.shape[0];
                 inputs.iter().all(|(_, t)| t.shape[0] == batch)
             }
-            Merge::Step => {
-                // All of the step model's inputs (and no others).
-                if inputs.len() != step::STEP_INPUTS.len()
-                    || !step::STEP_INPUTS.iter().all(|n| get(inputs, n).is_some())
+            Merge::Paths(rules) => {
+                // All of the rules' inputs (and no others).
+                if inputs.len() != rules.inputs.len()
+                    || !rules.inputs.iter().all(|n| get(inputs, n).is_some())
                 {
                     return false;
                 }
                 let shape = |n: &str| &get(inputs, n).expect("checked above").shape;
-                let (paths, rows) = (shape(step::STEP_INPUT)[0], shape(COTANGENT)[0]);
-                let weights = shape(step::STEP_WEIGHTS);
-                let path = get(inputs, step::STEP_PATH).expect("checked above");
+                let paths = shape(rules.per_path[0])[0];
+                let rows = shape(rules.per_row[0])[0];
+                let weights = shape(rules.weights);
+                let path = get(inputs, rules.path_index).expect("checked above");
                 let path_ok = match &path.values {
                     Values::I64(p) => p.iter().all(|&i| (0..paths).contains(&i)),
                     Values::F32(_) => false,
                 };
-                shape(step::STEP_BASELINE) == shape(step::STEP_INPUT)
+                rules
+                    .per_path
+                    .iter()
+                    .all(|n| shape(n) == shape(rules.per_path[0]))
                     && path.shape == [rows]
                     && path_ok
-                    && shape(step::STEP_ALPHA)[0] == rows
-                    && shape(step::STEP_ONE_MINUS_ALPHA)[0] == rows
+                    && rules.per_row.iter().all(|n| shape(n)[0] == rows)
                     && weights.len() == 2
                     && weights[1] == rows
             }
@@ -150,7 +170,7 @@ impl Merge {
         }
         a.iter().zip(b).all(|((an, at), (bn, bt))| {
             // The weights' second axis is the rows, which differ from job to job.
-            let trailing = self != Merge::Step || an != step::STEP_WEIGHTS;
+            let trailing = !matches!(self, Merge::Paths(rules) if an == rules.weights);
             an == bn
                 && at.dtype() == bt.dtype()
                 && at.shape.len() == bt.shape.len()
@@ -166,20 +186,20 @@ impl Merge {
             .enumerate()
             .map(|(i, (name, _))| {
                 let parts: Vec<&TensorData> = jobs.iter().map(|j| &j[i].1).collect();
-                let tensor = match (self, name.as_str()) {
-                    (Merge::Step, step::STEP_PATH) => {
+                let tensor = match self {
+                    Merge::Paths(rules) if name == rules.path_index => {
                         let mut offset = 0;
                         let offsets: Vec<i64> = jobs
                             .iter()
                             .map(|j| {
                                 let before = offset;
-                                offset += first_dim(get_pair(j, step::STEP_INPUT)) as i64;
+                                offset += first_dim(get_pair(j, rules.per_path[0])) as i64;
                                 before
                             })
                             .collect();
                         concat_offset(&parts, &offsets)
                     }
-                    (Merge::Step, step::STEP_WEIGHTS) => block_diagonal(&parts),
+                    Merge::Paths(rules) if name == rules.weights => block_diagonal(&parts),
                     _ => concat(&parts),
                 };
                 (name.clone(), tensor)
@@ -196,14 +216,17 @@ impl Merge {
         merged: Vec<TensorData>,
     ) -> Option<Vec<Vec<TensorData>>> {
         let rows: Vec<usize> = jobs.iter().map(|j| self.rows(j)).collect();
-        let sums: Vec<usize> = jobs
-            .iter()
-            .map(|j| first_dim(get_pair(j, step::STEP_WEIGHTS)))
-            .collect();
+        let sums: Vec<usize> = match self {
+            Merge::Paths(rules) => jobs
+                .iter()
+                .map(|j| first_dim(get_pair(j, rules.weights)))
+                .collect(),
+            Merge::Off | Merge::Forward => Vec::new(),
+        };
         let mut per_job: Vec<Vec<TensorData>> = vec![Vec::with_capacity(outputs.len()); jobs.len()];
         for (name, tensor) in outputs.iter().zip(merged) {
             let sizes = match self {
-                Merge::Step if name == step::STEP_SUMS => &sums,
+                Merge::Paths(rules) if name == rules.sums => &sums,
                 _ => &rows,
             };
             for (job, part) in per_job.iter_mut().zip(split_axis0(tensor, sizes)?) {

@@ -28,6 +28,27 @@ use crate::image::{Layout, Preprocessing, ResizePolicy};
 
 pub const CONFIG_FILE: &str = "integrad.toml";
 
+/// What is wrong with a model's `integrad.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("[input] sets resize/crop_fraction but not the image fields (layout, height, width, scale, mean, std)")]
+    ResizeWithoutImage,
+    #[error("[input] describes an image but lacks {}", missing.join(", "))]
+    PartialImage { missing: Vec<&'static str> },
+    #[error("[input] {0}")]
+    BadPreprocessing(String),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputKind {
@@ -74,18 +95,24 @@ pub struct OutputSection {
 
 impl ModelConfig {
     /// Reads `path`; a missing file is an empty config (everything read from the graph).
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 }
 
 impl InputSection {
     /// The image preprocessing, if the section describes one; all its fields or none.
-    pub fn preprocessing(&self) -> Result<Option<Preprocessing>, String> {
+    pub fn preprocessing(&self) -> Result<Option<Preprocessing>, ConfigError> {
         let required = [
             ("layout", self.layout.is_some()),
             ("height", self.height.is_some()),
@@ -94,22 +121,19 @@ impl InputSection {
             ("mean", self.mean.is_some()),
             ("std", self.std.is_some()),
         ];
-        let missing: Vec<&str> = required
+        let missing: Vec<&'static str> = required
             .iter()
             .filter(|(_, set)| !set)
             .map(|(name, _)| *name)
             .collect();
         if missing.len() == required.len() {
             if self.resize.is_some() || self.crop_fraction.is_some() {
-                return Err("[input] sets resize/crop_fraction but not the image fields (layout, height, width, scale, mean, std)".into());
+                return Err(ConfigError::ResizeWithoutImage);
             }
             return Ok(None);
         }
         if !missing.is_empty() {
-            return Err(format!(
-                "[input] describes an image but lacks {}",
-                missing.join(", ")
-            ));
+            return Err(ConfigError::PartialImage { missing });
         }
         let p = Preprocessing {
             layout: self.layout.unwrap_or(Layout::Nchw),
@@ -121,7 +145,7 @@ impl InputSection {
             mean: self.mean.unwrap_or_default(),
             std: self.std.unwrap_or_default(),
         };
-        p.validate().map_err(|e| format!("[input] {e}"))?;
+        p.validate().map_err(ConfigError::BadPreprocessing)?;
         Ok(Some(p))
     }
 }
@@ -134,7 +158,7 @@ mod tests {
     fn partial_image_section_names_what_is_missing() {
         let config: ModelConfig =
             toml::from_str("[input]\nlayout = \"NCHW\"\nheight = 224\n").unwrap();
-        let err = config.input.preprocessing().unwrap_err();
+        let err = config.input.preprocessing().unwrap_err().to_string();
         assert!(err.contains("width") && err.contains("std"), "{err}");
     }
 

@@ -1,5 +1,6 @@
 //! Loading one model: read and check the file, open an ONNX Runtime session, reconcile the
-//! graph with `integrad.toml`, read labels, warm up.
+//! graph with `integrad.toml`, read labels, warm up. Other layers open more sessions on the
+//! model's device with the same settings through [`open_worker`] (Explain's gradient models).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,10 +14,10 @@ use prost::Message;
 use super::batch::{Batching, Merge};
 use super::config::{ModelConfig, OutputKind};
 use super::{
-    DType, Gradients, ImageInput, Model, TensorData, TensorSpec, Values, Worker, WorkerOptions,
+    DType, Feed, Head, InputSpec, Model, ModelError, Point, TensorData, TensorSpec, Values, Worker,
+    WorkerOptions,
 };
-use crate::autodiff::{build_gradient, GradOptions, Objective};
-use crate::device::{Device, Placement};
+use crate::device::{Device, DeviceError, Placement};
 use crate::image::Layout;
 use crate::proto::onnx::ModelProto;
 
@@ -52,7 +53,36 @@ impl Default for LoadOptions {
     }
 }
 
-/// Loads `file` as model `name`. Errors are the reason, for the operator's log and ListModels.
+/// Why a model did not load; its text is the reason the log and ListModels show.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not an ONNX model: {reason}", path.display())]
+    NotOnnx { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("ONNX Runtime cannot load {what} on {placement}: {source}")]
+    Session {
+        what: String,
+        placement: Placement,
+        source: ort::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+    /// The config (`integrad.toml`, `config.pbtxt`, labels) does not fit the graph.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("warm-up run failed: {0}")]
+    WarmUp(ModelError),
+}
+
+/// Loads `file` as model `name`.
 pub fn load_model(
     name: &str,
     file: &Path,
@@ -60,15 +90,18 @@ pub fn load_model(
     base_dir: &Path,
     env: &Environment,
     options: &LoadOptions,
-) -> Result<Model, String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let graph = ModelProto::decode(bytes.as_slice())
-        .map_err(|e| format!("{} is not an ONNX model: {e}", file.display()))?;
+) -> Result<Model, LoadError> {
+    let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let not_onnx = |reason: String| LoadError::NotOnnx {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let graph = ModelProto::decode(bytes.as_slice()).map_err(|e| not_onnx(e.to_string()))?;
     if graph.graph.is_none() {
-        return Err(format!(
-            "{} is not an ONNX model: it has no graph",
-            file.display()
-        ));
+        return Err(not_onnx("it has no graph".into()));
     }
     let sha256 = {
         use sha2::Digest;
@@ -83,14 +116,14 @@ pub fn load_model(
         config.device.unwrap_or(options.device),
         env,
         crate::runtime::loaded_library(),
-    )
-    .map_err(|e| e.to_string())?;
-    let session = open_session(file, env, options, placement).map_err(|e| {
-        format!(
-            "ONNX Runtime cannot load {} on {placement}: {e}",
-            file.display()
-        )
-    })?;
+    )?;
+    let session = session_builder(env, options, placement)
+        .and_then(|mut b| b.commit_from_file(file))
+        .map_err(|source| LoadError::Session {
+            what: file.display().to_string(),
+            placement,
+            source,
+        })?;
     let graph_inputs: Vec<TensorSpec> = session
         .inputs()
         .iter()
@@ -103,23 +136,19 @@ pub fn load_model(
         .collect();
     // A Triton config.pbtxt orders and shapes them (checked against the graph).
     let (inputs, outputs) = match &config.triton {
-        Some(triton) => triton.reconcile(graph_inputs, graph_outputs)?,
+        Some(triton) => triton
+            .reconcile(graph_inputs, graph_outputs)
+            .map_err(LoadError::Mismatch)?,
         None => (graph_inputs, graph_outputs),
     };
 
-    let input = pick(&config.input.name, &inputs, "input")?;
+    let fed = pick(&config.input.name, &inputs, "input")?;
+    let preprocessing = config.input.preprocessing()?;
+    if let Some(p) = &preprocessing {
+        check_image_input(&fed, p)?;
+    }
     let output = pick(&config.output.name, &outputs, "output")?;
-    let image = match config.input.preprocessing()? {
-        Some(preprocessing) => {
-            check_image_input(&input, &preprocessing)?;
-            Some(ImageInput {
-                input: input.name.clone(),
-                preprocessing,
-            })
-        }
-        None => None,
-    };
-    let output_kind = match config.output.kind {
+    let kind = match config.output.kind {
         Some(kind) => kind,
         None => infer_output_kind(&graph, &output.name),
     };
@@ -127,17 +156,25 @@ pub fn load_model(
         Some(path) => read_labels(&base_dir.join(path), &output)?,
         None => Vec::new(),
     };
-    // A model whose graph can't be differentiated still serves Predict; GetModel says why.
-    let of = GradientsOf {
-        input: &input.name,
-        output: &output.name,
-        kind: output_kind,
+    // Explain checks these points when it builds its gradient models; a model that can't be
+    // differentiated still serves Predict, and GetModel says why.
+    let attribution = match fed.dtype {
+        DType::F32 => Ok(vec![Point::Input(fed.name.clone())]),
+        other => Err(format!(
+            "input {:?} is {other:?}; attributions need a float32 input",
+            fed.name
+        )),
     };
-    let gradients = build_gradients(name, &graph, &of, env, options, placement);
-    let explainable = gradients.as_ref().map(|_| ()).map_err(Clone::clone);
-    if let Err(reason) = &explainable {
-        tracing::warn!(model = name, %reason, "model is not explainable");
-    }
+    let inputs = inputs
+        .into_iter()
+        .map(|tensor| {
+            let feed = match &preprocessing {
+                Some(p) if tensor.name == fed.name => Feed::Image(p.clone()),
+                _ => Feed::Tensor,
+            };
+            InputSpec { tensor, feed }
+        })
+        .collect();
 
     // Jobs merge on axis 0 only if every input and output has a dynamic first axis.
     let batchable = session
@@ -157,22 +194,21 @@ pub fn load_model(
         WorkerOptions {
             merge,
             batching: options.batching.on(placement),
-            io_binding: false,
+            keep_bound: None,
         },
-    )
-    .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+    )?;
     let spec = super::ModelSpec {
         name: name.to_string(),
         path: file.to_path_buf(),
         sha256,
-        input: input.name.clone(),
-        output: output.name.clone(),
         inputs,
         outputs,
-        image,
-        output_kind,
-        labels,
-        explainable,
+        head: Head::Classes {
+            output: output.name.clone(),
+            kind,
+            labels,
+        },
+        attribution,
         triton: config.triton.as_ref().map(|t| super::TritonServing {
             version: t.version,
             max_batch_size: t.config.max_batch_size,
@@ -182,80 +218,38 @@ pub fn load_model(
     let model = Model {
         spec: Arc::new(spec),
         worker,
-        gradients: gradients.ok(),
     };
     warm_up(&model)?;
-    warm_up_gradients(&model, &options.batching.on(placement))?;
     Ok(model)
 }
 
-/// What a model's gradients are taken of: the served input and output, and what the output is.
-#[derive(Clone, Copy)]
-struct GradientsOf<'a> {
-    input: &'a str,
-    output: &'a str,
-    kind: OutputKind,
-}
-
-/// The IG step models of the output w.r.t. the input (see [`Gradients`]), each on its own
-/// worker.
-fn build_gradients(
-    name: &str,
-    graph: &ModelProto,
-    of: &GradientsOf<'_>,
+/// A worker for another graph (`bytes`, an encoded ONNX model) on `model`'s device, with the
+/// session settings of every model: how Explain runs its gradient models.
+pub fn open_worker(
+    model: &super::ModelSpec,
+    suffix: &str,
+    bytes: &[u8],
     env: &Environment,
     options: &LoadOptions,
-    placement: Placement,
-) -> Result<Gradients, String> {
-    let GradientsOf {
-        input,
-        output,
-        kind,
-    } = *of;
-    let started = std::time::Instant::now();
-    let build = |objective: Objective| -> Result<Worker, String> {
-        let grad = build_gradient(
-            graph,
-            &GradOptions {
-                wrt: Some(input.to_string()),
-                of: Some(output.to_string()),
-                objective,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let step = crate::ig::build_step_model(&grad.model, input)?;
-        let bytes = step.encode_to_vec();
-        let session = session_builder(env, options, placement)
-            .and_then(|mut b| b.commit_from_memory(&bytes))
-            .map_err(|e| format!("ONNX Runtime cannot load the IG step model: {e}"))?;
-        // A model with inputs besides the explained one has them in the step model too, and
-        // the batcher does not know how their rows go: such step jobs run alone.
-        let merge = if session.inputs().len() == crate::ig::step::STEP_INPUTS.len() {
-            Merge::Step
-        } else {
-            Merge::Off
-        };
-        let options = WorkerOptions {
-            merge,
-            batching: options.batching.on(placement),
-            io_binding: true,
-        };
-        Worker::spawn(&format!("{name}-grad"), session, options)
-            .map_err(|e| format!("cannot start a worker thread: {e}"))
+    worker: WorkerOptions,
+) -> Result<Worker, LoadError> {
+    let placement = model.device;
+    let session = session_builder(env, options, placement)
+        .and_then(|mut b| b.commit_from_memory(bytes))
+        .map_err(|source| LoadError::Session {
+            what: format!("the {suffix} model of {:?}", model.name),
+            placement,
+            source,
+        })?;
+    let worker = WorkerOptions {
+        batching: options.batching.on(placement),
+        ..worker
     };
-    let gradients = Gradients {
-        output: build(Objective::Logit)?,
-        softmax: match kind {
-            OutputKind::Logits => Some(build(Objective::Probability)?),
-            OutputKind::Probabilities => None,
-        },
-    };
-    tracing::info!(
-        model = name,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "gradient models built"
-    );
-    Ok(gradients)
+    Ok(Worker::spawn(
+        &format!("{}-{suffix}", model.name),
+        session,
+        worker,
+    )?)
 }
 
 /// Every session integrad opens: its threads, and its execution provider (CUDA registered so
@@ -274,15 +268,6 @@ fn session_builder(
         .with_inter_op_spinning(options.intra_spin)?;
     crate::device::register(&mut builder, placement)?;
     Ok(builder)
-}
-
-fn open_session(
-    file: &Path,
-    env: &Environment,
-    options: &LoadOptions,
-    placement: Placement,
-) -> ort::Result<Session> {
-    session_builder(env, options, placement)?.commit_from_file(file)
 }
 
 fn spec(name: &str, ty: &ValueType) -> TensorSpec {
@@ -317,7 +302,11 @@ fn element_name(ty: TensorElementType) -> &'static str {
     }
 }
 
-fn pick(wanted: &Option<String>, specs: &[TensorSpec], what: &str) -> Result<TensorSpec, String> {
+fn pick(
+    wanted: &Option<String>,
+    specs: &[TensorSpec],
+    what: &str,
+) -> Result<TensorSpec, LoadError> {
     match wanted {
         Some(name) => specs
             .iter()
@@ -325,21 +314,23 @@ fn pick(wanted: &Option<String>, specs: &[TensorSpec], what: &str) -> Result<Ten
             .cloned()
             .ok_or_else(|| {
                 let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                format!("the config names {what} {name:?}, but the graph's {what}s are {names:?}")
+                LoadError::Mismatch(format!(
+                    "the config names {what} {name:?}, but the graph's {what}s are {names:?}"
+                ))
             }),
         None => specs
             .first()
             .cloned()
-            .ok_or_else(|| format!("the graph has no {what}")),
+            .ok_or_else(|| LoadError::Mismatch(format!("the graph has no {what}"))),
     }
 }
 
-fn check_image_input(input: &TensorSpec, p: &crate::image::Preprocessing) -> Result<(), String> {
+fn check_image_input(input: &TensorSpec, p: &crate::image::Preprocessing) -> Result<(), LoadError> {
     if input.dtype != DType::F32 {
-        return Err(format!(
+        return Err(LoadError::Mismatch(format!(
             "image input {:?} must be float32, the graph says {:?}",
             input.name, input.dtype
-        ));
+        )));
     }
     let expected = p.shape().map(|d| d as i64);
     let actual = input.shape.get(1..).unwrap_or_default();
@@ -350,10 +341,10 @@ fn check_image_input(input: &TensorSpec, p: &crate::image::Preprocessing) -> Res
             Layout::Nchw => "NCHW",
             Layout::Nhwc => "NHWC",
         };
-        return Err(format!(
+        return Err(LoadError::Mismatch(format!(
             "image input {:?} has shape {:?}, which does not fit {layout} {}x{} from the config",
             input.name, input.shape, p.height, p.width
-        ));
+        )));
     }
     Ok(())
 }
@@ -371,9 +362,9 @@ fn infer_output_kind(model: &ModelProto, output: &str) -> OutputKind {
     }
 }
 
-fn read_labels(path: &PathBuf, output: &TensorSpec) -> Result<Vec<String>, String> {
+fn read_labels(path: &PathBuf, output: &TensorSpec) -> Result<Vec<String>, LoadError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read labels {}: {e}", path.display()))?;
+        .map_err(|e| LoadError::Mismatch(format!("cannot read labels {}: {e}", path.display())))?;
     let labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
     let labels = match labels.iter().rposition(|l| !l.is_empty()) {
         Some(last) => labels[..=last].to_vec(),
@@ -381,12 +372,12 @@ fn read_labels(path: &PathBuf, output: &TensorSpec) -> Result<Vec<String>, Strin
     };
     if let Some(&classes) = output.shape.last().filter(|&&d| d > 0) {
         if labels.len() as i64 != classes {
-            return Err(format!(
+            return Err(LoadError::Mismatch(format!(
                 "{} has {} labels but output {:?} has {classes} classes",
                 path.display(),
                 labels.len(),
                 output.name
-            ));
+            )));
         }
     }
     Ok(labels)
@@ -394,9 +385,12 @@ fn read_labels(path: &PathBuf, output: &TensorSpec) -> Result<Vec<String>, Strin
 
 /// One run at batch 1 so the first request doesn't pay ONNX Runtime's first-run cost (about
 /// 1.8x a warm run). Skipped when the input has unknown dimensions besides the batch.
-fn warm_up(model: &Model) -> Result<(), String> {
-    let input = model.spec.input_spec();
-    if model.spec.inputs.len() != 1 || input.shape.iter().skip(1).any(|&d| d < 0) {
+fn warm_up(model: &Model) -> Result<(), LoadError> {
+    let [input] = model.spec.inputs.as_slice() else {
+        return Ok(());
+    };
+    let input = &input.tensor;
+    if input.shape.iter().skip(1).any(|&d| d < 0) {
         return Ok(());
     }
     let shape: Vec<i64> = std::iter::once(1)
@@ -412,51 +406,8 @@ fn warm_up(model: &Model) -> Result<(), String> {
         .worker
         .run_blocking(
             vec![(input.name.clone(), TensorData { shape, values })],
-            vec![model.spec.output.clone()],
+            vec![model.spec.output().to_string()],
         )
         .map(|_| ())
-        .map_err(|e| format!("warm-up run failed: {e}"))
-}
-
-/// IG step runs per gradient worker at the default Explain batch and, with batching on, at the
-/// largest merged run (ONNX Runtime's first run at a batch size is about 1.8x slower,
-/// ORT-GRADIENTS.md), so the first Explains cost what later ones do.
-fn warm_up_gradients(model: &Model, batching: &Batching) -> Result<(), String> {
-    use crate::ig::step;
-    let (Some(gradients), Some(&classes)) =
-        (&model.gradients, model.spec.output_spec().shape.last())
-    else {
-        return Ok(());
-    };
-    let input = model.spec.input_spec();
-    if classes < 1 || model.spec.inputs.len() != 1 || input.shape.iter().skip(1).any(|&d| d < 1) {
-        return Ok(());
-    }
-    let shape = &input.shape[1..];
-    let len = shape.iter().product::<i64>() as usize;
-    let default = crate::explain::default_batch(len) as usize;
-    let mut sizes = vec![default];
-    if batching.enabled() && batching.max_rows > default {
-        sizes.push(batching.max_rows);
-    }
-    let zeros = vec![0f32; len];
-    let workers = std::iter::once(&gradients.output).chain(&gradients.softmax);
-    for worker in workers {
-        for &rows in &sizes {
-            let alphas: Vec<f64> = (0..rows).map(|r| r as f64 / rows as f64).collect();
-            let run = step::StepRun {
-                input: &zeros,
-                baseline: &zeros,
-                shape,
-                alphas: &alphas,
-                targets: &[0],
-                classes: classes as usize,
-                weights: vec![1.0; 2 * rows],
-            };
-            worker
-                .run_blocking(run.inputs(), vec![step::STEP_SUMS.into()])
-                .map_err(|e| format!("gradient warm-up run failed: {e}"))?;
-        }
-    }
-    Ok(())
+        .map_err(LoadError::WarmUp)
 }

@@ -13,9 +13,9 @@ mod worker;
 
 use std::path::PathBuf;
 
-pub use batch::{Batching, BatchingMode, Merge};
+pub use batch::{Batching, BatchingMode, Merge, PathRules};
 pub use config::{ModelConfig, OutputKind};
-pub use load::{load_model, LoadOptions};
+pub use load::{load_model, open_worker, LoadError, LoadOptions};
 pub use repository::{ModelEntry, Repository};
 pub use worker::{Caller, Worker, WorkerOptions};
 
@@ -85,11 +85,62 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
-/// The image input of a model: which graph input, and how pictures become its tensor.
+/// How a request fills a graph input.
 #[derive(Debug, Clone)]
-pub struct ImageInput {
-    pub input: String,
-    pub preprocessing: Preprocessing,
+pub enum Feed {
+    /// A tensor, sent as it is (without the batch axis).
+    Tensor,
+    /// An encoded picture, decoded and preprocessed into the tensor (or a tensor already so).
+    Image(Preprocessing),
+}
+
+/// One graph input and how it is fed.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub tensor: TensorSpec,
+    pub feed: Feed,
+}
+
+impl InputSpec {
+    pub fn name(&self) -> &str {
+        &self.tensor.name
+    }
+
+    /// The image preprocessing, for an image input.
+    pub fn preprocessing(&self) -> Option<&Preprocessing> {
+        match &self.feed {
+            Feed::Image(p) => Some(p),
+            Feed::Tensor => None,
+        }
+    }
+}
+
+/// What the served output is, and how Predict and Explain read it.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// One score per class on the output's last axis.
+    Classes {
+        output: String,
+        kind: OutputKind,
+        /// Class names (from `labels.txt`), or empty.
+        labels: Vec<String>,
+    },
+}
+
+/// A tensor attributions are taken at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Point {
+    /// A float graph input.
+    Input(String),
+}
+
+impl Point {
+    /// The graph tensor's name.
+    pub fn tensor(&self) -> &str {
+        match self {
+            Point::Input(name) => name,
+        }
+    }
 }
 
 /// Everything known about a loaded model, fixed for its lifetime.
@@ -98,17 +149,12 @@ pub struct ModelSpec {
     pub name: String,
     pub path: PathBuf,
     pub sha256: String,
-    pub inputs: Vec<TensorSpec>,
+    /// Every graph input, in the graph's order (a Triton config's where it has one).
+    pub inputs: Vec<InputSpec>,
     pub outputs: Vec<TensorSpec>,
-    /// The input a Predict request fills (the config's, or the first).
-    pub input: String,
-    pub image: Option<ImageInput>,
-    /// The output Predict reads and Explain differentiates.
-    pub output: String,
-    pub output_kind: OutputKind,
-    pub labels: Vec<String>,
-    /// `Err(reason)` when the model can't be explained.
-    pub explainable: Result<(), String>,
+    pub head: Head,
+    /// Where Explain attributes by default, or why the model can't be explained.
+    pub attribution: Result<Vec<Point>, String>,
     /// Set for a model from a Triton layout.
     pub triton: Option<TritonServing>,
     /// Where its sessions run.
@@ -125,18 +171,45 @@ pub struct TritonServing {
 }
 
 impl ModelSpec {
-    pub fn input_spec(&self) -> &TensorSpec {
+    /// The input called `name`.
+    pub fn input(&self, name: &str) -> Option<&InputSpec> {
+        self.inputs.iter().find(|i| i.name() == name)
+    }
+
+    /// The input of a model that has one image input, with its preprocessing.
+    pub fn image(&self) -> Option<(&InputSpec, &Preprocessing)> {
         self.inputs
             .iter()
-            .find(|i| i.name == self.input)
-            .expect("input validated at load")
+            .find_map(|i| i.preprocessing().map(|p| (i, p)))
+    }
+
+    /// The output Predict reads and Explain differentiates.
+    pub fn output(&self) -> &str {
+        match &self.head {
+            Head::Classes { output, .. } => output,
+        }
     }
 
     pub fn output_spec(&self) -> &TensorSpec {
+        let name = self.output();
         self.outputs
             .iter()
-            .find(|o| o.name == self.output)
+            .find(|o| o.name == name)
             .expect("output validated at load")
+    }
+
+    /// Class names, or empty.
+    pub fn labels(&self) -> &[String] {
+        match &self.head {
+            Head::Classes { labels, .. } => labels,
+        }
+    }
+
+    /// Whether the output holds logits or probabilities.
+    pub fn output_kind(&self) -> OutputKind {
+        match &self.head {
+            Head::Classes { kind, .. } => *kind,
+        }
     }
 }
 
@@ -145,18 +218,6 @@ impl ModelSpec {
 pub struct Model {
     pub spec: std::sync::Arc<ModelSpec>,
     pub worker: Worker,
-    /// The gradient models, when the graph can be differentiated.
-    pub gradients: Option<Gradients>,
-}
-
-/// IG step models of the served output w.r.t. the input ([`crate::ig::step`]: the gradient
-/// model with interpolation and weighted sums inside).
-#[derive(Clone)]
-pub struct Gradients {
-    /// Of the output as is (logits, or the probabilities of a model that outputs them).
-    pub output: Worker,
-    /// Of the softmax of the output; for models that output logits.
-    pub softmax: Option<Worker>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -131,6 +131,11 @@ impl Repository {
         self.models.is_empty()
     }
 
+    /// Every model, to change what is known of it before serving (e.g. mark one failed).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut ModelEntry)> {
+        self.models.iter_mut()
+    }
+
     pub fn failures(&self) -> impl Iterator<Item = (&String, &String)> {
         self.models.iter().filter_map(|(name, entry)| match entry {
             ModelEntry::Failed { reason } => Some((name, reason)),
@@ -141,8 +146,10 @@ impl Repository {
 
 /// A model in a Triton layout: the version config.pbtxt selects, `integrad.toml` beside it.
 fn load_triton(name: &str, dir: &Path, env: &Environment, options: &LoadOptions) -> ModelEntry {
-    let located = triton::locate(name, dir)
-        .and_then(|model| Ok((ModelConfig::load(&dir.join(CONFIG_FILE))?, model)));
+    let located = triton::locate(name, dir).and_then(|model| {
+        let config = ModelConfig::load(&dir.join(CONFIG_FILE)).map_err(|e| e.to_string())?;
+        Ok((config, model))
+    });
     match located {
         Ok((mut config, model)) => {
             let file = model.file.clone();
@@ -168,7 +175,7 @@ fn load_entry(
 ) -> ModelEntry {
     match ModelConfig::load(config) {
         Ok(config) => load_configured(name, file, config, base, env, options),
-        Err(reason) => failed(name, reason),
+        Err(error) => failed(name, error.to_string()),
     }
 }
 
@@ -186,6 +193,6 @@ fn load_configured(
             tracing::info!(model = name, path = %file.display(), elapsed_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up");
             ModelEntry::Ready(model)
         }
-        Err(reason) => failed(name, reason),
+        Err(error) => failed(name, error.to_string()),
     }
 }

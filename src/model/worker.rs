@@ -21,7 +21,6 @@ use tokio::sync::oneshot;
 
 use super::batch::{self, Batching, Merge};
 use super::{ModelError, TensorData, Values};
-use crate::ig::step;
 
 /// Jobs waiting for a model beyond this block their senders (backpressure, not a backlog).
 const QUEUE_DEPTH: usize = 64;
@@ -51,9 +50,9 @@ pub struct WorkerOptions {
     /// How its jobs may share runs (with batching on).
     pub merge: Merge,
     pub batching: Batching,
-    /// Run through ONNX Runtime I/O binding, keeping `ig_input`/`ig_baseline` bound across
-    /// runs while they are unchanged (see `Binding`): for IG step workers.
-    pub io_binding: bool,
+    /// Run through ONNX Runtime I/O binding, keeping these inputs bound across runs while
+    /// they are unchanged (see `Binding`; Explain's step workers keep their paths bound).
+    pub keep_bound: Option<&'static [&'static str]>,
 }
 
 /// One request's use of a worker, from its first run to its last. While it lives the batcher
@@ -68,11 +67,11 @@ impl Worker {
         let WorkerOptions {
             merge,
             batching,
-            io_binding,
+            keep_bound,
         } = options;
-        let binding = match io_binding {
-            true => Some(Binding::new(&session).map_err(std::io::Error::other)?),
-            false => None,
+        let binding = match keep_bound {
+            Some(kept) => Some(Binding::new(&session, kept).map_err(std::io::Error::other)?),
+            None => None,
         };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let queue = tx.downgrade();
@@ -342,28 +341,32 @@ impl Thread {
     }
 }
 
-/// A worker's ONNX Runtime I/O binding (issue 7, item 2). `ig_input` and `ig_baseline` stay
-/// bound while a run's paths are the previous run's (an Explain's batches all share its path,
-/// and a merged run's set of paths repeats while the same requests run together): ONNX Runtime
-/// copies a bound value to the session's device once, when it is bound, so on CUDA the
-/// inputs and baselines stay in device memory across runs, and only the alphas, weights and
-/// cotangent rows travel. The outputs are bound to host memory, so each comes back in one
-/// copy. On the CPU this is the same arithmetic as [`run`] (tests/ig_step.rs checks it).
+/// A worker's ONNX Runtime I/O binding. The inputs in `kept` stay bound while a run's are the
+/// previous run's (an Explain's batches all share its path, and a merged run's set of paths
+/// repeats while the same requests run together): ONNX Runtime copies a bound value to the
+/// session's device once, when it is bound, so on CUDA those inputs stay in device memory
+/// across runs and only the others travel. The outputs are bound to host memory, so each
+/// comes back in one copy. On the CPU this is the same arithmetic as [`run`] (the step-model
+/// tests check it).
 ///
 /// NOTE: the CUDA side of this (the copy at bind time, outputs fetched from the device) is
-/// ONNX Runtime's documented IoBinding behaviour and is not tested here: no GPU was at hand.
+/// ONNX Runtime's documented IoBinding behaviour; `scripts/gpu_check.sh` exercises it where a
+/// GPU is at hand.
 struct Binding {
     io: IoBinding,
-    /// Host copies of what is bound as `ig_input` and `ig_baseline` now, to compare the next
+    /// The names of the inputs kept bound while unchanged.
+    kept: &'static [&'static str],
+    /// Host copies of the kept inputs as bound now (in `kept`'s order), to compare the next
     /// run's with.
-    paths: Option<(TensorData, TensorData)>,
+    bound: Option<Vec<TensorData>>,
 }
 
 impl Binding {
-    fn new(session: &Session) -> Result<Self, String> {
+    fn new(session: &Session, kept: &'static [&'static str]) -> Result<Self, String> {
         Ok(Self {
             io: session.create_binding().map_err(|e| e.to_string())?,
-            paths: None,
+            kept,
+            bound: None,
         })
     }
 
@@ -373,33 +376,27 @@ impl Binding {
         inputs: Vec<(String, TensorData)>,
         outputs: &[String],
     ) -> Result<Vec<TensorData>, String> {
-        let kept = match (
-            &self.paths,
-            batch::get(&inputs, step::STEP_INPUT),
-            batch::get(&inputs, step::STEP_BASELINE),
-        ) {
-            (Some((x, b)), Some(new_x), Some(new_b)) => x == new_x && b == new_b,
-            _ => false,
-        };
-        // Forgotten first: a failure below must not leave paths believed bound.
-        let previous = if kept { self.paths.take() } else { None };
-        self.paths = None;
-        let (mut input, mut baseline) = (None, None);
+        let unchanged = self.bound.as_ref().is_some_and(|bound| {
+            self.kept
+                .iter()
+                .zip(bound)
+                .all(|(name, old)| batch::get(&inputs, name) == Some(old))
+        });
+        // Forgotten first: a failure below must not leave inputs believed bound.
+        let previous = if unchanged { self.bound.take() } else { None };
+        self.bound = None;
+        let mut kept: Vec<Option<TensorData>> = vec![None; self.kept.len()];
         for (name, tensor) in inputs {
-            let slot = match name.as_str() {
-                step::STEP_INPUT => Some(&mut input),
-                step::STEP_BASELINE => Some(&mut baseline),
-                _ => None,
-            };
-            if kept && slot.is_some() {
+            let slot = self.kept.iter().position(|k| *k == name);
+            if unchanged && slot.is_some() {
                 continue;
             }
             self.bind(&name, &tensor)?;
             if let Some(slot) = slot {
-                *slot = Some(tensor);
+                kept[slot] = Some(tensor);
             }
         }
-        self.paths = previous.or(input.zip(baseline));
+        self.bound = previous.or_else(|| kept.into_iter().collect());
         // NOTE: rebound every run: a bound output keeps the previous run's buffer, whose
         // shape is wrong as soon as the rows change.
         self.io.clear_outputs();

@@ -11,10 +11,9 @@ use super::limits::ExplainGate;
 use super::shutdown::Shutdown;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::image::{Layout, ResizePolicy};
-use crate::model::{DType, ModelEntry, ModelSpec, OutputKind, TensorSpec};
 use crate::proto::integrad::v1 as pb;
 use crate::proto::integrad::v1::explainer_server::Explainer;
+use crate::wire::model_info;
 
 /// Serves requests once the engine (models loaded and warmed up) is set; UNAVAILABLE before.
 #[derive(Clone)]
@@ -156,71 +155,4 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Du
     Some(std::time::Duration::from_nanos(
         value.saturating_mul(nanos_per_unit),
     ))
-}
-
-pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
-    match entry {
-        ModelEntry::Failed { reason } => pb::ModelInfo {
-            name: name.to_string(),
-            state: pb::ModelState::Failed as i32,
-            error: reason.clone(),
-            ..Default::default()
-        },
-        ModelEntry::Ready(model) => ready_info(&model.spec),
-    }
-}
-
-fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
-    let preprocessing = spec.image.as_ref().map(|image| {
-        let p = &image.preprocessing;
-        pb::Preprocessing {
-            input: image.input.clone(),
-            layout: match p.layout {
-                Layout::Nchw => pb::Layout::Nchw,
-                Layout::Nhwc => pb::Layout::Nhwc,
-            } as i32,
-            height: p.height,
-            width: p.width,
-            resize: match p.resize {
-                ResizePolicy::ShorterSideCrop => pb::ResizePolicy::ShorterSideCrop,
-                ResizePolicy::Stretch => pb::ResizePolicy::Stretch,
-            } as i32,
-            crop_fraction: p.crop_fraction,
-            scale: p.scale,
-            mean: p.mean.to_vec(),
-            std: p.std.to_vec(),
-        }
-    });
-    pb::ModelInfo {
-        name: spec.name.clone(),
-        state: pb::ModelState::Ready as i32,
-        error: String::new(),
-        inputs: spec.inputs.iter().map(tensor_info).collect(),
-        outputs: spec.outputs.iter().map(tensor_info).collect(),
-        output: spec.output.clone(),
-        output_kind: match spec.output_kind {
-            OutputKind::Logits => pb::OutputKind::Logits,
-            OutputKind::Probabilities => pb::OutputKind::Probabilities,
-        } as i32,
-        labels: spec.labels.clone(),
-        preprocessing,
-        explainable: spec.explainable.is_ok(),
-        not_explainable_reason: spec.explainable.clone().err().unwrap_or_default(),
-        path: spec.path.display().to_string(),
-        device: spec.device.to_string(),
-        sha256: spec.sha256.clone(),
-    }
-}
-
-fn tensor_info(spec: &TensorSpec) -> pb::TensorInfo {
-    let dtype = match spec.dtype {
-        DType::F32 => pb::DataType::Float32,
-        DType::I64 => pb::DataType::Int64,
-        DType::Other(_) => pb::DataType::Unspecified,
-    };
-    pb::TensorInfo {
-        name: spec.name.clone(),
-        dtype: dtype as i32,
-        shape: spec.shape.clone(),
-    }
 }

@@ -26,11 +26,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use explainer::{model_info, ExplainerService};
+pub use explainer::ExplainerService;
 pub use oip::InferenceService;
 
 use crate::config::{ModelSource, ServeArgs};
 use crate::engine::{Engine, EngineLimits};
+use crate::explain::Explainers;
 use crate::model::{LoadOptions, Repository};
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::integrad::v1::explainer_server::ExplainerServer;
@@ -66,13 +67,14 @@ pub enum ServeError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Loads the models of `source` (blocking: call off the async threads).
+/// Loads the models of `source` and builds the gradient models of the explainable ones
+/// (blocking: call off the async threads).
 pub fn load_repository(
     source: &ModelSource,
     runtime: &RuntimeOptions,
     load: &LoadOptions,
     default_model: Option<&str>,
-) -> Result<Repository, ServeError> {
+) -> Result<(Repository, Explainers), ServeError> {
     let env = runtime::environment(runtime)?;
     // The server's device is proved once, before any model: CUDA that cannot run stops the
     // start here with the cause; `auto` settles on CUDA or the CPU for every model.
@@ -94,7 +96,8 @@ pub fn load_repository(
             .set_default(name)
             .map_err(ServeError::DefaultModel)?;
     }
-    Ok(repository)
+    let explainers = crate::explain::gradients::prepare(&mut repository, &env, load);
+    Ok((repository, explainers))
 }
 
 /// Accepted connections with Nagle's algorithm off: a reply written in pieces would otherwise
@@ -149,7 +152,7 @@ pub async fn serve(
         let inference = inference.clone();
         let args = args.clone();
         tokio::task::spawn_blocking(move || {
-            let repository = load_repository(
+            let (repository, explainers) = load_repository(
                 &args.models.source(),
                 &runtime_options,
                 &args.load_options(),
@@ -163,6 +166,7 @@ pub async fn serve(
             );
             let engine = Engine::new(
                 Arc::new(repository),
+                explainers,
                 EngineLimits {
                     explain: crate::explain::ExplainLimits {
                         max_steps: args.max_steps,

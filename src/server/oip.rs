@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Engine, MAX_ELEMENTS};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::triton::datatype;
 use crate::model::{DType, Model, ModelEntry, ModelSpec, TensorData, TensorSpec, Values};
@@ -19,6 +19,7 @@ use crate::proto::inference as pb;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::proto::inference::infer_parameter::ParameterChoice;
 use crate::proto::inference::model_infer_request::InferInputTensor;
+use crate::wire::{self, TensorError};
 
 /// The platform reported in model metadata (Triton's name for ONNX Runtime models).
 const PLATFORM: &str = "onnxruntime_onnx";
@@ -146,7 +147,11 @@ impl GrpcInferenceService for InferenceService {
                 vec![version]
             },
             platform: PLATFORM.into(),
-            inputs: spec.inputs.iter().map(tensor_metadata).collect(),
+            inputs: spec
+                .inputs
+                .iter()
+                .map(|i| tensor_metadata(&i.tensor))
+                .collect(),
             outputs: spec.outputs.iter().map(tensor_metadata).collect(),
         }))
     }
@@ -282,8 +287,8 @@ fn decode_inputs(
     }
     let mut decoded = Vec::with_capacity(request.inputs.len());
     for (i, input) in request.inputs.iter().enumerate() {
-        let Some(wanted) = spec.inputs.iter().find(|s| s.name == input.name) else {
-            let names: Vec<&str> = spec.inputs.iter().map(|s| s.name.as_str()).collect();
+        let Some(wanted) = spec.input(&input.name).map(|i| &i.tensor) else {
+            let names: Vec<&str> = spec.inputs.iter().map(|i| i.name()).collect();
             return Err(Error::invalid(
                 "inputs",
                 format!(
@@ -312,13 +317,14 @@ fn decode_inputs(
     if let Some(missing) = spec
         .inputs
         .iter()
-        .find(|s| !decoded.iter().any(|(name, _)| name == &s.name))
+        .find(|s| !decoded.iter().any(|(name, _)| name == s.name()))
     {
         return Err(Error::invalid(
             "inputs",
             format!(
                 "input {:?} of model {:?} is missing",
-                missing.name, spec.name
+                missing.name(),
+                spec.name
             ),
         ));
     }
@@ -332,19 +338,15 @@ fn decode_input(
     raw: Option<&[u8]>,
 ) -> Result<TensorData, Error> {
     let name = &input.name;
-    let width = match wanted.dtype {
-        DType::F32 => 4,
-        DType::I64 => 8,
-        DType::Other(_) => {
-            return Err(Error::FailedPrecondition {
-                field: "inputs",
-                reason: format!(
-                    "input {name:?} is {}; integrad feeds FP32 and INT64 inputs",
-                    datatype(wanted.dtype)
-                ),
-            })
-        }
-    };
+    if let DType::Other(_) = wanted.dtype {
+        return Err(Error::FailedPrecondition {
+            field: "inputs",
+            reason: format!(
+                "input {name:?} is {}; integrad feeds FP32 and INT64 inputs",
+                datatype(wanted.dtype)
+            ),
+        });
+    }
     let expected = datatype(wanted.dtype);
     if input.datatype != expected {
         return Err(Error::invalid(
@@ -381,17 +383,8 @@ fn decode_input(
             ));
         }
     }
-    let elements = shape
-        .iter()
-        .try_fold(1i64, |acc, &d| {
-            acc.checked_mul(d).filter(|n| *n <= MAX_ELEMENTS)
-        })
-        .ok_or_else(|| {
-            Error::invalid(
-                "inputs",
-                format!("input {name:?}: shape {shape:?} has more than {MAX_ELEMENTS} elements"),
-            )
-        })? as usize;
+    let elements = wire::elements(shape)
+        .map_err(|e| Error::invalid("inputs", format!("input {name:?}: {e}")))?;
     let contents = input.contents.as_ref();
     let values = match (raw, contents) {
         (Some(_), Some(c)) if *c != pb::InferTensorContents::default() => {
@@ -401,25 +394,13 @@ fn decode_input(
             ))
         }
         (Some(bytes), _) => {
-            if bytes.len() != elements * width {
-                return Err(Error::invalid(
-                    "raw_input_contents",
-                    format!(
-                        "input {name:?} has {} bytes; shape {shape:?} of {expected} needs {}",
-                        bytes.len(),
-                        elements * width
-                    ),
-                ));
-            }
-            match wanted.dtype {
-                DType::F32 => Values::F32(crate::engine::f32s(bytes)),
-                _ => Values::I64(
-                    bytes
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().expect("chunk of 8")))
-                        .collect(),
-                ),
-            }
+            return wire::decode(wanted.dtype, shape.clone(), bytes).map_err(|e| {
+                let field = match e {
+                    TensorError::Length { .. } => "raw_input_contents",
+                    _ => "inputs",
+                };
+                Error::invalid(field, format!("input {name:?} {e}"))
+            })
         }
         (None, Some(c)) => typed_contents(c, wanted.dtype, elements, name)?,
         (None, None) => {
@@ -447,7 +428,10 @@ fn typed_contents(
         DType::F32 => (
             "fp32_contents",
             contents.fp32_contents.len(),
-            Values::F32(contents.fp32_contents.clone()),
+            Values::F32(
+                wire::finite(contents.fp32_contents.clone())
+                    .map_err(|e| Error::invalid("inputs", format!("input {name:?}: {e}")))?,
+            ),
         ),
         _ => (
             "int64_contents",

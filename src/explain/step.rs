@@ -18,7 +18,7 @@
 //! Row r evaluates the gradient at `(1 - alpha_r) * baseline_p + alpha_r * input_p` with
 //! `p = ig_path[r]`, exactly the baseline at alpha 0 and exactly the input at 1 (as
 //! [`super::interpolate`]). One Explain sends one path (`ig_path` all zeros); the worker's
-//! batcher (src/model/batch.rs) merges several Explains' runs into one by stacking their paths
+//! batcher (src/model/batch.rs, by the rules of [`MERGE`]) merges several Explains' runs into one by stacking their paths
 //! and offsetting their `ig_path`s, with their weights block-diagonal. Every row-indexed
 //! tensor, `ig_path` included, shares the cotangent's batch symbol, so ONNX Runtime keeps its
 //! fast layout (docs/autodiff.md, "One batch symbol"). A batch thus
@@ -28,7 +28,7 @@
 
 use crate::autodiff::builder::{attr_i, attr_ints};
 use crate::autodiff::{graph, COTANGENT, GRAD};
-use crate::model::{TensorData, Values};
+use crate::model::{PathRules, TensorData, Values};
 use crate::proto::onnx::tensor_shape_proto::dimension::Value as Dim;
 use crate::proto::onnx::{
     type_proto, AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
@@ -60,6 +60,19 @@ pub const STEP_INPUTS: [&str; 7] = [
     STEP_WEIGHTS,
     COTANGENT,
 ];
+
+/// How the model worker merges several Explains' step jobs into one run (module docs).
+pub const MERGE: PathRules = PathRules {
+    inputs: &STEP_INPUTS,
+    per_path: &[STEP_INPUT, STEP_BASELINE],
+    path_index: STEP_PATH,
+    per_row: &[COTANGENT, STEP_ALPHA, STEP_ONE_MINUS_ALPHA],
+    weights: STEP_WEIGHTS,
+    sums: STEP_SUMS,
+};
+
+/// The inputs a step worker keeps bound across runs while they are unchanged: the paths.
+pub const KEEP_BOUND: &[&str] = &[STEP_INPUT, STEP_BASELINE];
 
 /// One path's step run: `rows = alphas x targets`, row r at alpha `r / t` with target
 /// `r % t`'s one-hot cotangent (the order [`super::Integrator`] expects).
@@ -140,9 +153,28 @@ impl StepRun<'_> {
     }
 }
 
+/// Why a gradient model does not fit the autodiff contract the step model builds on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StepModelError {
+    #[error("the gradient model has no graph")]
+    NoGraph,
+    #[error("the gradient model's first output is not {GRAD:?}")]
+    NoGrad,
+    #[error("the model already has a tensor named {0:?}")]
+    Reserved(&'static str),
+    #[error("the gradient model has no input {0:?}")]
+    NoInput(String),
+    #[error("input {0:?} has no declared tensor type")]
+    Untyped(String),
+    #[error("input {0:?} must be a float32 tensor with a batch axis")]
+    NotFloatBatch(String),
+    #[error("the gradient model has no typed cotangent input")]
+    NoCotangent,
+}
+
 /// Wraps `grad` (a gradient model of the input `input`) into the step model described in the
-/// module docs. Errors name what does not fit the autodiff contract.
-pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, String> {
+/// module docs.
+pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, StepModelError> {
     let mut model = grad.clone();
     let opset = model
         .opset_import
@@ -151,12 +183,9 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
         .map(|o| o.version())
         .max()
         .unwrap_or(0);
-    let g = model
-        .graph
-        .as_mut()
-        .ok_or("the gradient model has no graph")?;
+    let g = model.graph.as_mut().ok_or(StepModelError::NoGraph)?;
     if g.output.first().map(|o| o.name()) != Some(GRAD) {
-        return Err(format!("the gradient model's first output is not {GRAD:?}"));
+        return Err(StepModelError::NoGrad);
     }
     // The step model's own names (the cotangent is the gradient model's already).
     let own_inputs = STEP_INPUTS.iter().filter(|n| **n != COTANGENT);
@@ -166,28 +195,26 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
             .chain(&g.output)
             .any(|v| v.name() == reserved)
         {
-            return Err(format!("the model already has a tensor named {reserved:?}"));
+            return Err(StepModelError::Reserved(reserved));
         }
     }
     let at = g
         .input
         .iter()
         .position(|v| v.name() == input)
-        .ok_or_else(|| format!("the gradient model has no input {input:?}"))?;
+        .ok_or_else(|| StepModelError::NoInput(input.to_string()))?;
     let declared = g.input.remove(at);
-    let (dtype, dims) = tensor_type(&declared)
-        .ok_or_else(|| format!("input {input:?} has no declared tensor type"))?;
+    let (dtype, dims) =
+        tensor_type(&declared).ok_or_else(|| StepModelError::Untyped(input.to_string()))?;
     if dtype != graph::FLOAT || dims.is_empty() {
-        return Err(format!(
-            "input {input:?} must be a float32 tensor with a batch axis"
-        ));
+        return Err(StepModelError::NotFloatBatch(input.to_string()));
     }
     let cotangent = g
         .input
         .iter()
         .find(|v| v.name() == COTANGENT)
         .and_then(tensor_type)
-        .ok_or("the gradient model has no typed cotangent input")?;
+        .ok_or(StepModelError::NoCotangent)?;
     // Rows share the cotangent's batch dimension (one symbol: see docs/autodiff.md).
     let rows = cotangent.1.first().cloned().unwrap_or(Dim::DimValue(-1));
     let one = Dim::DimValue(1);
