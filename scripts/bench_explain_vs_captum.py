@@ -21,7 +21,7 @@ hold the cores.
 forward once per alpha.
 
     cargo build --release
-    /work/pyenv/bin/python scripts/bench_explain_vs_captum.py [--url http://HOST:PORT]
+    .venv-dev/bin/python scripts/bench_explain_vs_captum.py [--url http://HOST:PORT]
         [--runs 5] [--threads 2] [--steps 50,300] [--batch-size N] [--captum-batch-size N]
 
 Without --url it starts target/release/integrad serve on a free loopback port and stops it

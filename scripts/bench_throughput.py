@@ -22,7 +22,7 @@ Any RPC error, or a reply that is not one explanation of the requested steps, st
 script with a non-zero exit status: a throughput figure from failed requests is no figure.
 
     cargo build --release
-    /work/pyenv/bin/python scripts/bench_throughput.py [--concurrency 8,32] [--steps 50]
+    .venv-dev/bin/python scripts/bench_throughput.py [--concurrency 8,32] [--steps 50]
         [--mode off="--batching off" --mode on="--batching on"] [--intra-threads N]
 
 `--mode LABEL=FLAGS` (or `--server-flags`; repeatable) replaces the default pair, e.g.

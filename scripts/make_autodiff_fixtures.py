@@ -23,7 +23,7 @@ input for a batch of 3 rows with a different target class per row (one-hot cotan
   targets.json  the target class of each row, per model
 
 Run with the dev virtualenv (scripts/requirements-dev.txt):
-    /work/pyenv/bin/python scripts/make_autodiff_fixtures.py
+    .venv-dev/bin/python scripts/make_autodiff_fixtures.py
 """
 
 import json

@@ -9,7 +9,7 @@ baseline tensors to Explain and compares. What each file is, and the exact Captu
 tests/data/ig/README.md.
 
 Run with the dev virtualenv (scripts/requirements-dev.txt):
-    /work/pyenv/bin/python scripts/make_captum_fixtures.py
+    .venv-dev/bin/python scripts/make_captum_fixtures.py
 """
 
 import json

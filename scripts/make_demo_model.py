@@ -19,7 +19,7 @@ Sources (see docs/demo-model.md):
                   `python -m pip download --no-deps torchvision==X` fetches.
 
 Run with the dev virtualenv (see scripts/requirements-dev.txt):
-    /work/pyenv/bin/python scripts/make_demo_model.py
+    .venv-dev/bin/python scripts/make_demo_model.py
 Options:
     --torchvision-wheel PATH   use this wheel instead of downloading one
     --out DIR                  output folder (default models/efficientnet-lite0)

@@ -17,7 +17,7 @@
    for NAME in chelsea, coffee, rocket.
 
 Run after scripts/make_demo_model.py:
-    /work/pyenv/bin/python scripts/make_reference_fixtures.py
+    .venv-dev/bin/python scripts/make_reference_fixtures.py
 """
 
 import hashlib

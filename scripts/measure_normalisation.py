@@ -21,7 +21,7 @@ and variance look like the stored ones (mean offset near 0 running standard
 deviations, variance ratio near 1).
 
 Run after scripts/make_demo_model.py:
-    /work/pyenv/bin/python scripts/measure_normalisation.py
+    .venv-dev/bin/python scripts/measure_normalisation.py
 """
 
 import os

@@ -1,5 +1,10 @@
 //! Reading and writing `.npy` files (NumPy's array format, version 1.0-3.0): little-endian
 //! float32, float64 (read as float32) and int64, C order.
+//!
+//! Hand-written rather than `ndarray-npy` (0.10): its reader allocates whatever the header's
+//! shape claims before it reads the data, so a 144-byte file claiming 2^40 floats aborts the
+//! process on a failed 4 TiB allocation instead of failing with an error. Here the whole file is
+//! read first and every size is checked against it.
 
 use std::path::Path;
 
@@ -16,6 +21,9 @@ pub enum NpyError {
     Dtype(String),
     #[error("Fortran-order .npy arrays are not supported; save with np.ascontiguousarray")]
     FortranOrder,
+    /// Any of the above, in the file at `path`.
+    #[error("{path}: {source}")]
+    File { path: String, source: Box<NpyError> },
 }
 
 /// An array read from a `.npy` file.
@@ -38,7 +46,10 @@ pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&bytes)
+    parse(&bytes).map_err(|source| NpyError::File {
+        path: path.display().to_string(),
+        source: Box::new(source),
+    })
 }
 
 pub fn parse(bytes: &[u8]) -> Result<NpyArray, NpyError> {
@@ -67,22 +78,19 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, NpyError> {
         return Err(NpyError::FortranOrder);
     }
     let shape = parse_shape(header)?;
-    let count: usize = shape.iter().product();
     let body = &bytes[header_end..];
     let width = match descr {
-        "<f4" | "<i8" | "<f8" => {
-            if descr == "<f4" {
-                4
-            } else {
-                8
-            }
-        }
+        "<f4" => 4,
+        "<i8" | "<f8" => 8,
         other => return Err(NpyError::Dtype(other.to_string())),
     };
-    if body.len() != count * width {
+    let needed = shape
+        .iter()
+        .try_fold(width, |acc: usize, &d| acc.checked_mul(d))
+        .ok_or_else(|| NpyError::Format(format!("shape {shape:?} is too large")))?;
+    if body.len() != needed {
         return Err(NpyError::Format(format!(
-            "shape {shape:?} needs {} data bytes, file has {}",
-            count * width,
+            "shape {shape:?} needs {needed} data bytes, file has {}",
             body.len()
         )));
     }
@@ -217,5 +225,89 @@ mod tests {
         let mut bytes = encode_f32(&[4], &[1.0, 2.0, 3.0, 4.0]);
         bytes.truncate(bytes.len() - 2);
         assert!(matches!(parse(&bytes), Err(NpyError::Format(_))));
+    }
+
+    /// A version 1.0 file with header dict `dict` and data `body`.
+    fn with_header(dict: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(dict.len() as u16 + 1).to_le_bytes());
+        out.extend_from_slice(dict.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn reads_float64_as_float32_and_int64() {
+        let body: Vec<u8> = [1.5f64, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let bytes = with_header(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
+            &body,
+        );
+        assert_eq!(
+            parse(&bytes).unwrap(),
+            NpyArray::F32 {
+                shape: vec![2],
+                data: vec![1.5, -2.0]
+            }
+        );
+        let body: Vec<u8> = [7i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = with_header(
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (1, 2), }",
+            &body,
+        );
+        assert_eq!(
+            parse(&bytes).unwrap(),
+            NpyArray::I64 {
+                shape: vec![1, 2],
+                data: vec![7, -1]
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_other_dtypes_and_fortran_order() {
+        let bytes = with_header(
+            "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }",
+            &[0; 8],
+        );
+        assert!(matches!(parse(&bytes), Err(NpyError::Dtype(d)) if d == "<i4"));
+        let bytes = with_header(
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }",
+            &[0; 16],
+        );
+        assert!(matches!(parse(&bytes), Err(NpyError::FortranOrder)));
+    }
+
+    #[test]
+    fn refuses_sizes_the_file_does_not_hold() {
+        // A shape far larger than the file, and one whose byte count overflows usize.
+        for shape in ["(1099511627776,)", "(4611686018427387904, 4)"] {
+            let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let bytes = with_header(&dict, &[0; 16]);
+            assert!(matches!(parse(&bytes), Err(NpyError::Format(_))), "{shape}");
+        }
+        // A version 2.0 header length of 4 GiB in a 20-byte file.
+        let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(b"{'descr'");
+        assert!(matches!(parse(&bytes), Err(NpyError::Format(_))));
+    }
+
+    #[test]
+    fn read_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.npy");
+        std::fs::write(&path, b"not numpy").unwrap();
+        let message = read(&path).unwrap_err().to_string();
+        assert!(message.contains("bad.npy"), "{message}");
+        assert!(message.contains("not a .npy file"), "{message}");
+        let message = read(&dir.path().join("missing.npy"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("missing.npy"), "{message}");
     }
 }

@@ -94,6 +94,25 @@ fn should_refuse_a_model_file_that_is_not_onnx() {
 }
 
 #[test]
+fn should_name_a_tensor_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("int32.npy");
+    // A well-formed .npy of a dtype integrad does not take.
+    let dict = "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }\n";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    bytes.extend_from_slice(&[0; 8]);
+    std::fs::write(&bad, bytes).unwrap();
+    let out = run(&["predict", "--tensor", bad.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("int32.npy"), "{stderr}");
+    assert!(stderr.contains("<i4"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn should_explain_a_missing_or_wrong_onnxruntime() {
     for (library, expected) in [
         ("/nonexistent/libonnxruntime.so", "does not exist"),

@@ -80,7 +80,8 @@ async fn should_stream_progress_then_an_explanation_that_adds_up() {
     let sum: f64 = attributions.iter().map(|&a| f64::from(a)).sum();
     assert!((sum as f32 - r.attribution_sum).abs() < 1e-4);
     // Completeness: at 64 steps the trapezoid rule leaves a few percent of F(x) - F(x') on
-    // this photo (IG.md: increase steps until |delta| is 1-5 %); 10 % bounds it with margin.
+    // this photo (docs/method.md: increase steps until |delta| is 1-5 %); 10 % bounds it with
+    // margin.
     let gap = r.score_input - r.score_baseline;
     assert!(
         (r.convergence_delta / gap).abs() < 0.10,
@@ -188,10 +189,10 @@ async fn should_converge_as_steps_grow_and_adaptively() {
     }
     // The trapezoid error shrinks as the path is sampled more finely; it need not be exactly
     // quadratic (ReLU6 kinks make the integrand non-smooth), but it must fall overall, and by
-    // 128 steps be within IG.md's 5 %.
+    // 128 steps be within the 5 % of docs/method.md.
     // Measured: 98 %, 119 %, 12 %, 3.4 %. The logit of a ReLU6 network from a black image is
-    // a hard integrand (IG.md: hard inputs need hundreds of steps or more); a wrong gradient
-    // would stall at a fixed gap instead of shrinking towards zero.
+    // a hard integrand (docs/method.md: hard inputs can need 1000 steps or more); a wrong
+    // gradient would stall at a fixed gap instead of shrinking towards zero.
     assert!(deltas[3] < deltas[2] && deltas[2] < deltas[0], "{deltas:?}");
     assert!(deltas[3] < 0.05, "{deltas:?}");
 

@@ -228,9 +228,18 @@ fn write_files(dir: &Path, r: &pb::Explanation, objective: &str) -> anyhow::Resu
     if !r.overlay_png.is_empty() {
         std::fs::write(dir.join("overlay.png"), &r.overlay_png)?;
     }
+    let samples: Vec<crate::image::PathSample> = r
+        .path
+        .iter()
+        .map(|p| crate::image::PathSample {
+            alpha: p.alpha,
+            score: p.score,
+            mean_abs_gradient: p.mean_abs_gradient,
+        })
+        .collect();
     std::fs::write(
         dir.join("saturation.png"),
-        super::plot::saturation_png(r, objective)?,
+        crate::image::saturation_png(&samples, objective, &r.label)?,
     )?;
     let method = pb::Method::try_from(r.method)
         .map(|m| m.as_str_name())

@@ -4,7 +4,6 @@
 mod autodiff;
 mod connect;
 mod explain;
-mod plot;
 mod predict;
 
 pub use autodiff::{run_autodiff, AutodiffArgs};

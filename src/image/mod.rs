@@ -1,11 +1,14 @@
 //! Images in, model tensors out: decoding with limits, EXIF orientation, resize and
-//! normalisation exactly as a model's config asks. A plain library (no tonic, no tokio).
+//! normalisation exactly as a model's config asks; and pictures out: attribution masks,
+//! overlays and the saturation plots. A plain library (no tonic, no tokio).
 
 mod decode;
+mod plot;
 mod preprocess;
 mod render;
 
 pub use decode::{decode, DecodeLimits};
+pub use plot::{saturation_png, PathSample, PlotError};
 pub use preprocess::{preprocess, Geometry, Layout, Preprocessing, ResizePolicy};
 pub use render::{
     channel_sum_abs, picture_from_input, png, render, Colormap, Pictures, RenderOptions,

@@ -1,16 +1,33 @@
-//! The saturation plots of IG.md, side by side: the target's score along the path, and the
-//! mean absolute gradient along the path (which collapses as alpha nears 1).
+//! The saturation plots of docs/method.md, side by side: the target's score along the path,
+//! and the mean absolute gradient along the path (which collapses as alpha nears 1).
 
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::proto::integrad::v1 as pb;
-
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const SIZE: (u32, u32) = (1200, 450);
 
-/// PNG bytes of the two plots for `explanation`.
-pub fn saturation_png(explanation: &pb::Explanation, objective: &str) -> anyhow::Result<Vec<u8>> {
+/// One evaluated point of the integration path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathSample {
+    pub alpha: f32,
+    /// The target's score (probability or logit) at the interpolated input.
+    pub score: f32,
+    /// The mean absolute gradient of the score there.
+    pub mean_abs_gradient: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not draw the saturation plots: {0}")]
+pub struct PlotError(String);
+
+/// PNG bytes of the two plots for the path `samples` (ascending alpha) of the explanation of
+/// `label`, whose score is `objective` (e.g. "probability").
+pub fn saturation_png(
+    samples: &[PathSample],
+    objective: &str,
+    label: &str,
+) -> Result<Vec<u8>, PlotError> {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
         let _ = register_font("sans-serif", FontStyle::Normal, FONT);
@@ -18,24 +35,15 @@ pub fn saturation_png(explanation: &pb::Explanation, objective: &str) -> anyhow:
     let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.fill(&WHITE).map_err(|e| PlotError(e.to_string()))?;
         let (left, right) = root.split_horizontally(SIZE.0 / 2);
-        let alphas: Vec<f64> = explanation
-            .path
-            .iter()
-            .map(|p| f64::from(p.alpha))
-            .collect();
-        let scores: Vec<f64> = explanation
-            .path
-            .iter()
-            .map(|p| f64::from(p.score))
-            .collect();
-        let grads: Vec<f64> = explanation
-            .path
+        let alphas: Vec<f64> = samples.iter().map(|p| f64::from(p.alpha)).collect();
+        let scores: Vec<f64> = samples.iter().map(|p| f64::from(p.score)).collect();
+        let grads: Vec<f64> = samples
             .iter()
             .map(|p| f64::from(p.mean_abs_gradient))
             .collect();
-        let title = format!("{} ({}) along the path", objective, explanation.label);
+        let title = format!("{objective} ({label}) along the path");
         line_chart(
             &left,
             &title,
@@ -52,11 +60,11 @@ pub fn saturation_png(explanation: &pb::Explanation, objective: &str) -> anyhow:
             &grads,
             &RGBColor(214, 39, 40),
         )?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| PlotError(e.to_string()))?;
     }
     let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer)
-        .ok_or_else(|| anyhow::anyhow!("plot buffer size"))?;
-    Ok(crate::image::png(&image))
+        .ok_or_else(|| PlotError("plot buffer size".into()))?;
+    Ok(super::png(&image))
 }
 
 fn line_chart<DB: DrawingBackend>(
@@ -66,11 +74,11 @@ fn line_chart<DB: DrawingBackend>(
     xs: &[f64],
     ys: &[f64],
     colour: &RGBColor,
-) -> anyhow::Result<()>
+) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e}");
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| PlotError(e.to_string());
     let (lo, hi) = ys
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
