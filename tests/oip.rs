@@ -257,6 +257,38 @@ async fn should_take_typed_contents_and_refuse_bad_requests_with_clear_statuses(
             Code::InvalidArgument,
             "bytes",
         ),
+        // NaN and infinities are refused as on integrad's own API (one policy for every
+        // tensor): they would make every logit NaN without an error.
+        (
+            "a NaN in raw contents",
+            raw_request(model, coffee_input("FP32"), {
+                let mut bytes = coffee_bytes();
+                bytes[4 * 1234..4 * 1235].copy_from_slice(&f32::NAN.to_le_bytes());
+                bytes
+            }),
+            Code::InvalidArgument,
+            "element 1234",
+        ),
+        (
+            "an infinity in typed contents",
+            oip::ModelInferRequest {
+                model_name: model.into(),
+                inputs: vec![InferInputTensor {
+                    contents: Some(oip::InferTensorContents {
+                        fp32_contents: {
+                            let mut values = data.clone();
+                            values[1234] = f32::NEG_INFINITY;
+                            values
+                        },
+                        ..Default::default()
+                    }),
+                    ..coffee_input("FP32")
+                }],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "element 1234",
+        ),
         (
             "raw contents for no input",
             oip::ModelInferRequest {
