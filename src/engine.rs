@@ -10,7 +10,9 @@ use crate::error::Error;
 use crate::explain::{ExplainJob, Explainers, Gradients};
 use crate::image::DecodeLimits;
 use crate::input::PreparedInput;
-use crate::model::{Model, ModelEntry, ModelSpec, OutputKind, Repository, Values};
+use crate::model::{
+    Head, Model, ModelEntry, ModelSpec, OutputKind, Repository, SigmoidKind, Values,
+};
 use crate::proto::integrad::v1 as pb;
 
 /// Predict's top-k when the request leaves it at 0.
@@ -162,10 +164,24 @@ fn classes(spec: &ModelSpec) -> Option<usize> {
     }
 }
 
+/// The k most probable classes. A score head has none (its values are in the response's
+/// tensor).
 fn top_predictions(scores: &[f32], spec: &ModelSpec, k: usize) -> Vec<pb::Prediction> {
-    let (probabilities, logits): (Vec<f32>, Vec<f32>) = match spec.output_kind() {
-        OutputKind::Logits => (softmax(scores), scores.to_vec()),
-        OutputKind::Probabilities => (scores.to_vec(), scores.iter().map(|p| p.ln()).collect()),
+    let (probabilities, logits): (Vec<f32>, Vec<f32>) = match &spec.head {
+        Head::Classes {
+            kind: OutputKind::Logits,
+            ..
+        } => (softmax(scores), scores.to_vec()),
+        Head::Classes { .. } => (scores.to_vec(), scores.iter().map(|p| p.ln()).collect()),
+        Head::Sigmoid {
+            kind: SigmoidKind::Logits,
+            ..
+        } => (
+            scores.iter().map(|&l| sigmoid(l)).collect(),
+            scores.to_vec(),
+        ),
+        Head::Sigmoid { .. } => (scores.to_vec(), scores.iter().map(|&p| logit(p)).collect()),
+        Head::Scores { .. } => return Vec::new(),
     };
     let mut order: Vec<usize> = (0..scores.len()).collect();
     // NaN-safe: total_cmp orders every float, so a broken model output can't panic the sort.
@@ -184,6 +200,17 @@ fn top_predictions(scores: &[f32], spec: &ModelSpec, k: usize) -> Vec<pb::Predic
             logit: logits[i],
         })
         .collect()
+}
+
+/// The logistic sigmoid, in f64.
+pub fn sigmoid(logit: f32) -> f32 {
+    (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32
+}
+
+/// The logit of a probability, ln(p / (1 - p)), in f64 (infinite at 0 and 1).
+fn logit(p: f32) -> f32 {
+    let p = f64::from(p);
+    (p.ln() - (1.0 - p).ln()) as f32
 }
 
 /// Softmax in f64, shifted by the maximum so no exponent overflows.

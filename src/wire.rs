@@ -8,7 +8,9 @@
 //! is refused with the element's index).
 
 use crate::image::{Colormap, Layout, RenderOptions, ResizePolicy};
-use crate::model::{DType, ModelEntry, ModelSpec, OutputKind, TensorData, TensorSpec, Values};
+use crate::model::{
+    DType, Head, ModelEntry, ModelSpec, OutputKind, SigmoidKind, TensorData, TensorSpec, Values,
+};
 use crate::proto::integrad::v1 as pb;
 
 /// A tensor whose element count exceeds this is refused before it is copied (1 Gi elements,
@@ -255,7 +257,20 @@ fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
         output_kind: match spec.output_kind() {
             OutputKind::Logits => pb::OutputKind::Logits,
             OutputKind::Probabilities => pb::OutputKind::Probabilities,
+            OutputKind::Scores => pb::OutputKind::Scores,
         } as i32,
+        head: match &spec.head {
+            Head::Classes { .. } => pb::HeadKind::Softmax,
+            Head::Sigmoid { .. } => pb::HeadKind::Sigmoid,
+            Head::Scores { .. } => pb::HeadKind::Scores,
+        } as i32,
+        logits: match &spec.head {
+            Head::Sigmoid {
+                kind: SigmoidKind::Probabilities { logits: Some(l) },
+                ..
+            } => l.clone(),
+            _ => String::new(),
+        },
         labels: spec.labels().to_vec(),
         preprocessing,
         explainable: spec.attribution.is_ok(),

@@ -135,6 +135,19 @@ fn should_diff_the_probability_objective() {
     );
 }
 
+/// A binary or multi-label head's probability: sigmoid(y) elementwise, never a softmax.
+#[test]
+fn should_diff_the_sigmoid_objective() {
+    let m = Tiny::new(17)
+        .input("x", F64, &[-1, 4])
+        .node("Tanh", &["x"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    let mut r = Rng::new(5);
+    let x = T::random(F64, &[3, 4], &mut r);
+    check_with(&m, "x", &[("x", &x)], F64_EPS, F64_TOL, Objective::Sigmoid);
+}
+
 /// An embedding lookup: ids -> Gather -> e -> MatMul -> Tanh -> y, differentiated with respect
 /// to the inner tensor e (layer attribution for token inputs).
 #[test]

@@ -7,7 +7,8 @@
 //! - inputs: every input of the original model (same names and shapes), plus `cotangent`,
 //!   shaped like the chosen output, of the output's element type (float32 for float32 models);
 //! - outputs: first `grad`, the gradient of `sum(cotangent * objective(output))` with respect
-//!   to `wrt` (its shape), then the original outputs unchanged.
+//!   to `wrt` (its shape), then the original outputs unchanged, then the differentiated tensor
+//!   itself when it is not one of them (an inner tensor named as `of`).
 //!
 //! The module is a registry of rules ([`registry`]): every op type is in exactly one class:
 //! it has a gradient rule (one file per op family under `ops/`), it has no gradient (its
@@ -39,7 +40,7 @@ pub const COTANGENT: &str = "cotangent";
 /// The name of the gradient output (always the first output).
 pub const GRAD: &str = "grad";
 
-/// What is differentiated: the chosen output itself or its softmax.
+/// What is differentiated: the chosen output itself, its softmax, or its sigmoid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
     /// The output as is (e.g. logits).
@@ -47,6 +48,9 @@ pub enum Objective {
     Logit,
     /// Softmax over the output's last axis, added inside the gradient graph.
     Probability,
+    /// The logistic sigmoid of each value (a binary or multi-label head's probability from its
+    /// logits), added inside the gradient graph.
+    Sigmoid,
 }
 
 impl std::str::FromStr for Objective {
@@ -55,8 +59,9 @@ impl std::str::FromStr for Objective {
         match s {
             "logit" => Ok(Objective::Logit),
             "probability" => Ok(Objective::Probability),
+            "sigmoid" => Ok(Objective::Sigmoid),
             other => Err(format!(
-                "unknown objective {other:?} (expected logit or probability)"
+                "unknown objective {other:?} (expected logit, probability or sigmoid)"
             )),
         }
     }
@@ -307,7 +312,8 @@ pub fn build_gradient(
 }
 
 /// The cotangent of `of` for the objective: `cotangent` itself for logits; for probabilities
-/// p = softmax(y) over the last axis, d sum(c * p) / dy = p * (c - sum(c * p, last axis)).
+/// p = softmax(y) over the last axis, d sum(c * p) / dy = p * (c - sum(c * p, last axis)); for
+/// s = sigmoid(y) elementwise, d sum(c * s) / dy = c * s * (1 - s).
 fn seed(b: &mut Builder, of: &str, info: &TensorInfo, objective: Objective) -> String {
     match objective {
         Objective::Logit => COTANGENT.to_string(),
@@ -323,6 +329,13 @@ fn seed(b: &mut Builder, of: &str, info: &TensorInfo, objective: Objective) -> S
             );
             let d = b.op("Sub", &[COTANGENT, &s], vec![]);
             b.op("Mul", &[&p, &d], vec![])
+        }
+        Objective::Sigmoid => {
+            let s = b.op("Sigmoid", &[of], vec![]);
+            let one = b.scalar(info.dtype, 1.0);
+            let rest = b.op("Sub", &[&one, &s], vec![]);
+            let slope = b.op("Mul", &[&s, &rest], vec![]);
+            b.op("Mul", &[COTANGENT, &slope], vec![])
         }
     }
 }
@@ -385,6 +398,14 @@ fn assemble(
     let mut outputs = vec![graph::declared_value_info(graph, wrt, GRAD)
         .unwrap_or_else(|| graph::value_info(GRAD, wrt_info.dtype, &wrt_info.shape))];
     outputs.extend(graph.output.iter().cloned());
+    // The differentiated tensor's values, when it is an inner one (a Sigmoid's input): the
+    // caller reads F along the path from them.
+    if !graph.output.iter().any(|o| o.name() == of) {
+        outputs.push(
+            graph::declared_value_info(graph, of, of)
+                .unwrap_or_else(|| graph::value_info(of, of_info.dtype, &of_info.shape)),
+        );
+    }
     g.output = outputs;
     g.node.extend(bw_nodes);
     g.initializer.extend(bw_inits);

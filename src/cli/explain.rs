@@ -26,9 +26,11 @@ pub struct ExplainArgs {
     /// trapezoid, left, right, midpoint or gauss-legendre.
     #[arg(long, default_value = "trapezoid")]
     pub method: crate::ig::Method,
-    /// probability (softmax of the logits) or logit.
-    #[arg(long, default_value = "probability")]
-    pub objective: String,
+    /// probability (the softmax of the logits, or the sigmoid of a binary head's logit), logit,
+    /// or value (a regression head's output) [default: probability for classifiers, value for
+    /// score heads].
+    #[arg(long)]
+    pub objective: Option<String>,
     /// zeros, black, white, uniform, blur, or a .npy file [default: black for images, zeros
     /// for tensors].
     #[arg(long)]
@@ -129,7 +131,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
         } else {
             args.out.join(format!("{}-{}", rank + 1, r.target_class))
         };
-        write_files(&dir, r, &args.objective)?;
+        write_files(&dir, r)?;
         println!(
             "class {} {:?}: F(input) {:.4}, F(baseline) {:.4}, sum of attributions {:.4}, delta {:.2e} ({:.2} %), {} steps, {:.0} ms -> {}",
             r.target_class,
@@ -178,10 +180,12 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
             "--baseline {other:?}: expected zeros, black, white, uniform, blur or a .npy file"
         ),
     };
-    let objective = match args.objective.as_str() {
-        "probability" => pb::Objective::Probability,
-        "logit" => pb::Objective::Logit,
-        other => anyhow::bail!("--objective {other:?}: expected probability or logit"),
+    let objective = match args.objective.as_deref() {
+        None => pb::Objective::Unspecified,
+        Some("probability") => pb::Objective::Probability,
+        Some("logit") => pb::Objective::Logit,
+        Some("value") => pb::Objective::Value,
+        Some(other) => anyhow::bail!("--objective {other:?}: expected probability, logit or value"),
     };
     let colormap = match args.colormap.as_str() {
         "inferno" => pb::Colormap::Inferno,
@@ -213,7 +217,12 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
     })
 }
 
-fn write_files(dir: &Path, r: &pb::Explanation, objective: &str) -> anyhow::Result<()> {
+fn write_files(dir: &Path, r: &pb::Explanation) -> anyhow::Result<()> {
+    let objective = match pb::Objective::try_from(r.objective) {
+        Ok(pb::Objective::Logit) => "logit",
+        Ok(pb::Objective::Value) => "value",
+        _ => "probability",
+    };
     std::fs::create_dir_all(dir)?;
     let attributions = r
         .attributions

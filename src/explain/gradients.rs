@@ -15,8 +15,8 @@ use prost::Message;
 use super::step;
 use crate::autodiff::{build_gradient, GradOptions, Objective};
 use crate::model::{
-    open_worker, Batching, LoadOptions, Merge, Model, ModelEntry, OutputKind, Repository, Worker,
-    WorkerOptions,
+    open_worker, Batching, Head, LoadOptions, Merge, Model, ModelEntry, OutputKind, Repository,
+    SigmoidKind, Worker, WorkerOptions,
 };
 use crate::proto::onnx::ModelProto;
 
@@ -45,13 +45,63 @@ pub enum GradientError {
     WarmUp(#[from] crate::model::ModelError),
 }
 
-/// The IG step models of one model's output w.r.t. its attribution point.
+/// A tensor of the model and the function of it that a gradient model differentiates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Differentiated {
+    /// The served output, or the logits a final Sigmoid reads.
+    pub of: String,
+    pub objective: Objective,
+}
+
+/// What a head's objectives differentiate (see [`super::plan`] for which request gets which):
+/// the output as is always; its softmax for a softmax head of logits; its sigmoid for a
+/// sigmoid head of logits; the Sigmoid's input for a sigmoid head that ends in one.
+pub fn differentiated(head: &Head) -> Vec<Differentiated> {
+    let of = |of: &str, objective| Differentiated {
+        of: of.to_string(),
+        objective,
+    };
+    let output = match head {
+        Head::Classes { output, .. }
+        | Head::Sigmoid { output, .. }
+        | Head::Scores { output, .. } => output,
+    };
+    let mut all = vec![of(output, Objective::Logit)];
+    match head {
+        Head::Classes {
+            kind: OutputKind::Logits,
+            ..
+        } => all.push(of(output, Objective::Probability)),
+        Head::Sigmoid {
+            kind: SigmoidKind::Logits,
+            ..
+        } => all.push(of(output, Objective::Sigmoid)),
+        Head::Sigmoid {
+            kind: SigmoidKind::Probabilities {
+                logits: Some(logits),
+            },
+            ..
+        } => all.push(of(logits, Objective::Logit)),
+        _ => {}
+    }
+    all
+}
+
+/// The IG step models of one model's head w.r.t. its attribution point, one per
+/// [`differentiated`] entry.
 #[derive(Clone)]
 pub struct Gradients {
-    /// Of the output as is (logits, or the probabilities of a model that outputs them).
-    pub output: Worker,
-    /// Of the softmax of the output; for models that output logits.
-    pub softmax: Option<Worker>,
+    workers: Vec<(Differentiated, Worker)>,
+}
+
+impl Gradients {
+    /// The step worker of `what`.
+    pub fn get(&self, what: &Differentiated) -> Option<&Worker> {
+        self.workers
+            .iter()
+            .find(|(d, _)| d == what)
+            .map(|(_, worker)| worker)
+    }
 }
 
 /// Every explainable model's gradient models, by model name.
@@ -118,13 +168,13 @@ fn build(
         source,
     })?;
     drop(bytes);
-    let open = |objective: Objective| -> Result<Worker, GradientError> {
+    let open = |what: &Differentiated| -> Result<Worker, GradientError> {
         let grad = build_gradient(
             &graph,
             &GradOptions {
                 wrt: Some(point.clone()),
-                of: Some(spec.output().to_string()),
-                objective,
+                of: Some(what.of.clone()),
+                objective: what.objective,
             },
         )?;
         let step_model = step::build_step_model(&grad.model, &point)?;
@@ -150,11 +200,10 @@ fn build(
         )?)
     };
     let gradients = Gradients {
-        output: open(Objective::Logit)?,
-        softmax: match spec.output_kind() {
-            OutputKind::Logits => Some(open(Objective::Probability)?),
-            OutputKind::Probabilities => None,
-        },
+        workers: differentiated(&spec.head)
+            .into_iter()
+            .map(|what| Ok((what.clone(), open(&what)?)))
+            .collect::<Result<_, GradientError>>()?,
     };
     tracing::info!(
         model = %spec.name,
@@ -200,8 +249,7 @@ fn warm_up(model: &Model, gradients: &Gradients, batching: &Batching) -> Result<
         sizes.push(batching.max_rows);
     }
     let zeros = vec![0f32; len];
-    let workers = std::iter::once(&gradients.output).chain(&gradients.softmax);
-    for worker in workers {
+    for (_, worker) in &gradients.workers {
         for &rows in &sizes {
             let alphas: Vec<f64> = (0..rows).map(|r| r as f64 / rows as f64).collect();
             let run = step::StepRun {

@@ -9,10 +9,11 @@ use tracing::Instrument;
 
 use super::response::{draw, explanation, send, Summary};
 use super::{step, ExplainItem, ExplainJob, Targets};
-use crate::engine::softmax;
+use crate::autodiff::Objective;
+use crate::engine::{sigmoid, softmax};
 use crate::error::Error;
 use crate::ig::{self, Integrator};
-use crate::model::{OutputKind, TensorData};
+use crate::model::TensorData;
 use crate::proto::integrad::v1 as pb;
 
 impl ExplainJob {
@@ -167,7 +168,7 @@ impl ExplainJob {
                         vec![
                             step::STEP_SUMS.to_string(),
                             step::STEP_ABS.to_string(),
-                            spec.output().to_string(),
+                            self.scored.of.clone(),
                         ],
                     )
                     .instrument(tracing::info_span!(
@@ -231,19 +232,25 @@ impl ExplainJob {
         }
     }
 
-    /// The objective for every class at one input: softmax or logits (or the model's own
-    /// probabilities).
-    fn objective_scores(&self, output: &[f32]) -> Vec<f32> {
-        match (self.objective, self.model.spec.output_kind()) {
-            (pb::Objective::Probability, OutputKind::Logits) => softmax(output),
-            _ => output.to_vec(),
+    /// The objective for every class at one input, from the scored tensor's row: its softmax,
+    /// its sigmoid, or the values as they are.
+    fn objective_scores(&self, row: &[f32]) -> Vec<f32> {
+        match self.scored.objective {
+            Objective::Probability => softmax(row),
+            Objective::Sigmoid => row.iter().map(|&l| sigmoid(l)).collect(),
+            Objective::Logit => row.to_vec(),
         }
     }
 
     /// The objective for every class at each of `points` (inputs of the model's input shape),
-    /// in one forward run (one per point where the model's batch axis is fixed).
+    /// in one forward run (one per point where the model's batch axis is fixed). An inner
+    /// scored tensor (a final Sigmoid's logits) is no output of the forward model: the step
+    /// worker, which outputs it, evaluates each point instead.
     async fn scores(&self, points: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
         let spec = &self.model.spec;
+        if !spec.outputs.iter().any(|o| o.name == self.scored.of) {
+            return self.scores_on_step_worker(points).await;
+        }
         let input = &spec.inputs[0].tensor;
         let fixed_batch = input.shape.first().is_some_and(|&d| d > 0);
         let per_run = if fixed_batch { 1 } else { points.len().max(1) };
@@ -275,6 +282,36 @@ impl ExplainJob {
                 out.chunks_exact(self.classes)
                     .map(|row| self.objective_scores(row)),
             );
+        }
+        Ok(all)
+    }
+
+    /// [`Self::scores`] through the step worker: one run per point, at alpha 1 of the path
+    /// from the point to itself, with zero weights.
+    async fn scores_on_step_worker(&self, points: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
+        let mut all = Vec::with_capacity(points.len());
+        for &point in points {
+            let run = step::StepRun {
+                input: point,
+                baseline: point,
+                shape: &self.input.tensor.shape,
+                alphas: &[1.0],
+                targets: &[0],
+                classes: self.classes,
+                weights: vec![0.0],
+            };
+            let outputs = self
+                .gradient
+                .run(run.inputs(), vec![self.scored.of.clone()])
+                .instrument(tracing::info_span!("forward", ig.points = 1))
+                .await?;
+            let row = outputs[0]
+                .as_f32()
+                .filter(|row| row.len() == self.classes)
+                .ok_or_else(|| {
+                    Error::Internal(format!("{:?} is not one row of floats", self.scored.of))
+                })?;
+            all.push(self.objective_scores(row));
         }
         Ok(all)
     }

@@ -76,6 +76,8 @@ enum Targets {
 pub struct ExplainJob {
     model: Model,
     gradient: Worker,
+    /// The tensor the objective reads (the output, or a final Sigmoid's logits) and how.
+    scored: gradients::Differentiated,
     input: PreparedInput,
     /// One baseline, or several samples whose IG is averaged (expected gradients).
     baselines: Vec<Vec<f32>>,

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::gradients::Differentiated;
 use super::{default_batch, ExplainJob, PictureRequest, Targets, DEFAULT_STEPS, MAX_ROWS};
+use crate::autodiff::Objective;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::ig::{self, BaselineKind, Method};
 use crate::input::tensor_error;
-use crate::model::{OutputKind, TensorData, Values};
+use crate::model::{Head, ModelSpec, OutputKind, SigmoidKind, TensorData, Values};
 use crate::proto::integrad::v1 as pb;
 use crate::wire;
 
@@ -52,28 +54,11 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
         });
     }
 
-    let objective = match pb::Objective::try_from(request.objective) {
-        Ok(pb::Objective::Unspecified) | Ok(pb::Objective::Probability) => {
-            pb::Objective::Probability
-        }
-        Ok(pb::Objective::Logit) if spec.output_kind() == OutputKind::Probabilities => {
-            return Err(Error::invalid("objective", format!("model {:?} outputs probabilities, so it has no logits to explain; use OBJECTIVE_PROBABILITY", spec.name)));
-        }
-        Ok(pb::Objective::Logit) => pb::Objective::Logit,
-        Err(_) => {
-            return Err(Error::invalid(
-                "objective",
-                format!("unknown value {}", request.objective),
-            ))
-        }
-    };
-    let gradient = match (objective, spec.output_kind()) {
-        (pb::Objective::Probability, OutputKind::Logits) => gradients
-            .softmax
-            .clone()
-            .ok_or_else(|| Error::Internal("no softmax gradient model".into()))?,
-        _ => gradients.output.clone(),
-    };
+    let (objective, what) = objective(&spec, request.objective)?;
+    let gradient = gradients
+        .get(&what)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("no gradient model of {what:?}")))?;
     let method = wire::method(request.method).map_err(|e| Error::invalid("method", e))?;
     let steps = match request.steps.unwrap_or(DEFAULT_STEPS) {
         0 => {
@@ -252,6 +237,7 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
     Ok(ExplainJob {
         model,
         gradient,
+        scored: what,
         baselines,
         targets,
         objective,
@@ -301,4 +287,61 @@ fn baseline_tensor(t: pb::Tensor, input: &TensorData) -> Result<Vec<f32>, Error>
         Values::F32(values) => Ok(values),
         Values::I64(_) => unreachable!("dtype checked above"),
     }
+}
+
+/// The objective a request asks for (unset: the head's default) and what it differentiates:
+/// a softmax head's probability is the softmax of its logits, a sigmoid head's the sigmoid of
+/// its logit (never a softmax over one column), a model's own probabilities are taken as they
+/// are, the logit of a Sigmoid output is the Sigmoid's input, and a score head's objective is
+/// the value itself.
+fn objective(spec: &ModelSpec, requested: i32) -> Result<(pb::Objective, Differentiated), Error> {
+    let requested = pb::Objective::try_from(requested)
+        .map_err(|_| Error::invalid("objective", format!("unknown value {requested}")))?;
+    let output = spec.output();
+    let of = |of: &str, objective| Differentiated {
+        of: of.to_string(),
+        objective,
+    };
+    use pb::Objective as Asked;
+    let refuse = |why: String| Err(Error::invalid("objective", why));
+    let name = &spec.name;
+    let chosen = match (&spec.head, requested) {
+        (Head::Scores { .. }, Asked::Unspecified | Asked::Value) => {
+            (Asked::Value, of(output, Objective::Logit))
+        }
+        (Head::Scores { .. }, _) => {
+            return refuse(format!("model {name:?} has a score head (raw values, no classes); its objective is the value itself: use OBJECTIVE_VALUE"))
+        }
+        (_, Asked::Value) => {
+            return refuse(format!("model {name:?} is a classifier: use OBJECTIVE_PROBABILITY or OBJECTIVE_LOGIT"))
+        }
+        (Head::Classes { kind, .. }, Asked::Unspecified | Asked::Probability) => {
+            let objective = match kind {
+                OutputKind::Logits => Objective::Probability,
+                _ => Objective::Logit,
+            };
+            (Asked::Probability, of(output, objective))
+        }
+        (Head::Classes { kind, .. }, Asked::Logit) => match kind {
+            OutputKind::Logits => (Asked::Logit, of(output, Objective::Logit)),
+            _ => return refuse(format!("model {name:?} outputs probabilities, so it has no logits to explain; use OBJECTIVE_PROBABILITY")),
+        },
+        (Head::Sigmoid { kind, .. }, Asked::Unspecified | Asked::Probability) => {
+            let objective = match kind {
+                SigmoidKind::Logits => Objective::Sigmoid,
+                SigmoidKind::Probabilities { .. } => Objective::Logit,
+            };
+            (Asked::Probability, of(output, objective))
+        }
+        (Head::Sigmoid { kind, .. }, Asked::Logit) => match kind {
+            SigmoidKind::Logits => (Asked::Logit, of(output, Objective::Logit)),
+            SigmoidKind::Probabilities { logits: Some(logits) } => {
+                (Asked::Logit, of(logits, Objective::Logit))
+            }
+            SigmoidKind::Probabilities { logits: None } => {
+                return refuse(format!("model {name:?} outputs probabilities that are not a Sigmoid's, so it has no logits to explain; use OBJECTIVE_PROBABILITY"))
+            }
+        },
+    };
+    Ok(chosen)
 }

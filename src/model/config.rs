@@ -16,8 +16,11 @@
 //!
 //! [output]
 //! name = "logits"               # default: the graph's first output
-//! kind = "logits"               # or "probabilities"; default: read from the graph
-//! labels = "labels.txt"         # one class name per line, relative to this file
+//! kind = "logits"               # or "probabilities", or "scores" (regression: raw values);
+//!                               # default: read from the graph (a Softmax or Sigmoid output
+//!                               # holds probabilities); a one-column output or one that ends
+//!                               # in a Sigmoid is a sigmoid head, never a softmax
+//! labels = "labels.txt"         # one class (or score) name per line, relative to this file
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -54,6 +57,8 @@ pub enum ConfigError {
 pub enum OutputKind {
     Logits,
     Probabilities,
+    /// Raw values (regression, several outputs): no classes, no probabilities.
+    Scores,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

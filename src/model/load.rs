@@ -14,8 +14,8 @@ use prost::Message;
 use super::batch::{Batching, Merge};
 use super::config::{ModelConfig, OutputKind};
 use super::{
-    DType, Feed, Head, InputSpec, Model, ModelError, Point, TensorData, TensorSpec, Values, Worker,
-    WorkerOptions,
+    DType, Feed, Head, InputSpec, Model, ModelError, Point, SigmoidKind, TensorData, TensorSpec,
+    Values, Worker, WorkerOptions,
 };
 use crate::device::{Device, DeviceError, Placement};
 use crate::image::Layout;
@@ -148,14 +148,11 @@ pub fn load_model(
         check_image_input(&fed, p)?;
     }
     let output = pick(&config.output.name, &outputs, "output")?;
-    let kind = match config.output.kind {
-        Some(kind) => kind,
-        None => infer_output_kind(&graph, &output.name),
-    };
     let labels = match &config.output.labels {
         Some(path) => read_labels(&base_dir.join(path), &output)?,
         None => Vec::new(),
     };
+    let head = head(&graph, &output, config.output.kind, labels);
     // Explain checks these points when it builds its gradient models; a model that can't be
     // differentiated still serves Predict, and GetModel says why.
     let attribution = match fed.dtype {
@@ -203,11 +200,7 @@ pub fn load_model(
         sha256,
         inputs,
         outputs,
-        head: Head::Classes {
-            output: output.name.clone(),
-            kind,
-            labels,
-        },
+        head,
         attribution,
         triton: config.triton.as_ref().map(|t| super::TritonServing {
             version: t.version,
@@ -349,16 +342,52 @@ fn check_image_input(input: &TensorSpec, p: &crate::image::Preprocessing) -> Res
     Ok(())
 }
 
-/// A model whose output comes straight from a Softmax outputs probabilities; anything else
-/// is taken as logits. The config's `kind` overrides this.
-fn infer_output_kind(model: &ModelProto, output: &str) -> OutputKind {
+/// How the output is read: the config's `kind` if it says, else a Softmax or Sigmoid output
+/// holds probabilities and anything else logits; a one-column output or one that ends in a
+/// Sigmoid is a sigmoid head (a softmax over one column would be the constant 1).
+fn head(
+    model: &ModelProto,
+    output: &TensorSpec,
+    kind: Option<OutputKind>,
+    labels: Vec<String>,
+) -> Head {
     let producer = model
         .graph
         .as_ref()
-        .and_then(|g| g.node.iter().find(|n| n.output.iter().any(|o| o == output)));
-    match producer.and_then(|n| n.op_type.as_deref()) {
-        Some("Softmax") => OutputKind::Probabilities,
+        .and_then(|g| g.node.iter().find(|n| n.output.contains(&output.name)));
+    let op = producer.and_then(|n| n.op_type.as_deref());
+    let sigmoid_input = match (op, producer) {
+        (Some("Sigmoid"), Some(node)) => node.input.first().cloned(),
+        _ => None,
+    };
+    let kind = kind.unwrap_or(match op {
+        Some("Softmax") | Some("Sigmoid") => OutputKind::Probabilities,
         _ => OutputKind::Logits,
+    });
+    let one_column = output.shape.last() == Some(&1);
+    let name = output.name.clone();
+    match kind {
+        OutputKind::Scores => Head::Scores {
+            output: name,
+            names: labels,
+        },
+        OutputKind::Probabilities if one_column || sigmoid_input.is_some() => Head::Sigmoid {
+            output: name,
+            kind: SigmoidKind::Probabilities {
+                logits: sigmoid_input,
+            },
+            labels,
+        },
+        OutputKind::Logits if one_column => Head::Sigmoid {
+            output: name,
+            kind: SigmoidKind::Logits,
+            labels,
+        },
+        kind => Head::Classes {
+            output: name,
+            kind,
+            labels,
+        },
     }
 }
 

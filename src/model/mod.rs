@@ -118,13 +118,33 @@ impl InputSpec {
 /// What the served output is, and how Predict and Explain read it.
 #[derive(Debug, Clone)]
 pub enum Head {
-    /// One score per class on the output's last axis.
+    /// One score per class on the output's last axis; probabilities are their softmax
+    /// (`kind` Logits) or the output itself (Probabilities).
     Classes {
         output: String,
         kind: OutputKind,
         /// Class names (from `labels.txt`), or empty.
         labels: Vec<String>,
     },
+    /// Independent yes/no scores (a one-column output, or one ending in a Sigmoid: binary or
+    /// multi-label): a probability is the sigmoid of a logit.
+    Sigmoid {
+        output: String,
+        kind: SigmoidKind,
+        labels: Vec<String>,
+    },
+    /// Raw values (regression, several outputs), optionally named.
+    Scores { output: String, names: Vec<String> },
+}
+
+/// What a sigmoid head's output holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigmoidKind {
+    /// Logits: the probabilities are their sigmoid.
+    Logits,
+    /// Probabilities; `logits` names the tensor they are the sigmoid of (the final Sigmoid's
+    /// input), when the graph ends in one.
+    Probabilities { logits: Option<String> },
 }
 
 /// A tensor attributions are taken at.
@@ -186,7 +206,9 @@ impl ModelSpec {
     /// The output Predict reads and Explain differentiates.
     pub fn output(&self) -> &str {
         match &self.head {
-            Head::Classes { output, .. } => output,
+            Head::Classes { output, .. }
+            | Head::Sigmoid { output, .. }
+            | Head::Scores { output, .. } => output,
         }
     }
 
@@ -198,17 +220,24 @@ impl ModelSpec {
             .expect("output validated at load")
     }
 
-    /// Class names, or empty.
+    /// Class (or score) names, or empty.
     pub fn labels(&self) -> &[String] {
         match &self.head {
-            Head::Classes { labels, .. } => labels,
+            Head::Classes { labels, .. } | Head::Sigmoid { labels, .. } => labels,
+            Head::Scores { names, .. } => names,
         }
     }
 
-    /// Whether the output holds logits or probabilities.
+    /// What the output's values are.
     pub fn output_kind(&self) -> OutputKind {
         match &self.head {
             Head::Classes { kind, .. } => *kind,
+            Head::Sigmoid {
+                kind: SigmoidKind::Logits,
+                ..
+            } => OutputKind::Logits,
+            Head::Sigmoid { .. } => OutputKind::Probabilities,
+            Head::Scores { .. } => OutputKind::Scores,
         }
     }
 }

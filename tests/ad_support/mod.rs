@@ -315,6 +315,12 @@ pub fn check_with(
                 }
                 total
             }
+            Objective::Sigmoid => out
+                .data
+                .iter()
+                .zip(&c.data)
+                .map(|(y, c)| c / (1.0 + (-y).exp()))
+                .sum(),
         }
     };
     let mut fd = Vec::with_capacity(x.data.len());
