@@ -73,7 +73,8 @@ pub struct GradOptions {
     /// The tensor to differentiate with respect to; default: the first float graph input.
     /// An inner tensor makes it an input of the gradient model (see [`GradientModel::prefix`]).
     pub wrt: Option<String>,
-    /// The output to differentiate; default: the first graph output.
+    /// The tensor to differentiate: an output, or an inner tensor (which the gradient model
+    /// then also outputs); default: the first graph output.
     pub of: Option<String>,
     pub objective: Objective,
 }
@@ -122,7 +123,7 @@ pub enum AutodiffError {
     NoFloatInput,
     #[error("the model has no tensor named {name:?} (wrt)")]
     UnknownWrt { name: String },
-    #[error("the model has no output named {name:?} (of)")]
+    #[error("the model has no tensor named {name:?} (of)")]
     UnknownOutput { name: String },
     #[error("{name:?} has element type {dtype}, not a float type")]
     NotFloat { name: String, dtype: i32 },
@@ -182,7 +183,8 @@ pub fn build_gradient(
     let graph = model.graph.as_ref().ok_or(AutodiffError::NoGraph)?;
     let of = match &options.of {
         Some(name) => {
-            if !graph.output.iter().any(|o| o.name() == name) {
+            // An output, or an inner tensor (e.g. the logits a final Sigmoid reads).
+            if !fwd.infos.contains_key(name) {
                 return Err(AutodiffError::UnknownOutput { name: name.clone() });
             }
             name.clone()
