@@ -250,3 +250,46 @@ async fn should_read_sigmoid_and_score_heads_and_match_captum() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 }
+
+/// The CLI on a model without an image input writes the attributions, explanation.json and
+/// the saturation plot, and no mask or overlay (there is no picture to draw on), in-process
+/// and against a server.
+#[tokio::test]
+async fn should_explain_a_tabular_row_from_the_cli_without_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (values, _) = row(REGRESSION, 0);
+    let tensor = dir.path().join("row.npy");
+    integrad::npy::write_f32(&tensor, &[values.len()], &values).unwrap();
+    let model = heads().join(REGRESSION).join("model.onnx");
+    let server = TestServer::start(&["--model-file", model.to_str().unwrap()]).await;
+    for via_server in [false, true] {
+        let out = dir.path().join(format!("out-{via_server}"));
+        let mut command = std::process::Command::new(common::binary());
+        command.args(["explain", "--tensor", tensor.to_str().unwrap()]);
+        command.args(["--out", out.to_str().unwrap()]);
+        match via_server {
+            true => command.args(["--server", &server.url]),
+            false => command.args(["--model-file", model.to_str().unwrap()]),
+        };
+        // Off the test's runtime thread, which also serves the in-process server.
+        let run = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            json["objective"], "OBJECTIVE_VALUE",
+            "a score head's default"
+        );
+        assert!(out.join("attributions.npy").exists());
+        assert!(out.join("saturation.png").exists());
+        assert!(!out.join("mask.png").exists() && !out.join("overlay.png").exists());
+    }
+}

@@ -65,7 +65,7 @@ pub struct ExplainArgs {
 }
 
 pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
-    let request = request(&args)?;
+    let mut request = request(&args)?;
     let mut events: std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = anyhow::Result<pb::ExplainEvent>> + Send>,
     > =
@@ -75,6 +75,17 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
                 let mut client = client
                     .max_decoding_message_size(256 << 20)
                     .max_encoding_message_size(64 << 20);
+                // Pictures only where there is a picture to draw on (an image input).
+                let info = client
+                    .get_model(pb::GetModelRequest {
+                        model: request.model.clone(),
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                if info.preprocessing.is_none() {
+                    request.render = None;
+                }
                 let stream = client
                     .explain(request)
                     .await
@@ -86,6 +97,9 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
             }
             None => {
                 let engine = super::local_engine(&args.client.models, &args.client.runtime).await?;
+                if engine.model(&request.model)?.spec.image().is_none() {
+                    request.render = None;
+                }
                 let job = engine.plan_explain(request).await?;
                 let (tx, rx) = tokio::sync::mpsc::channel(16);
                 tokio::spawn(job.run(tx));
