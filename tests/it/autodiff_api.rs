@@ -1,7 +1,7 @@
 //! The builder's contract beyond single ops: refusals name the op and node, ops off the path do
 //! not matter, inner tensors (a prefix model plus a gradient model), and the CLI entry point.
 
-mod ad_support;
+use crate::ad_support;
 
 use ad_support::*;
 use integrad::autodiff::{
@@ -216,7 +216,7 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
 
 #[test]
 fn should_document_every_registered_op_type() {
-    let doc = include_str!("../docs/autodiff.md");
+    let doc = include_str!("../../docs/autodiff.md");
     let words: std::collections::HashSet<&str> =
         doc.split(|c: char| !c.is_ascii_alphanumeric()).collect();
     for (op, class) in integrad::autodiff::registry::Registry::standard().op_types() {
