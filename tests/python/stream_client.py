@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A Python gRPC client of integrad's streaming Explain, for tests/python_client.rs.
+"""A Python gRPC client of integrad's streaming Explain, for tests/it/python_client.rs.
 
 Generates the stubs from proto/integrad/v1/explainer.proto with grpc_tools.protoc into a
 temporary folder at run time (nothing generated is committed), sends samples/coffee.png,

@@ -1,4 +1,4 @@
-"""NVIDIA's stock tritonclient[grpc] against integrad (run by tests/oip.rs).
+"""NVIDIA's stock tritonclient[grpc] against integrad (run by tests/it/oip.rs).
 
 Usage: triton_client.py HOST:PORT MODEL INPUT.npy
 

@@ -1,7 +1,7 @@
 //! `--model-file` with a model that has no config: names and the output kind come from the
 //! graph, inputs are tensors only.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;

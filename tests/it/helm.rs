@@ -8,7 +8,7 @@
 //! of helm/integrad/tests/requirements.txt (helm-python-sdk bundles Helm v4's Go SDK, so no
 //! helm binary is needed). Without them the test fails and says so: it never skips.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

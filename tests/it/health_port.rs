@@ -3,7 +3,7 @@
 //! it; the same status as the main port (NOT_SERVING when no model loads, NOT_SERVING while
 //! draining); closed with the server; a port that cannot be bound stops the start.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::cli::BearerToken;

@@ -1,7 +1,7 @@
 //! Every kind of bad input gets a clear message with the right gRPC status, and the server
 //! keeps serving afterwards.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;

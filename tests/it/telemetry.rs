@@ -3,7 +3,7 @@
 //! collects the spans and metrics of a Predict, a refused Predict and an Explain of the demo
 //! model, and the Prometheus endpoint is scraped before and after them.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! grace period; one still running when the grace period ends is cancelled with UNAVAILABLE;
 //! either way the process exits cleanly.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;

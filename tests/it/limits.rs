@@ -1,7 +1,7 @@
 //! Limits and backpressure over real gRPC: the message-size limit both ways, the bounded
 //! Explain queue with its retry hint, deadlines while queued; the server keeps serving.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;

@@ -5,7 +5,7 @@
 //! tritonclient runs in `$INTEGRAD_TEST_TRITON_PYTHON`, else in a venv this test makes with
 //! tests/python/requirements-tritonclient.txt; without it the test fails and says so.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! model the demo ONNX file was exported from (fixtures in tests/data/ig/, made by
 //! scripts/make_captum_fixtures.py; its README gives the exact Captum calls).
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;

@@ -4,7 +4,7 @@
 //! real ONNX Runtime; and several paths merged into one run (the batcher's rules,
 //! src/model/batch.rs) give each path's own sums.
 
-mod common;
+use crate::common;
 
 use std::borrow::Cow;
 
@@ -20,7 +20,7 @@ use ort::value::Tensor;
 use prost::Message;
 
 const CLASSES: usize = 1000;
-/// espresso: the coffee photo's top-1 (tests/predict.rs).
+/// espresso: the coffee photo's top-1 (tests/it/predict.rs).
 const TARGETS: [usize; 2] = [967, 968];
 
 fn session(model: &ModelProto) -> Session {

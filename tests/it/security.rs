@@ -1,7 +1,7 @@
 //! TLS, mutual TLS and bearer-token auth against a real server, with certificates made in
 //! the test; the CLI client against a secured server.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::cli::BearerToken;

@@ -2,7 +2,7 @@
 //! CUDA: the tests run with the CPU-only ONNX Runtime library that integrad fetches (or the
 //! one ORT_DYLIB_PATH names, which must also be a CPU build for these expectations).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The `integrad` binary as users run it: serve + predict over gRPC, predict in-process,
 //! SIGTERM, and clear errors for a missing or wrong ONNX Runtime library.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! ref. Max error alone would mislead: a few ReLU6 units sit on a kink and flip between float32
 //! and float64, moving single pixels (docs/autodiff.md).
 
-mod ad_support;
+use crate::ad_support;
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! The Python is `$INTEGRAD_TEST_PYTHON`, else a venv this test makes with the packages in
 //! tests/python/requirements.txt. Without them the test fails and says so: it never skips.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! runs give what unmerged ones give, jobs that can't merge still get their own right answer,
 //! the metrics show merging really happened, and a short Explain is not starved by a long one.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;
@@ -155,7 +155,7 @@ async fn should_give_merged_runs_the_results_of_unmerged_ones() {
             assert_eq!(w.target_class, h.target_class, "request {request}");
             // The same points through the same graph, the sums block-diagonal: only float32
             // rounding differs, from kernels blocked differently at another batch size
-            // (tests/ig_step.rs measures it per run). A row, path or weight given to the
+            // (tests/it/ig_step.rs measures it per run). A row, path or weight given to the
             // wrong request moves attributions by tens of percents.
             let d = relative_l2(
                 &floats(w.attributions.as_ref().unwrap()),

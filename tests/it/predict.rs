@@ -1,7 +1,7 @@
 //! Predict end to end: a real server, the real demo model in the real ONNX Runtime, a real
 //! gRPC client, real photos.
 
-mod common;
+use crate::common;
 
 use common::*;
 

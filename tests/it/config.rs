@@ -2,7 +2,7 @@
 //! file whose keys are the long flag names, overridden by the environment and by flags;
 //! unknown keys refused by name.
 
-mod common;
+use crate::common;
 
 use clap::CommandFactory;
 use common::*;

@@ -1,6 +1,6 @@
 //! Decoding every supported format the way a Python pipeline (PIL `convert("RGB")`) would.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 

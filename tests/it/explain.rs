@@ -1,7 +1,7 @@
 //! Explain end to end over gRPC: streaming progress then results, completeness, batching
 //! invariance, targets, baselines, and bad requests refused before any work starts.
 
-mod common;
+use crate::common;
 
 use common::*;
 use integrad::proto::integrad::v1 as pb;

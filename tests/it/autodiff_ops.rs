@@ -2,7 +2,7 @@
 //! compared with central finite differences through ONNX Runtime (see `ad_support::check`).
 //! The maths of each rule is in the comment above it in `src/autodiff/ops/`.
 
-mod ad_support;
+use crate::ad_support;
 
 use ad_support::*;
 use integrad::autodiff::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};

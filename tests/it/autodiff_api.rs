@@ -1,13 +1,14 @@
 //! The builder's contract beyond single ops: refusals name the op and node, ops off the path do
 //! not matter, inner tensors (a prefix model plus a gradient model), and the CLI entry point.
 
-mod ad_support;
+use crate::ad_support;
 
 use ad_support::*;
+use integrad::autodiff::registry::{Class, Registry};
 use integrad::autodiff::{
     build_gradient, run_autodiff_cli, AutodiffError, GradOptions, Objective, COTANGENT, GRAD,
 };
-use integrad::proto::onnx::ModelProto;
+use integrad::proto::onnx::{ModelProto, NodeProto, OperatorSetIdProto};
 use prost::Message;
 
 fn options(wrt: Option<&str>) -> GradOptions {
@@ -41,7 +42,7 @@ fn should_refuse_an_unsupported_op_on_the_path_naming_it() {
 
 #[test]
 fn should_refuse_ops_of_other_domains_and_refused_classes() {
-    let mut m = Tiny::new(17)
+    let m = Tiny::new(17)
         .input("x", F32, &[1, 1, 4, 4])
         .node(
             "MaxPool",
@@ -59,16 +60,70 @@ fn should_refuse_ops_of_other_domains_and_refused_classes() {
         .build();
     let err = build_gradient(&m, &options(None)).unwrap_err();
     assert!(err.to_string().contains("MaxUnpool"), "{err}");
-    // The same node in a custom domain is in no class at all.
-    let g = m.graph.as_mut().unwrap();
-    g.node[1].domain = Some("com.example".into());
-    m.opset_import
-        .push(integrad::proto::onnx::OperatorSetIdProto {
-            domain: Some("com.example".into()),
-            version: Some(1),
-        });
-    // (ONNX Runtime cannot run it, so the probe refuses first; either way it is an error.)
-    assert!(build_gradient(&m, &options(None)).is_err());
+
+    // An op of another domain is in no class, even one whose name has a rule in the ONNX
+    // domain: Gelu of com.microsoft (an ONNX Runtime contrib op). ONNX Runtime runs the
+    // forward model, so the builder's probe passes and the refusal can only be the registry's.
+    let gelu = |domain: &str, opset: i64| {
+        let mut m = Tiny::new(opset)
+            .input("x", F32, &[2, 3])
+            .node("Gelu", &["x"], &["y"], vec![])
+            .output("y", F32)
+            .build();
+        m.graph.as_mut().unwrap().node[0].domain = Some(domain.into());
+        if !domain.is_empty() {
+            m.opset_import.push(OperatorSetIdProto {
+                domain: Some(domain.into()),
+                version: Some(1),
+            });
+        }
+        m
+    };
+    let x = T::new(F32, &[2, 3], vec![-1.0, -0.5, 0.0, 0.5, 1.0, 2.0]);
+    let foreign = gelu("com.microsoft", 17);
+    assert!(run(&foreign, &[("x", &x)]).contains_key("y"));
+    let err = build_gradient(&foreign, &options(None)).unwrap_err();
+    match &err {
+        AutodiffError::Unsupported(list) => {
+            assert_eq!(list.len(), 1, "{err}");
+            assert_eq!(list[0].op_type, "com.microsoft.Gelu");
+            assert_eq!(list[0].node, "Gelu_0");
+            assert_eq!(list[0].reason, "no gradient rule for this op type");
+        }
+        other => panic!("expected the registry's refusal, got: {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("com.microsoft.Gelu") && text.contains("Gelu_0"),
+        "{text}"
+    );
+    // The same node in the ONNX domain (Gelu is ONNX's since opset 20) has its rule.
+    build_gradient(&gelu("", 20), &options(None)).unwrap();
+}
+
+#[test]
+fn should_class_no_op_of_a_custom_domain_in_the_registry() {
+    // The registry alone, on nodes built here: ONNX Runtime never sees them.
+    let registry = Registry::standard();
+    let node = |domain: &str, op: &str| NodeProto {
+        domain: Some(domain.into()),
+        op_type: Some(op.into()),
+        name: Some(format!("{op}_0")),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    assert!(registry
+        .class_of(&node("com.example", "Frobnicate"))
+        .is_none());
+    // The domain decides, not the op type's name.
+    for domain in ["", "ai.onnx"] {
+        assert!(matches!(
+            registry.class_of(&node(domain, "Gelu")),
+            Some(Class::Rule(_))
+        ));
+    }
+    assert!(registry.class_of(&node("com.example", "Gelu")).is_none());
 }
 
 #[test]
@@ -229,7 +284,7 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
 
 #[test]
 fn should_document_every_registered_op_type() {
-    let doc = include_str!("../docs/autodiff.md");
+    let doc = include_str!("../../docs/autodiff.md");
     let words: std::collections::HashSet<&str> =
         doc.split(|c: char| !c.is_ascii_alphanumeric()).collect();
     for (op, class) in integrad::autodiff::registry::Registry::standard().op_types() {

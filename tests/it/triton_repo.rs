@@ -2,7 +2,7 @@
 //! integrad.toml beside config.pbtxt honoured, mixed with integrad's own layout, and the
 //! Triton-layout model explained.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
