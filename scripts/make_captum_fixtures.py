@@ -4,7 +4,7 @@
 An independent implementation to check integrad's Explain against: Captum's
 IntegratedGradients on the PyTorch model that models/efficientnet-lite0/model.onnx was
 exported from (rebuilt by scripts/make_demo_model.py's own `load_model`, so the
-weights and eval mode are the same). tests/explain_captum.rs sends the same input and
+weights and eval mode are the same). tests/it/explain_captum.rs sends the same input and
 baseline tensors to Explain and compares. What each file is, and the exact Captum calls:
 tests/data/ig/README.md.
 

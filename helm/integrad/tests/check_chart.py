@@ -1,6 +1,6 @@
 """Checks the integrad chart with the real Helm engine and the Kubernetes schemas.
 
-    python check_chart.py            (from anywhere; tests/helm.rs runs it in CI)
+    python check_chart.py            (from anywhere; tests/it/helm.rs runs it in CI)
 
 1. `helm lint --strict` (Helm v4's own linter, through helm-python-sdk) finds no warning or
    error, with the defaults and with every ci/*-values.yaml scenario.

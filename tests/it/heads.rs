@@ -3,7 +3,7 @@
 //! made by scripts/make_head_fixtures.py, against Captum's Integrated Gradients on the PyTorch
 //! models they were exported from (tests/data/heads/README.md).
 
-mod common;
+use crate::common;
 
 use common::{relative_l2, root, TestServer};
 use integrad::proto::integrad::v1 as pb;
