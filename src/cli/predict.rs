@@ -49,6 +49,13 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn print(response: &pb::PredictResponse, json: bool) -> anyhow::Result<()> {
+    // A score head has no classes: its output's values are the prediction.
+    let values = match &response.logits {
+        Some(t) if response.top.is_empty() && t.dtype == pb::DataType::Float32 as i32 => {
+            crate::wire::f32s(&t.data)
+        }
+        _ => Vec::new(),
+    };
     if json {
         let top: Vec<serde_json::Value> = response
             .top
@@ -58,11 +65,14 @@ fn print(response: &pb::PredictResponse, json: bool) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "model": response.model, "top": top })
+                &serde_json::json!({ "model": response.model, "top": top, "values": values })
             )?
         );
     } else {
         println!("model {}", response.model);
+        for (i, value) in values.iter().enumerate() {
+            println!("  output {i}: {value:.4}");
+        }
         for (rank, p) in response.top.iter().enumerate() {
             println!(
                 "{:>3}. {:<40} class {:>5}  probability {:.4}  logit {:.3}",

@@ -292,4 +292,26 @@ async fn should_explain_a_tabular_row_from_the_cli_without_pictures() {
         assert!(out.join("saturation.png").exists());
         assert!(!out.join("mask.png").exists() && !out.join("overlay.png").exists());
     }
+
+    // Predict prints a score head's values (it has no classes to rank).
+    let run = std::process::Command::new(common::binary())
+        .args(["predict", "--json", "--tensor", tensor.to_str().unwrap()])
+        .args(["--model-file", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let captum: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(heads().join("captum.json")).unwrap())
+            .unwrap();
+    let ort = captum["models"][REGRESSION]["ort_outputs"][0]
+        .as_f64()
+        .unwrap();
+    let got = json["values"][0].as_f64().unwrap();
+    // ~200 in float32: 1e-5 relative is a few ulps.
+    assert!((got - ort).abs() <= 1e-5 * ort.abs(), "{got} vs {ort}");
 }
