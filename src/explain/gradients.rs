@@ -61,11 +61,7 @@ pub fn differentiated(head: &Head) -> Vec<Differentiated> {
         of: of.to_string(),
         objective,
     };
-    let output = match head {
-        Head::Classes { output, .. }
-        | Head::Sigmoid { output, .. }
-        | Head::Scores { output, .. } => output,
-    };
+    let output = head.output();
     let mut all = vec![of(output, Objective::Logit)];
     match head {
         Head::Classes {

@@ -137,6 +137,17 @@ pub enum Head {
     Scores { output: String, names: Vec<String> },
 }
 
+impl Head {
+    /// The output the head reads.
+    pub fn output(&self) -> &str {
+        match self {
+            Head::Classes { output, .. }
+            | Head::Sigmoid { output, .. }
+            | Head::Scores { output, .. } => output,
+        }
+    }
+}
+
 /// What a sigmoid head's output holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SigmoidKind {
@@ -205,11 +216,7 @@ impl ModelSpec {
 
     /// The output Predict reads and Explain differentiates.
     pub fn output(&self) -> &str {
-        match &self.head {
-            Head::Classes { output, .. }
-            | Head::Sigmoid { output, .. }
-            | Head::Scores { output, .. } => output,
-        }
+        self.head.output()
     }
 
     pub fn output_spec(&self) -> &TensorSpec {
