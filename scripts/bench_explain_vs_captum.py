@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time one warm integrad Explain against Captum's IntegratedGradients, side by side.
 
-The workload (issue 4's benchmark): the demo model (EfficientNet-Lite0), the coffee photo
+The workload (the Explain vs Captum benchmark): the demo model (EfficientNet-Lite0), the coffee photo
 as its preprocessed 224x224 tensor (tests/data/coffee_input.npy), target 967 (espresso),
 PROBABILITY objective, black baseline, 50 trapezoid steps = 51 gradient evaluations (and any
 other step counts given with --steps, e.g. 50,300: each is timed on its own).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The GPU check (issue 7, part 6): correctness and speed of `integrad serve --device cuda`.
+"""The GPU check: correctness and speed of `integrad serve --device cuda`.
 
 Prepared for a machine we may not have at hand: x86_64, an NVIDIA GPU, CUDA 13 libraries
 from the nvidia-* pip packages, PyTorch, no Rust toolchain and no network. It needs only

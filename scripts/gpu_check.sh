@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU check (issue 7): correctness of `integrad serve --device cuda` against the CPU, and
+# The GPU check: correctness of `integrad serve --device cuda` against the CPU, and
 # its speed (Explain latency at 50 and 300 steps, throughput at 8 concurrent, Captum on the
 # same GPU when PyTorch + Captum are there). One command, no Rust, no network; see
 # docs/devices.md and scripts/gpu_check.py --help.
