@@ -25,7 +25,7 @@ pub fn run_autodiff_cli(
     let grad = build_gradient(
         &proto,
         &GradOptions {
-            wrt: wrt.map(str::to_string),
+            wrt: wrt.map(str::to_string).into_iter().collect(),
             of: of.map(str::to_string),
             objective,
         },
@@ -39,7 +39,7 @@ pub fn run_autodiff_cli(
         output.display(),
         elapsed.as_secs_f64() * 1e3,
         of = grad.of,
-        wrt = grad.wrt,
+        wrt = grad.wrt.join(", "),
     );
     if let Some(prefix) = &grad.prefix {
         let path = output.with_extension("prefix.onnx");
@@ -48,7 +48,7 @@ pub fn run_autodiff_cli(
         report.push_str(&format!(
             "wrote {}: computes {} from the model's inputs\n",
             path.display(),
-            grad.wrt
+            grad.wrt.join(", ")
         ));
     }
     report.push_str(&format!(

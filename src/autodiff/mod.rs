@@ -7,8 +7,10 @@
 //! - inputs: every input of the original model (same names and shapes), plus `cotangent`,
 //!   shaped like the chosen output, of the output's element type (float32 for float32 models);
 //! - outputs: first `grad`, the gradient of `sum(cotangent * objective(output))` with respect
-//!   to `wrt` (its shape), then the original outputs unchanged, then the differentiated tensor
-//!   itself when it is not one of them (an inner tensor named as `of`).
+//!   to `wrt` (its shape), then, when several tensors are differentiated with respect to, the
+//!   gradients of the others in order ([`grad_name`]: `grad_1`, `grad_2`, ...), then the
+//!   original outputs unchanged, then the differentiated tensor itself when it is not one of
+//!   them (an inner tensor named as `of`).
 //!
 //! The module is a registry of rules ([`registry`]): every op type is in exactly one class:
 //! it has a gradient rule (one file per op family under `ops/`), it has no gradient (its
@@ -40,6 +42,14 @@ pub const COTANGENT: &str = "cotangent";
 /// The name of the gradient output (always the first output).
 pub const GRAD: &str = "grad";
 
+/// The output holding the gradient w.r.t. the `i`-th `wrt` tensor: [`GRAD`], then `grad_1`, ...
+pub fn grad_name(i: usize) -> String {
+    match i {
+        0 => GRAD.to_string(),
+        i => format!("{GRAD}_{i}"),
+    }
+}
+
 /// What is differentiated: the chosen output itself, its softmax, or its sigmoid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
@@ -70,9 +80,10 @@ impl std::str::FromStr for Objective {
 /// Which gradient to build.
 #[derive(Debug, Clone, Default)]
 pub struct GradOptions {
-    /// The tensor to differentiate with respect to; default: the first float graph input.
-    /// An inner tensor makes it an input of the gradient model (see [`GradientModel::prefix`]).
-    pub wrt: Option<String>,
+    /// The tensors to differentiate with respect to, together (one backward pass, one gradient
+    /// output each); empty: the first float graph input. An inner tensor makes it an input of
+    /// the gradient model (see [`GradientModel::prefix`]); no tensor may depend on another.
+    pub wrt: Vec<String>,
     /// The tensor to differentiate: an output, or an inner tensor (which the gradient model
     /// then also outputs); default: the first graph output.
     pub of: Option<String>,
@@ -84,12 +95,12 @@ pub struct GradOptions {
 pub struct GradientModel {
     /// The gradient model (see the module docs for its interface).
     pub model: ModelProto,
-    /// When `wrt` is an inner tensor: a model computing it from the original inputs (its only
-    /// output has the tensor's name). The gradient model then takes that tensor as an input in
-    /// place of the subgraph that produced it.
+    /// When some `wrt` tensors are inner ones: a model computing them from the original inputs
+    /// (one output each, named as the tensor, in `wrt` order). The gradient model then takes
+    /// those tensors as inputs in place of the subgraphs that produced them.
     pub prefix: Option<ModelProto>,
-    /// The tensor differentiated with respect to, and the output differentiated.
-    pub wrt: String,
+    /// The tensors differentiated with respect to, and the output differentiated.
+    pub wrt: Vec<String>,
     pub of: String,
     /// The op types of the forward nodes that got backward nodes.
     pub differentiated_ops: BTreeSet<String>,
@@ -129,6 +140,8 @@ pub enum AutodiffError {
     NotFloat { name: String, dtype: i32 },
     #[error("output {of:?} does not depend on {wrt:?}")]
     NoPath { wrt: String, of: String },
+    #[error("{inner:?} depends on {on:?}: tensors differentiated with respect to together must not depend on one another")]
+    Nested { inner: String, on: String },
     #[error("the model already has a tensor named {name:?}, reserved for the gradient model")]
     ReservedName { name: String },
     /// Every node on the path that cannot be differentiated (op type, node name, reason).
@@ -155,14 +168,8 @@ pub fn build_gradient(
     if fwd.opset < MIN_OPSET {
         return Err(AutodiffError::OldOpset { opset: fwd.opset });
     }
-    let wrt = match &options.wrt {
-        Some(name) => {
-            if !fwd.infos.contains_key(name) {
-                return Err(AutodiffError::UnknownWrt { name: name.clone() });
-            }
-            name.clone()
-        }
-        None => fwd
+    let wrts: Vec<String> = match options.wrt.as_slice() {
+        [] => vec![fwd
             .runtime_inputs
             .iter()
             .find(|name| {
@@ -171,14 +178,19 @@ pub fn build_gradient(
                     .is_some_and(|i| graph::is_float(i.dtype))
             })
             .cloned()
-            .ok_or(AutodiffError::NoFloatInput)?,
+            .ok_or(AutodiffError::NoFloatInput)?],
+        names => names.to_vec(),
     };
-    let wrt_info = &fwd.infos[&wrt];
-    if !graph::is_float(wrt_info.dtype) {
-        return Err(AutodiffError::NotFloat {
-            name: wrt,
-            dtype: wrt_info.dtype,
-        });
+    for wrt in &wrts {
+        let Some(info) = fwd.infos.get(wrt) else {
+            return Err(AutodiffError::UnknownWrt { name: wrt.clone() });
+        };
+        if !graph::is_float(info.dtype) {
+            return Err(AutodiffError::NotFloat {
+                name: wrt.clone(),
+                dtype: info.dtype,
+            });
+        }
     }
     let graph = model.graph.as_ref().ok_or(AutodiffError::NoGraph)?;
     let of = match &options.of {
@@ -202,11 +214,10 @@ pub fn build_gradient(
             dtype: of_info.dtype,
         });
     }
-    for reserved in [COTANGENT, GRAD] {
-        if fwd.infos.contains_key(reserved) {
-            return Err(AutodiffError::ReservedName {
-                name: reserved.to_string(),
-            });
+    let reserved = std::iter::once(COTANGENT.to_string()).chain((0..wrts.len()).map(grad_name));
+    for reserved in reserved {
+        if fwd.infos.contains_key(&reserved) {
+            return Err(AutodiffError::ReservedName { name: reserved });
         }
     }
 
@@ -214,19 +225,42 @@ pub fn build_gradient(
     let class = |node: &NodeProto| registry.class_of(node);
     let nodes = &graph.node;
 
-    // Forward: the tensors that depend on `wrt` through differentiable ops.
-    let mut active: HashSet<String> = HashSet::from([wrt.clone()]);
-    for node in nodes {
-        if !node.input.iter().any(|i| active.contains(i)) {
-            continue;
-        }
-        if let Some(Class::NoGradient) = class(node) {
-            continue;
-        }
-        for out in node.output.iter().filter(|o| !o.is_empty()) {
-            if fwd.infos.get(out).is_some_and(|i| graph::is_float(i.dtype)) {
-                active.insert(out.clone());
+    // Forward: the tensors that depend on a `wrt` through differentiable ops.
+    let reach = |from: &[String]| {
+        let mut active: HashSet<String> = from.iter().cloned().collect();
+        for node in nodes {
+            if !node.input.iter().any(|i| active.contains(i)) {
+                continue;
             }
+            if let Some(Class::NoGradient) = class(node) {
+                continue;
+            }
+            for out in node.output.iter().filter(|o| !o.is_empty()) {
+                if fwd.infos.get(out).is_some_and(|i| graph::is_float(i.dtype)) {
+                    active.insert(out.clone());
+                }
+            }
+        }
+        active
+    };
+    let active = reach(&wrts);
+    for (i, wrt) in wrts.iter().enumerate() {
+        let from_it = reach(std::slice::from_ref(wrt));
+        if !from_it.contains(&of) {
+            return Err(AutodiffError::NoPath {
+                wrt: wrt.clone(),
+                of,
+            });
+        }
+        if let Some((_, other)) = wrts
+            .iter()
+            .enumerate()
+            .find(|&(j, w)| j != i && from_it.contains(w))
+        {
+            return Err(AutodiffError::Nested {
+                inner: other.clone(),
+                on: wrt.clone(),
+            });
         }
     }
     // Backward: the tensors `of` depends on.
@@ -235,9 +269,6 @@ pub fn build_gradient(
         if node.output.iter().any(|o| needed.contains(o)) {
             needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
         }
-    }
-    if !active.contains(&of) {
-        return Err(AutodiffError::NoPath { wrt, of });
     }
 
     // The nodes on a path from `wrt` to `of`, and the refusals among them.
@@ -294,19 +325,21 @@ pub fn build_gradient(
             }
         }
     }
-    let grad = b.take_grad(&wrt).ok_or_else(|| AutodiffError::NoPath {
-        wrt: wrt.clone(),
-        of: of.clone(),
-    })?;
-    b.identity_to(&grad, GRAD);
+    for (i, wrt) in wrts.iter().enumerate() {
+        let grad = b.take_grad(wrt).ok_or_else(|| AutodiffError::NoPath {
+            wrt: wrt.clone(),
+            of: of.clone(),
+        })?;
+        b.identity_to(&grad, &grad_name(i));
+    }
     let emitted_ops = b.emitted_ops();
     let (bw_nodes, bw_inits) = b.finish();
 
-    let (model, prefix) = assemble(model, &fwd, &wrt, &of, &of_info, bw_nodes, bw_inits)?;
+    let (model, prefix) = assemble(model, &fwd, &wrts, &of, &of_info, bw_nodes, bw_inits)?;
     Ok(GradientModel {
         model,
         prefix,
-        wrt,
+        wrt: wrts,
         of,
         differentiated_ops,
         emitted_ops,
@@ -353,7 +386,7 @@ const SCATTER_OPSET: i64 = 16;
 fn assemble(
     model: &ModelProto,
     fwd: &ForwardGraph,
-    wrt: &str,
+    wrts: &[String],
     of: &str,
     of_info: &TensorInfo,
     bw_nodes: Vec<NodeProto>,
@@ -371,9 +404,12 @@ fn assemble(
         out.ir_version = Some(8);
     }
     let g = out.graph.as_mut().expect("checked above");
-    let inner = !fwd.runtime_inputs.iter().any(|i| i == wrt);
+    let inner: Vec<&String> = wrts
+        .iter()
+        .filter(|w| !fwd.runtime_inputs.contains(w))
+        .collect();
     let mut prefix = None;
-    if inner {
+    for &wrt in &inner {
         // The wrt tensor becomes an input; its producer goes (the prefix model computes it),
         // or, when the producer has other outputs, only stops writing that tensor.
         g.node
@@ -386,9 +422,17 @@ fn assemble(
         let info = &fwd.infos[wrt];
         g.input
             .push(graph::value_info(wrt, info.dtype, &info.shape));
+    }
+    if !inner.is_empty() {
         let mut p = model.clone();
         let pg = p.graph.as_mut().expect("checked above");
-        pg.output = vec![graph::value_info(wrt, info.dtype, &info.shape)];
+        pg.output = inner
+            .iter()
+            .map(|w| {
+                let info = &fwd.infos[w.as_str()];
+                graph::value_info(w, info.dtype, &info.shape)
+            })
+            .collect();
         prune(pg);
         prefix = Some(p);
     }
@@ -396,9 +440,16 @@ fn assemble(
         graph::declared_value_info(graph, of, COTANGENT)
             .unwrap_or_else(|| graph::value_info(COTANGENT, of_info.dtype, &of_info.shape)),
     );
-    let wrt_info = &fwd.infos[wrt];
-    let mut outputs = vec![graph::declared_value_info(graph, wrt, GRAD)
-        .unwrap_or_else(|| graph::value_info(GRAD, wrt_info.dtype, &wrt_info.shape))];
+    let mut outputs: Vec<_> = wrts
+        .iter()
+        .enumerate()
+        .map(|(i, wrt)| {
+            let info = &fwd.infos[wrt];
+            let name = grad_name(i);
+            graph::declared_value_info(graph, wrt, &name)
+                .unwrap_or_else(|| graph::value_info(&name, info.dtype, &info.shape))
+        })
+        .collect();
     outputs.extend(graph.output.iter().cloned());
     // The differentiated tensor's values, when it is an inner one (a Sigmoid's input): the
     // caller reads F along the path from them.

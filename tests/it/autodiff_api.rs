@@ -13,7 +13,7 @@ use prost::Message;
 
 fn options(wrt: Option<&str>) -> GradOptions {
     GradOptions {
-        wrt: wrt.map(str::to_string),
+        wrt: wrt.map(str::to_string).into_iter().collect(),
         ..Default::default()
     }
 }
@@ -326,7 +326,7 @@ fn should_pick_the_output_and_reject_unknown_names() {
         build_gradient(
             &m,
             &GradOptions {
-                wrt: wrt.map(str::to_string),
+                wrt: wrt.map(str::to_string).into_iter().collect(),
                 of: of.map(str::to_string),
                 ..Default::default()
             },

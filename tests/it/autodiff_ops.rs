@@ -422,7 +422,7 @@ fn should_mask_relu6_exactly_on_and_next_to_its_bounds() {
         let grad = build_gradient(
             &m,
             &GradOptions {
-                wrt: Some("x".into()),
+                wrt: vec!["x".into()],
                 of: None,
                 objective: Objective::Logit,
             },
@@ -509,7 +509,7 @@ fn per_phase_masks_exact(ch: i64) {
             .build()
     };
     let options = GradOptions {
-        wrt: Some("x".into()),
+        wrt: vec!["x".into()],
         of: None,
         objective: Objective::Logit,
     };
@@ -1053,7 +1053,7 @@ fn should_diff_identity_dropout_cast_where_max_min_sum_mean() {
     let err = integrad::autodiff::build_gradient(
         &m,
         &integrad::autodiff::GradOptions {
-            wrt: Some("k".into()),
+            wrt: vec!["k".into()],
             ..Default::default()
         },
     )

@@ -275,7 +275,7 @@ pub fn check_with(
     let grad = build_gradient(
         model,
         &GradOptions {
-            wrt: Some(wrt.into()),
+            wrt: vec![wrt.into()],
             of: None,
             objective,
         },
