@@ -69,13 +69,13 @@ fn main() {
     let grad = build_gradient(
         &model,
         &GradOptions {
-            wrt: Some("input".into()),
+            wrt: vec!["input".into()],
             of: Some("logits".into()),
             objective: Objective::Probability,
         },
     )
     .unwrap();
-    let step_model = step::build_step_model(&grad.model, "input").unwrap();
+    let (step_model, _) = step::build_step_model(&grad.model, &["input".to_string()]).unwrap();
     let mut forward = session(&env, &model_bytes);
     let mut step = session(&env, &step_model.encode_to_vec());
 
@@ -171,7 +171,7 @@ fn main() {
         let mut g = criterion.benchmark_group("build");
         g.sample_size(10);
         g.bench_function("step_model", |b| {
-            b.iter(|| step::build_step_model(&grad.model, "input").unwrap())
+            b.iter(|| step::build_step_model(&grad.model, &["input".to_string()]).unwrap())
         });
         g.finish();
     }
@@ -241,12 +241,22 @@ fn step_inputs(input: &[f32], baseline: &[f32], alphas: &[f64], weights: &[f32])
         input,
         baseline,
         shape: &[3, 224, 224],
+        fixed_f32: &[],
+        fixed_i64: &[],
         alphas,
         targets: &[TARGET],
         classes: CLASSES,
         weights: weights.to_vec(),
     };
-    run.inputs()
+    let layout = step::StepLayout {
+        points: vec![step::Slot {
+            name: "input".into(),
+            shape: vec![3, 224, 224],
+        }],
+        fixed_f32: Vec::new(),
+        fixed_i64: Vec::new(),
+    };
+    run.inputs(&layout)
         .into_iter()
         .map(|(name, tensor)| {
             let value: SessionInputValue<'static> = match tensor.values {

@@ -94,6 +94,7 @@ fn main() {
             kind: Some(pb::input::Kind::Image(png.clone())),
         }),
         top_k: 5,
+        ..Default::default()
     };
     criterion.bench_function(ENGINE, |b| {
         b.iter(|| {
@@ -139,6 +140,7 @@ fn main() {
             kind: Some(pb::input::Kind::Image(png.clone())),
         }),
         top_k: 5,
+        ..Default::default()
     };
     let request = Arc::new(request);
     criterion.bench_function(GRPC, |b| {

@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// Most IG steps an Explain may ask for (and reach by adaptive refinement).
     #[arg(long, env = "INTEGRAD_MAX_STEPS", default_value_t = crate::explain::ExplainLimits::default().max_steps)]
     pub max_steps: u32,
+    /// Instances one ExplainBatch call may carry; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "INTEGRAD_MAX_INSTANCES", default_value_t = crate::explain::ExplainLimits::default().max_instances,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
     /// Explains computed at once; more wait in the queue. Each Explain keeps its model's
     /// gradient worker busy, so more than a few only adds memory, not speed.
     #[arg(long, env = "INTEGRAD_MAX_CONCURRENT_EXPLAINS", default_value_t = 2,

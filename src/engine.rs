@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::explain::{ExplainJob, Explainers, Gradients};
 use crate::image::DecodeLimits;
-use crate::input::PreparedInput;
+use crate::input::PreparedInputs;
 use crate::model::{
     Head, Model, ModelEntry, ModelSpec, OutputKind, Repository, SigmoidKind, Values,
 };
@@ -52,6 +52,14 @@ impl Engine {
     /// Checks an Explain request and prepares it (see [`crate::explain::plan`]).
     pub async fn plan_explain(&self, request: pb::ExplainRequest) -> Result<ExplainJob, Error> {
         crate::explain::plan(self, request).await
+    }
+
+    /// Checks an ExplainBatch request and prepares every instance.
+    pub async fn plan_explain_batch(
+        &self,
+        request: pb::ExplainBatchRequest,
+    ) -> Result<ExplainJob, Error> {
+        crate::explain::plan_batch(self, request).await
     }
 
     pub fn explain_limits(&self) -> &crate::explain::ExplainLimits {
@@ -111,17 +119,22 @@ impl Engine {
             }
             (k, _) => k,
         };
-        let input = self.prepare_input(model, request.input).await?;
+        let input = self
+            .prepare_input(model, request.input, request.inputs)
+            .await?;
 
         let started = Instant::now();
-        let mut batched = input.tensor;
-        batched.shape.insert(0, 1);
+        let feeds = input
+            .tensors
+            .into_iter()
+            .map(|(name, mut tensor)| {
+                tensor.shape.insert(0, 1);
+                (name, tensor)
+            })
+            .collect();
         let outputs = model
             .worker
-            .run(
-                vec![(spec.inputs[0].name().to_string(), batched)],
-                vec![spec.output().to_string()],
-            )
+            .run(feeds, vec![spec.output().to_string()])
             .instrument(tracing::info_span!("forward"))
             .await?;
         let inference_ms = started.elapsed().as_secs_f32() * 1e3;
@@ -145,13 +158,14 @@ impl Engine {
         })
     }
 
-    /// Checks the request's input against the model and turns it into the model's tensor.
+    /// Checks the request's inputs against the model and turns them into the model's tensors.
     pub async fn prepare_input(
         &self,
         model: &Model,
         input: Option<pb::Input>,
-    ) -> Result<PreparedInput, Error> {
-        crate::input::prepare(&model.spec, input, &self.limits.decode).await
+        inputs: std::collections::HashMap<String, pb::Input>,
+    ) -> Result<PreparedInputs, Error> {
+        crate::input::prepare(&model.spec, input, inputs, &self.limits.decode).await
     }
 }
 

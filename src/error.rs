@@ -20,9 +20,9 @@ pub enum Error {
     #[error("model {name:?} failed to load: {reason}")]
     ModelFailed { name: String, reason: String },
     #[error("{field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    InvalidArgument { field: Field, reason: String },
     #[error("{field}: {reason}")]
-    FailedPrecondition { field: &'static str, reason: String },
+    FailedPrecondition { field: Field, reason: String },
     #[error("input.image: {0}")]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -33,14 +33,20 @@ pub enum Error {
     DeadlineExceeded,
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// The request field an error is about: a fixed path (`steps`), or one with a name in it
+/// (`inputs["ids"].tensor`).
+pub type Field = std::borrow::Cow<'static, str>;
+
 impl Error {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<Field>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
-            field,
+            field: field.into(),
             reason: reason.into(),
         }
     }

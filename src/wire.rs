@@ -9,7 +9,8 @@
 
 use crate::image::{Colormap, Layout, RenderOptions, ResizePolicy};
 use crate::model::{
-    DType, Head, ModelEntry, ModelSpec, OutputKind, SigmoidKind, TensorData, TensorSpec, Values,
+    DType, Feed, Head, InputSpec, ModelEntry, ModelSpec, OutputKind, Point, SigmoidKind,
+    TensorData, TensorSpec, Values,
 };
 use crate::proto::integrad::v1 as pb;
 
@@ -251,7 +252,7 @@ fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
         name: spec.name.clone(),
         state: pb::ModelState::Ready as i32,
         error: String::new(),
-        inputs: spec.inputs.iter().map(|i| tensor_info(&i.tensor)).collect(),
+        inputs: spec.inputs.iter().map(|i| input_info(spec, i)).collect(),
         outputs: spec.outputs.iter().map(tensor_info).collect(),
         output: spec.output().to_string(),
         output_kind: match spec.output_kind() {
@@ -278,6 +279,21 @@ fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
         path: spec.path.display().to_string(),
         device: spec.device.to_string(),
         sha256: spec.sha256.clone(),
+        attribution_points: spec
+            .attribution
+            .iter()
+            .flatten()
+            .map(|point| attribution_point(spec, point))
+            .collect(),
+        feature_groups: spec
+            .tabular
+            .groups
+            .iter()
+            .map(|(name, features)| pb::FeatureGroup {
+                name: name.clone(),
+                features: features.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -286,6 +302,59 @@ fn tensor_info(spec: &TensorSpec) -> pb::TensorInfo {
         name: spec.name.clone(),
         dtype: pb::DataType::from(spec.dtype) as i32,
         shape: spec.shape.clone(),
+        ..Default::default()
+    }
+}
+
+/// An input with how it is fed, its feature names and the valid ids of the tables it indexes.
+fn input_info(spec: &ModelSpec, input: &InputSpec) -> pb::TensorInfo {
+    let kind = match &input.feed {
+        Feed::Tensor => pb::InputKind::Tensor,
+        Feed::Image(_) => pb::InputKind::Image,
+        Feed::Features(_) => pb::InputKind::Features,
+    };
+    // Where several tables share the ids, the narrowest range of each column.
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for lookup in spec.lookups.iter().filter(|l| l.input == input.name()) {
+        if ranges.is_empty() {
+            ranges = lookup.ranges.clone();
+        } else if ranges.len() == lookup.ranges.len() {
+            for (r, l) in ranges.iter_mut().zip(&lookup.ranges) {
+                *r = (r.0.max(l.0), r.1.min(l.1));
+            }
+        }
+    }
+    pb::TensorInfo {
+        kind: kind as i32,
+        features: input.features().unwrap_or_default().to_vec(),
+        id_min: ranges.iter().map(|r| r.0).collect(),
+        id_max: ranges.iter().map(|r| r.1).collect(),
+        ..tensor_info(&input.tensor)
+    }
+}
+
+fn attribution_point(spec: &ModelSpec, point: &Point) -> pb::AttributionPoint {
+    let (kind, input) = match point {
+        Point::Input(name) => (pb::AttributionPointKind::Input, name.clone()),
+        Point::Embedding { input, .. } => (pb::AttributionPointKind::Embedding, input.clone()),
+        Point::Inner(_) => (pb::AttributionPointKind::Inner, String::new()),
+    };
+    let shape = match point {
+        Point::Input(name) => spec.input(name).map(|i| i.tensor.shape.clone()),
+        // The ids' shape, then one table row's.
+        Point::Embedding { tensor, input } => spec
+            .lookups
+            .iter()
+            .find(|l| l.output == *tensor)
+            .zip(spec.input(input))
+            .map(|(l, i)| [i.tensor.shape.as_slice(), &l.row_shape].concat()),
+        Point::Inner(_) => None,
+    };
+    pb::AttributionPoint {
+        tensor: point.tensor().to_string(),
+        kind: kind as i32,
+        input,
+        shape: shape.unwrap_or_default(),
     }
 }
 

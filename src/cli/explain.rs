@@ -68,49 +68,52 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
     let mut request = request(&args)?;
     let mut events: std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = anyhow::Result<pb::ExplainEvent>> + Send>,
-    > =
-        match &args.client.server {
-            Some(url) => {
-                let client = super::connect(url, &args.client.connect).await?;
-                let mut client = client
-                    .max_decoding_message_size(256 << 20)
-                    .max_encoding_message_size(64 << 20);
-                // Pictures only where there is a picture to draw on (an image input).
-                let info = client
-                    .get_model(pb::GetModelRequest {
-                        model: request.model.clone(),
-                    })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-                    .into_inner();
-                if info.preprocessing.is_none() {
-                    request.render = None;
-                }
-                let stream = client
-                    .explain(request)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-                    .into_inner();
-                Box::pin(stream.map(|item| {
+    > = match &args.client.endpoint.server {
+        Some(url) => {
+            let client = super::connect(url, &args.client.endpoint.connect).await?;
+            let mut client = client
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(64 << 20);
+            // Pictures only where there is a picture to draw on (an image input).
+            let info = client
+                .get_model(pb::GetModelRequest {
+                    model: request.model.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if info.preprocessing.is_none() {
+                request.render = None;
+            }
+            let stream = client
+                .explain(request)
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            Box::pin(
+                stream.map(|item| {
                     item.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
-                }))
+                }),
+            )
+        }
+        None => {
+            let engine =
+                super::local_engine(&args.client.endpoint.models, &args.client.endpoint.runtime)
+                    .await?;
+            if engine.model(&request.model)?.spec.image().is_none() {
+                request.render = None;
             }
-            None => {
-                let engine = super::local_engine(&args.client.models, &args.client.runtime).await?;
-                if engine.model(&request.model)?.spec.image().is_none() {
-                    request.render = None;
-                }
-                let job = engine.plan_explain(request).await?;
-                let (tx, rx) = tokio::sync::mpsc::channel(16);
-                tokio::spawn(job.run(tx));
-                Box::pin(
-                    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
-                        let _keep_models_alive = &engine;
-                        item.map_err(anyhow::Error::from)
-                    }),
-                )
-            }
-        };
+            let job = engine.plan_explain(request).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tokio::spawn(job.run(tx));
+            Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+                    let _keep_models_alive = &engine;
+                    item.map_err(anyhow::Error::from)
+                }),
+            )
+        }
+    };
 
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
@@ -164,7 +167,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
 }
 
 fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
-    let input = super::read_input(args.client.image.as_deref(), args.client.tensor.as_deref())?;
+    let (input, inputs) = args.client.input.read()?;
     let target = match (&args.target, args.top_k) {
         (Some(t), _) => Some(match t.parse::<i64>() {
             Ok(index) => pb::target::Kind::ClassIndex(index),
@@ -208,8 +211,9 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
     };
     let method = pb::Method::from(args.method);
     Ok(pb::ExplainRequest {
-        model: args.client.model.clone().unwrap_or_default(),
-        input: Some(input),
+        model: args.client.endpoint.model.clone().unwrap_or_default(),
+        input,
+        inputs,
         target: target.map(|kind| pb::Target { kind: Some(kind) }),
         objective: objective as i32,
         baseline: baseline.map(|kind| pb::Baseline {
@@ -228,6 +232,7 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
             clip_percentile: Some(args.clip_percentile),
             overlay_alpha: None,
         }),
+        ..Default::default()
     })
 }
 

@@ -11,6 +11,7 @@ pub use connect::{connect, BearerToken, Client, ConnectArgs};
 pub use explain::{run_explain, ExplainArgs};
 pub use predict::{run_predict, PredictArgs};
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::npy::{self, NpyArray};
@@ -19,12 +20,36 @@ use crate::proto::integrad::v1 as pb;
 /// What every client command takes: the input, and where the model runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+}
+
+/// One instance's input: an image, a tensor, a feature row, or tensors by input name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InputArgs {
     /// An image file (PNG, JPEG, WebP, BMP, GIF).
-    #[arg(required_unless_present = "tensor", conflicts_with = "tensor")]
+    #[arg(required_unless_present_any = ["tensor", "features", "features_json", "inputs"],
+          conflicts_with_all = ["tensor", "features", "features_json"])]
     pub image: Option<std::path::PathBuf>,
     /// A preprocessed input tensor (.npy, without the batch dimension).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["features", "features_json"])]
     pub tensor: Option<std::path::PathBuf>,
+    /// A tabular row: NAME=VALUE,NAME=VALUE,... (every feature of the model, once).
+    #[arg(long, conflicts_with = "features_json")]
+    pub features: Option<String>,
+    /// A tabular row as a JSON object {"NAME": VALUE, ...}, or @FILE holding one.
+    #[arg(long)]
+    pub features_json: Option<String>,
+    /// A tensor for one graph input of a model with several: NAME=FILE.npy (repeatable).
+    #[arg(long = "input", value_name = "NAME=FILE.npy")]
+    pub inputs: Vec<String>,
+}
+
+/// Where the model runs: a server, or in-process over a model repository.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoint {
     /// A running integrad server, e.g. http://127.0.0.1:50051 [default: run in-process].
     #[arg(long, env = "INTEGRAD_SERVER", conflicts_with_all = ["models", "model_file"])]
     pub server: Option<String>,
@@ -37,6 +62,80 @@ pub struct ClientArgs {
     pub models: crate::config::ModelArgs,
     #[command(flatten)]
     pub runtime: crate::config::RuntimeArgs,
+}
+
+impl InputArgs {
+    /// The request's `input` (an image, a tensor or a feature row) and `inputs` (by name).
+    pub fn read(&self) -> anyhow::Result<(Option<pb::Input>, HashMap<String, pb::Input>)> {
+        let mut inputs = HashMap::new();
+        for spec in &self.inputs {
+            let (name, file) = spec
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--input {spec:?}: expected NAME=FILE.npy"))?;
+            let input = read_input(None, Some(Path::new(file)))?;
+            anyhow::ensure!(
+                inputs.insert(name.to_string(), input).is_none(),
+                "--input {name:?} is given twice"
+            );
+        }
+        let row = match (&self.features, &self.features_json) {
+            (Some(list), _) => Some(parse_feature_list(list)?),
+            (None, Some(json)) => Some(parse_feature_json(json)?),
+            (None, None) => None,
+        };
+        let input = match (row, &self.image, &self.tensor) {
+            (Some(values), _, _) => Some(pb::Input {
+                kind: Some(pb::input::Kind::Features(pb::FeatureRow { values })),
+            }),
+            (None, None, None) => None,
+            (None, image, tensor) => Some(read_input(image.as_deref(), tensor.as_deref())?),
+        };
+        Ok((input, inputs))
+    }
+}
+
+/// `NAME=VALUE,NAME=VALUE,...` as feature values (each name once).
+fn parse_feature_list(list: &str) -> anyhow::Result<HashMap<String, f64>> {
+    let mut values = HashMap::new();
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--features: {pair:?} is not NAME=VALUE"))?;
+        let number: f64 = value.trim().parse().map_err(|_| {
+            anyhow::anyhow!("--features: the value of {name:?} is {value:?}, not a number")
+        })?;
+        anyhow::ensure!(
+            values.insert(name.trim().to_string(), number).is_none(),
+            "--features: {name:?} is given twice"
+        );
+    }
+    Ok(values)
+}
+
+/// A JSON object of numbers (or `@FILE` holding one) as feature values.
+fn parse_feature_json(json: &str) -> anyhow::Result<HashMap<String, f64>> {
+    let text = match json.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--features-json {file}: {e}"))?,
+        None => json.to_string(),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--features-json: not JSON: {e}"))?;
+    feature_values(&value).map_err(|e| anyhow::anyhow!("--features-json: {e}"))
+}
+
+/// A JSON object `{name: number}` as feature values.
+pub fn feature_values(value: &serde_json::Value) -> Result<HashMap<String, f64>, String> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| "expected an object {\"feature\": value, ...}".to_string())?;
+    object
+        .iter()
+        .map(|(name, v)| match v.as_f64() {
+            Some(number) => Ok((name.clone(), number)),
+            None => Err(format!("the value of {name:?} is {v}, not a number")),
+        })
+        .collect()
 }
 
 /// Reads an image file or a `.npy` tensor into the API's `Input`.

@@ -20,10 +20,12 @@ pub struct PredictArgs {
 pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
     let (top_k, json) = (args.top_k, args.json);
     let args = args.client;
-    let input = super::read_input(args.image.as_deref(), args.tensor.as_deref())?;
+    let (input, inputs) = args.input.read()?;
+    let args = args.endpoint;
     let request = pb::PredictRequest {
         model: args.model.clone().unwrap_or_default(),
-        input: Some(input),
+        input,
+        inputs,
         top_k,
     };
     let response = match &args.server {

@@ -1,6 +1,7 @@
-//! Integrating: the path of each baseline evaluated batch by batch on the model's IG step
-//! worker, F at both ends, progress after every batch, refinement until the tolerance, and
-//! one explanation per target at the end.
+//! Integrating: every path (one per instance and baseline sample) evaluated batch by batch on
+//! the model's IG step worker, several paths sharing a run, F at both ends, progress after
+//! every run, refinement until the tolerance, and each instance's explanations as soon as all
+//! of its paths are done.
 
 use std::time::Instant;
 
@@ -8,16 +9,16 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::response::{draw, explanation, send, Summary};
-use super::{step, ExplainItem, ExplainJob, Targets};
+use super::{step, ExplainItem, ExplainJob, Instance, Targets};
 use crate::autodiff::Objective;
 use crate::engine::{sigmoid, softmax};
 use crate::error::Error;
-use crate::ig::{self, Integrator};
-use crate::model::TensorData;
+use crate::ig::{self, Batch, Integrator};
+use crate::model::{Merge, TensorData};
 use crate::proto::integrad::v1 as pb;
 
 impl ExplainJob {
-    /// Runs the job, sending events to `events`. Stops within one batch when the receiver is
+    /// Runs the job, sending events to `events`. Stops within one run when the receiver is
     /// gone (the client cancelled or its deadline passed), freeing the model for others.
     pub async fn run(self, events: mpsc::Sender<ExplainItem>) {
         if let Err(error) = self.explain(&events).await {
@@ -26,8 +27,6 @@ impl ExplainJob {
     }
 
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
-        let input = self.input.tensor.as_f32().expect("checked in plan_explain");
-        let input_len = input.len();
         // F(x) and F(x') for every class come from the path's own rows at alpha 1 and 0 where
         // the rule evaluates there (trapezoid: both ends), exactly those points through the
         // same model, with no forward run of their own. A forward run computes the others,
@@ -36,79 +35,287 @@ impl ExplainJob {
         let rule = ig::quadrature::nodes(self.method, self.steps);
         let on_path = |alpha: f64| rule.iter().any(|n| n.alpha == alpha);
         let (input_on_path, baseline_on_path) = (on_path(1.0), on_path(0.0));
-        let input_first = matches!(self.targets, Targets::TopK(_)) || !input_on_path;
-        let mut first = Vec::new();
-        if input_first {
-            first.push(input);
-        }
-        if !baseline_on_path {
-            first.push(self.baselines[0].as_slice());
+        let mut first: Vec<(usize, &[f32])> = Vec::new();
+        let mut input_first = Vec::with_capacity(self.instances.len());
+        for (i, instance) in self.instances.iter().enumerate() {
+            let needed = matches!(instance.targets, Targets::TopK(_)) || !input_on_path;
+            if needed {
+                first.push((i, &instance.x));
+            }
+            if !baseline_on_path {
+                for baseline in &instance.baselines {
+                    first.push((i, baseline));
+                }
+            }
+            input_first.push(needed);
         }
         let mut known = self.scores(&first).await?.into_iter();
-        let mut score_input = if input_first { known.next() } else { None };
-        let targets: Vec<usize> = match (&self.targets, &score_input) {
-            (Targets::Classes(c), _) => c.clone(),
-            (Targets::TopK(k), Some(scores)) => {
-                let mut order: Vec<usize> = (0..scores.len()).collect();
-                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-                order.truncate(*k);
-                order
-            }
-            (Targets::TopK(_), None) => return Err(Error::Internal("top-k without F(x)".into())),
-        };
-        let t = targets.len();
 
-        // With several baselines (expected gradients), IG is averaged over them: the mean
-        // attributions add up to F(x) minus the mean F(x').
-        let samples = self.baselines.len();
-        let mut attribution_sums = vec![vec![0f64; input_len]; t];
+        let mut paths = Vec::new();
+        for (i, instance) in self.instances.iter().enumerate() {
+            let score_input = if input_first[i] { known.next() } else { None };
+            let targets: Vec<usize> = match (&instance.targets, &score_input) {
+                (Targets::Classes(c), _) => c.clone(),
+                (Targets::TopK(k), Some(scores)) => {
+                    let mut order: Vec<usize> = (0..scores.len()).collect();
+                    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+                    order.truncate(*k);
+                    order
+                }
+                (Targets::TopK(_), None) => {
+                    return Err(Error::Internal("top-k without F(x)".into()))
+                }
+            };
+            for sample in 0..instance.baselines.len() {
+                let score_baseline = if baseline_on_path { None } else { known.next() };
+                let integrator =
+                    Integrator::new(self.method, self.steps, instance.x.len(), targets.len())
+                        .map_err(|e| Error::invalid("steps", e.to_string()))?;
+                paths.push(Path {
+                    instance: i,
+                    sample,
+                    targets: targets.clone(),
+                    integrator,
+                    ends: Ends {
+                        input: score_input.clone(),
+                        baseline: score_baseline,
+                    },
+                    done: false,
+                });
+            }
+        }
+
+        // While it integrates, this request counts as active on the gradient worker: its
+        // batcher may wait briefly for this request's next batch to merge it with others'.
+        let gradient = self.gradient.caller();
+        let mut reported = vec![false; self.instances.len()];
+        let mut instances_done = 0;
+        loop {
+            // Fill one run from the paths in order, so that early instances finish early.
+            let mut room = self.max_rows;
+            let mut chunks: Vec<(usize, Batch)> = Vec::new();
+            for (p, path) in paths.iter_mut().enumerate().filter(|(_, p)| !p.done) {
+                let t = path.targets.len();
+                let alphas = (room / t).min(self.batch as usize);
+                if alphas == 0 {
+                    break;
+                }
+                if let Some(batch) = path.integrator.next_batch(alphas) {
+                    room -= batch.len() * t;
+                    chunks.push((p, batch));
+                }
+            }
+            if !chunks.is_empty() {
+                self.run_chunks(&gradient, &mut paths, chunks).await?;
+                let progress = self.progress(&paths, instances_done);
+                send(events, pb::explain_event::Event::Progress(progress)).await?;
+            }
+            // Paths whose round is complete: refine them, or they are done.
+            for path in paths.iter_mut().filter(|p| !p.done) {
+                if path.integrator.remaining() > 0 {
+                    continue;
+                }
+                let converged = self.tolerance <= 0.0
+                    || self.worst_delta(path).is_some_and(|d| d <= self.tolerance);
+                if converged || path.integrator.steps().saturating_mul(2) > self.max_steps {
+                    path.done = true;
+                } else {
+                    path.integrator
+                        .refine()
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                }
+            }
+            for (i, instance) in self.instances.iter().enumerate() {
+                let mine = || paths.iter().filter(|p| p.instance == i);
+                if reported[i] || !mine().all(|p| p.done) {
+                    continue;
+                }
+                reported[i] = true;
+                instances_done += 1;
+                self.report(instance, &mine().collect::<Vec<_>>(), events)
+                    .await?;
+            }
+            if instances_done as usize == self.instances.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Where the whole job stands after a run.
+    fn progress(&self, paths: &[Path], instances_done: u32) -> pb::Progress {
+        pb::Progress {
+            steps_done: paths
+                .iter()
+                .map(|p| p.integrator.evaluations())
+                .sum::<usize>() as u32,
+            steps_total: paths
+                .iter()
+                .map(|p| p.integrator.evaluations() + p.integrator.remaining())
+                .sum::<usize>() as u32,
+            elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
+            steps: paths
+                .iter()
+                .filter_map(|p| p.integrator.estimate_steps())
+                .max()
+                .unwrap_or(0),
+            relative_delta: paths
+                .iter()
+                .filter_map(|p| self.worst_delta(p))
+                .reduce(f32::max)
+                .unwrap_or(f32::NAN),
+            instances_done: if self.batched { instances_done } else { 0 },
+            instances_total: if self.batched {
+                self.instances.len() as u32
+            } else {
+                0
+            },
+        }
+    }
+
+    /// One gradient run over the chunks (one batch of alphas of one path each), fed back to
+    /// their paths.
+    async fn run_chunks(
+        &self,
+        gradient: &crate::model::Caller,
+        paths: &mut [Path],
+        chunks: Vec<(usize, Batch)>,
+    ) -> Result<(), Error> {
+        let spec = &self.model.spec;
+        let layout = &self.set.layout;
+        let mut runs = Vec::with_capacity(chunks.len());
+        for (p, batch) in &chunks {
+            let path = &paths[*p];
+            let instance = &self.instances[path.instance];
+            let run = step::StepRun {
+                input: &instance.x,
+                shape: &instance.input_shape,
+                baseline: &instance.baselines[path.sample],
+                fixed_f32: &instance.fixed_f32,
+                fixed_i64: &instance.fixed_i64,
+                alphas: batch.alphas(),
+                targets: &path.targets,
+                classes: self.classes,
+                weights: path.integrator.sum_weights(batch),
+            };
+            runs.push(run.inputs(layout));
+        }
+        let rows: usize = chunks
+            .iter()
+            .map(|(p, b)| b.len() * paths[*p].targets.len())
+            .sum();
+        let steps: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+        let requested = vec![
+            step::STEP_SUMS.to_string(),
+            step::STEP_ABS.to_string(),
+            self.scored.of.clone(),
+        ];
+        let batch_started = Instant::now();
+        let merged = match runs.len() {
+            1 => runs.pop().expect("one run"),
+            _ => step::merge_runs(layout, &runs),
+        };
+        let outputs = gradient
+            .run(merged, requested.clone())
+            .instrument(tracing::info_span!(
+                "gradient_batch",
+                ig.steps = steps as i64,
+                ig.rows = rows as i64,
+                ig.paths = chunks.len() as i64
+            ))
+            .await?;
+        crate::telemetry::record_gradient_batch(&spec.name, steps, batch_started.elapsed());
+        let per_path = if runs.is_empty() {
+            vec![outputs]
+        } else {
+            let jobs: Vec<&[(String, TensorData)]> = runs.iter().map(|r| r.as_slice()).collect();
+            Merge::Paths(layout.rules())
+                .split(&jobs, &requested, outputs)
+                .ok_or_else(|| Error::Internal("IG step outputs do not split by path".into()))?
+        };
+        for ((p, batch), outputs) in chunks.into_iter().zip(per_path) {
+            self.feed(&mut paths[p], &batch, &outputs)?;
+        }
+        Ok(())
+    }
+
+    /// One path's share of a run: its weighted sums, |gradient| sums and scores.
+    fn feed(&self, path: &mut Path, batch: &Batch, outputs: &[TensorData]) -> Result<(), Error> {
+        let (classes, t) = (self.classes, path.targets.len());
+        let rows = batch.len() * t;
+        let float = |i: usize| {
+            outputs
+                .get(i)
+                .and_then(|o| o.as_f32())
+                .ok_or_else(|| Error::Internal("IG step output is not float32".into()))
+        };
+        let (sums, abs_sums, out) = (float(0)?, float(1)?, float(2)?);
+        if out.len() != rows * classes {
+            return Err(Error::Internal(format!(
+                "IG step output has {} scores for {rows} rows of {classes} classes",
+                out.len()
+            )));
+        }
+        let mut scores = Vec::with_capacity(rows);
+        for (r, row) in out.chunks_exact(classes).enumerate() {
+            let all = self.objective_scores(row);
+            scores.push(all[path.targets[r % t]]);
+            // The ends of the path: F at exactly x' and x (any target's row).
+            let end = match batch.alphas()[r / t] {
+                0.0 => &mut path.ends.baseline,
+                1.0 => &mut path.ends.input,
+                _ => continue,
+            };
+            end.get_or_insert(all);
+        }
+        path.integrator
+            .feed_sums(batch, sums, &scores, abs_sums)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The explanations of one instance (one per target), its paths' attributions averaged
+    /// over the baseline samples.
+    async fn report(
+        &self,
+        instance: &Instance,
+        paths: &[&Path],
+        events: &mpsc::Sender<ExplainItem>,
+    ) -> Result<(), Error> {
+        let first = paths[0];
+        let samples = paths.len();
+        let t = first.targets.len();
+        let len = instance.x.len();
+        let mut attribution_sums = vec![vec![0f64; len]; t];
         let mut baseline_scores = vec![0f64; t];
-        let mut first_path: Option<Integrator> = None;
+        let mut baseline_mean = vec![0f64; len];
         let (mut evaluations, mut steps) = (0usize, 0u32);
-        for (sample, baseline) in self.baselines.iter().enumerate() {
-            let score_baseline = match (sample, baseline_on_path) {
-                (_, true) => None,
-                (0, false) => known.next(),
-                (_, false) => self.scores(&[baseline]).await?.pop(),
-            };
-            let mut path = Path {
-                baseline,
-                targets: &targets,
-                ends: Ends {
-                    input: score_input.clone(),
-                    baseline: score_baseline,
-                },
-            };
-            let progress = Plan {
-                done_before: evaluations,
-                samples_left: samples - sample,
-            };
-            let integrator = self.integrate(&mut path, progress, events).await?;
-            let (Some(f_input), Some(f_baseline)) = (path.ends.input, path.ends.baseline) else {
+        let mut score_input = None;
+        for path in paths {
+            let (Some(f_input), Some(f_baseline)) = (&path.ends.input, &path.ends.baseline) else {
                 return Err(Error::Internal(
                     "a path ended without F at both ends".into(),
                 ));
             };
-            for (j, &class) in targets.iter().enumerate() {
-                let average = integrator
+            let baseline = &instance.baselines[path.sample];
+            for (j, &class) in path.targets.iter().enumerate() {
+                let average = path
+                    .integrator
                     .average_gradient(j)
                     .map_err(|e| Error::Internal(e.to_string()))?;
-                let attributions = ig::attributions(input, baseline, &average);
+                let attributions = ig::attributions(&instance.x, baseline, &average);
                 for (sum, value) in attribution_sums[j].iter_mut().zip(attributions) {
                     *sum += f64::from(value);
                 }
                 baseline_scores[j] += f64::from(f_baseline[class]);
             }
-            score_input.get_or_insert(f_input);
-            evaluations += integrator.evaluations();
-            steps = steps.max(integrator.estimate_steps().unwrap_or(0));
-            first_path.get_or_insert(integrator);
+            for (m, &b) in baseline_mean.iter_mut().zip(baseline) {
+                *m += f64::from(b) / samples as f64;
+            }
+            score_input.get_or_insert(f_input.clone());
+            evaluations += path.integrator.evaluations();
+            steps = steps.max(path.integrator.estimate_steps().unwrap_or(0));
         }
-        let (Some(first), Some(score_input)) = (first_path, score_input) else {
-            return Err(Error::Internal("no baseline".into()));
-        };
-
-        for (j, &class) in targets.iter().enumerate() {
+        let score_input = score_input.ok_or_else(|| Error::Internal("no baseline".into()))?;
+        for (j, &class) in first.targets.iter().enumerate() {
             let attributions: Vec<f32> = attribution_sums[j]
                 .iter()
                 .map(|s| (s / samples as f64) as f32)
@@ -120,116 +327,24 @@ impl ExplainJob {
                 steps,
                 evaluations,
             };
-            let mut explanation = explanation(self, &first, j, attributions, summary)?;
-            if self.pictures.is_some() {
+            let mut explanation = explanation(
+                self,
+                instance,
+                &first.integrator,
+                j,
+                attributions,
+                &baseline_mean,
+                summary,
+            )?;
+            if instance.pictures.is_some() {
                 let span = tracing::info_span!("render", ig.target = class as i64);
-                draw(self.pictures.as_ref(), &mut explanation)
+                draw(instance.pictures.as_ref(), &mut explanation)
                     .instrument(span)
                     .await?;
             }
             send(events, pb::explain_event::Event::Result(explanation)).await?;
         }
         Ok(())
-    }
-
-    /// Integrates along one path (one baseline), streaming progress, refining if asked.
-    async fn integrate(
-        &self,
-        path: &mut Path<'_>,
-        plan: Plan,
-        events: &mpsc::Sender<ExplainItem>,
-    ) -> Result<Integrator, Error> {
-        let spec = &self.model.spec;
-        let input = self.input.tensor.as_f32().expect("checked in plan_explain");
-        let input_len = input.len();
-        let (targets, t) = (path.targets, path.targets.len());
-        let classes = self.classes;
-        let mut integrator = Integrator::new(self.method, self.steps, input_len, t)
-            .map_err(|e| Error::invalid("steps", e.to_string()))?;
-        // While it integrates, this request counts as active on the gradient worker: its
-        // batcher may wait briefly for this request's next batch to merge it with others'.
-        let gradient = self.gradient.caller();
-        loop {
-            while let Some(batch) = integrator.next_batch(self.batch as usize) {
-                let run = step::StepRun {
-                    input,
-                    baseline: path.baseline,
-                    shape: &self.input.tensor.shape,
-                    alphas: batch.alphas(),
-                    targets,
-                    classes,
-                    weights: integrator.sum_weights(&batch),
-                };
-                let rows = run.rows();
-                let batch_started = Instant::now();
-                let outputs = gradient
-                    .run(
-                        run.inputs(),
-                        vec![
-                            step::STEP_SUMS.to_string(),
-                            step::STEP_ABS.to_string(),
-                            self.scored.of.clone(),
-                        ],
-                    )
-                    .instrument(tracing::info_span!(
-                        "gradient_batch",
-                        ig.steps = batch.len() as i64,
-                        ig.rows = rows as i64
-                    ))
-                    .await?;
-                crate::telemetry::record_gradient_batch(
-                    &spec.name,
-                    batch.len(),
-                    batch_started.elapsed(),
-                );
-                let float = |i: usize| {
-                    outputs[i]
-                        .as_f32()
-                        .ok_or_else(|| Error::Internal("IG step output is not float32".into()))
-                };
-                let (sums, abs_sums, out) = (float(0)?, float(1)?, float(2)?);
-                if out.len() != rows * classes {
-                    return Err(Error::Internal(format!(
-                        "IG step output has {} scores for {rows} rows of {classes} classes",
-                        out.len()
-                    )));
-                }
-                let mut scores = Vec::with_capacity(rows);
-                for (r, row) in out.chunks_exact(classes).enumerate() {
-                    let all = self.objective_scores(row);
-                    scores.push(all[targets[r % t]]);
-                    // The ends of the path: F at exactly x' and x (any target's row).
-                    let end = match batch.alphas()[r / t] {
-                        0.0 => &mut path.ends.baseline,
-                        1.0 => &mut path.ends.input,
-                        _ => continue,
-                    };
-                    end.get_or_insert(all);
-                }
-                integrator
-                    .feed_sums(&batch, sums, &scores, abs_sums)
-                    .map_err(|e| Error::Internal(e.to_string()))?;
-                let per_path = integrator.evaluations() + integrator.remaining();
-                let progress = pb::Progress {
-                    steps_done: (plan.done_before + integrator.evaluations()) as u32,
-                    steps_total: (plan.done_before + per_path * plan.samples_left) as u32,
-                    elapsed_ms: self.started.elapsed().as_secs_f32() * 1e3,
-                    steps: integrator.estimate_steps().unwrap_or(0),
-                    relative_delta: self.worst_delta(&integrator, path).unwrap_or(f32::NAN),
-                };
-                send(events, pb::explain_event::Event::Progress(progress)).await?;
-            }
-            let converged = self.tolerance <= 0.0
-                || self
-                    .worst_delta(&integrator, path)
-                    .is_some_and(|d| d <= self.tolerance);
-            if converged || integrator.steps().saturating_mul(2) > self.max_steps {
-                return Ok(integrator);
-            }
-            integrator
-                .refine()
-                .map_err(|e| Error::Internal(e.to_string()))?;
-        }
     }
 
     /// The objective for every class at one input, from the scored tensor's row: its softmax,
@@ -242,29 +357,39 @@ impl ExplainJob {
         }
     }
 
-    /// The objective for every class at each of `points` (inputs of the model's input shape),
-    /// in one forward run (one per point where the model's batch axis is fixed). An inner
-    /// scored tensor (a final Sigmoid's logits) is no output of the forward model: the step
-    /// worker, which outputs it, evaluates each point instead.
-    async fn scores(&self, points: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
+    /// The objective for every class at each of `points` (an instance, and its points packed),
+    /// in as few forward runs as the model allows (one per point where its batch axis is
+    /// fixed). Points at inner tensors, or a scored tensor that is no output of the forward
+    /// model (a final Sigmoid's logits), go through the step worker instead.
+    async fn scores(&self, points: &[(usize, &[f32])]) -> Result<Vec<Vec<f32>>, Error> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
         let spec = &self.model.spec;
-        if !spec.outputs.iter().any(|o| o.name == self.scored.of) {
+        let all_inputs = self.set.points.iter().all(|p| p.is_input());
+        if !all_inputs || !spec.outputs.iter().any(|o| o.name == self.scored.of) {
             return self.scores_on_step_worker(points).await;
         }
-        let input = &spec.inputs[0].tensor;
-        let fixed_batch = input.shape.first().is_some_and(|&d| d > 0);
-        let per_run = if fixed_batch { 1 } else { points.len().max(1) };
+        let fixed_batch = spec
+            .inputs
+            .iter()
+            .any(|i| i.tensor.shape.first().is_some_and(|&d| d > 0));
+        let per_run = if fixed_batch { 1 } else { 64 };
         let mut all = Vec::with_capacity(points.len());
         for run in points.chunks(per_run) {
-            let mut shape = vec![run.len() as i64];
-            shape.extend_from_slice(&self.input.tensor.shape);
+            let feeds = run
+                .iter()
+                .map(|&(i, packed)| self.feeds(&self.instances[i], packed))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let jobs: Vec<&[(String, TensorData)]> = feeds.iter().map(|f| f.as_slice()).collect();
+            let inputs = match jobs.as_slice() {
+                [one] => one.to_vec(),
+                many => Merge::Forward.merge(many),
+            };
             let outputs = self
                 .model
                 .worker
-                .run(
-                    vec![(input.name.clone(), TensorData::f32(shape, run.concat()))],
-                    vec![spec.output().to_string()],
-                )
+                .run(inputs, vec![spec.output().to_string()])
                 .instrument(tracing::info_span!("forward", ig.points = run.len() as i64))
                 .await?;
             let out = outputs[0]
@@ -286,45 +411,99 @@ impl ExplainJob {
         Ok(all)
     }
 
-    /// [`Self::scores`] through the step worker: one run per point, at alpha 1 of the path
-    /// from the point to itself, with zero weights.
-    async fn scores_on_step_worker(&self, points: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
+    /// The forward model's inputs (batch 1) at `packed`, the points being graph inputs: each
+    /// point's values in place of the instance's, the other inputs as they are.
+    fn feeds(
+        &self,
+        instance: &Instance,
+        packed: &[f32],
+    ) -> Result<Vec<(String, TensorData)>, Error> {
+        let mut offset = 0;
+        let mut replaced = Vec::new();
+        for (point, shape) in self.set.points.iter().zip(&instance.shapes) {
+            let len = shape.iter().product::<i64>() as usize;
+            replaced.push((point.tensor(), &packed[offset..offset + len], shape));
+            offset += len;
+        }
+        Ok(instance
+            .inputs
+            .tensors
+            .iter()
+            .map(|(name, tensor)| {
+                let mut tensor = match replaced.iter().find(|(n, _, _)| n == name) {
+                    Some((_, values, shape)) => TensorData::f32(shape.to_vec(), values.to_vec()),
+                    None => tensor.clone(),
+                };
+                tensor.shape.insert(0, 1);
+                (name.clone(), tensor)
+            })
+            .collect())
+    }
+
+    /// [`Self::scores`] through the step worker: each point at alpha 1 of the path from the
+    /// point to itself, with zero weights, several points in one run.
+    async fn scores_on_step_worker(
+        &self,
+        points: &[(usize, &[f32])],
+    ) -> Result<Vec<Vec<f32>>, Error> {
+        let layout = &self.set.layout;
         let mut all = Vec::with_capacity(points.len());
-        for &point in points {
-            let run = step::StepRun {
-                input: point,
-                baseline: point,
-                shape: &self.input.tensor.shape,
-                alphas: &[1.0],
-                targets: &[0],
-                classes: self.classes,
-                weights: vec![0.0],
+        for run in points.chunks(crate::explain::MAX_ROWS as usize) {
+            let runs: Vec<_> = run
+                .iter()
+                .map(|&(i, point)| {
+                    let instance = &self.instances[i];
+                    step::StepRun {
+                        input: point,
+                        shape: &instance.input_shape,
+                        baseline: point,
+                        fixed_f32: &instance.fixed_f32,
+                        fixed_i64: &instance.fixed_i64,
+                        alphas: &[1.0],
+                        targets: &[0],
+                        classes: self.classes,
+                        weights: vec![0.0],
+                    }
+                    .inputs(layout)
+                })
+                .collect();
+            let merged = match runs.as_slice() {
+                [one] => one.clone(),
+                _ => step::merge_runs(layout, &runs),
             };
             let outputs = self
                 .gradient
-                .run(run.inputs(), vec![self.scored.of.clone()])
-                .instrument(tracing::info_span!("forward", ig.points = 1))
+                .run(merged, vec![self.scored.of.clone()])
+                .instrument(tracing::info_span!("forward", ig.points = run.len() as i64))
                 .await?;
-            let row = outputs[0]
+            let rows = outputs[0]
                 .as_f32()
-                .filter(|row| row.len() == self.classes)
+                .filter(|rows| rows.len() == run.len() * self.classes)
                 .ok_or_else(|| {
-                    Error::Internal(format!("{:?} is not one row of floats", self.scored.of))
+                    Error::Internal(format!(
+                        "{:?} is not one row of floats per point",
+                        self.scored.of
+                    ))
                 })?;
-            all.push(self.objective_scores(row));
+            all.extend(
+                rows.chunks_exact(self.classes)
+                    .map(|row| self.objective_scores(row)),
+            );
         }
         Ok(all)
     }
 
-    /// The largest |delta| / |F(x) - F(x')| over the targets, once a round is complete.
-    fn worst_delta(&self, integrator: &Integrator, path: &Path<'_>) -> Option<f32> {
-        integrator.estimate_steps()?;
-        let input = self.input.tensor.as_f32()?;
+    /// The largest |delta| / |F(x) - F(x')| of a path over its targets, once a round is
+    /// complete.
+    fn worst_delta(&self, path: &Path) -> Option<f32> {
+        path.integrator.estimate_steps()?;
+        let instance = &self.instances[path.instance];
         let (ends_input, ends_baseline) = (path.ends.input.as_ref()?, path.ends.baseline.as_ref()?);
+        let baseline = &instance.baselines[path.sample];
         let mut worst = 0f64;
         for (j, &class) in path.targets.iter().enumerate() {
-            let average = integrator.average_gradient(j).ok()?;
-            let attributions = ig::attributions(input, path.baseline, &average);
+            let average = path.integrator.average_gradient(j).ok()?;
+            let attributions = ig::attributions(&instance.x, baseline, &average);
             let c = ig::Completeness::new(
                 &attributions,
                 f64::from(ends_input[class]),
@@ -336,11 +515,15 @@ impl ExplainJob {
     }
 }
 
-/// One path to integrate: its baseline, the targets, and F at both ends for every class.
-struct Path<'a> {
-    baseline: &'a [f32],
-    targets: &'a [usize],
+/// One path to integrate: an instance with one of its baselines.
+struct Path {
+    instance: usize,
+    sample: usize,
+    targets: Vec<usize>,
+    integrator: Integrator,
     ends: Ends,
+    /// Converged, or refined as far as allowed.
+    done: bool,
 }
 
 /// F at x and at x' for every class: known before the path runs (a forward run), or taken
@@ -348,11 +531,4 @@ struct Path<'a> {
 struct Ends {
     input: Option<Vec<f32>>,
     baseline: Option<Vec<f32>>,
-}
-
-/// Where one path sits in the whole job, for progress events.
-#[derive(Clone, Copy)]
-struct Plan {
-    done_before: usize,
-    samples_left: usize,
 }

@@ -5,13 +5,16 @@
 //!   model with interpolation and weighted sums inside) of each explainable model, on workers
 //!   of their own, warmed up;
 //! - [`plan`]: checks the whole request (every field that can be wrong is refused here,
-//!   before any work starts), decodes the input and makes the baselines;
+//!   before any work starts), decodes the inputs, computes the inner attribution points
+//!   (embeddings) at them and makes the baselines, for each instance of an ExplainBatch;
 //! - `integrate`: [`ExplainJob::run`] evaluates gradients batch by batch on the step worker
 //!   (the graph interpolates and sums the weighted gradients itself, so a batch returns a few
 //!   input-sized sums, not one gradient per alpha), sending a progress event after each batch;
-//!   several targets share each run: every alpha's row is repeated once per target with that
-//!   target's one-hot cotangent;
-//! - `response`: one explanation per target at the end, with the pictures asked for.
+//!   several targets share each run (every alpha's row is repeated once per target with that
+//!   target's one-hot cotangent), and so do several paths (the instances of a batch, the
+//!   samples of expected gradients);
+//! - `response`: one explanation per target as each instance completes, with the attributions
+//!   at every point, per feature for tabular inputs, and the pictures asked for.
 
 pub mod gradients;
 mod integrate;
@@ -22,13 +25,13 @@ pub mod step;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use gradients::{Explainers, Gradients};
-pub use plan::plan;
+pub use gradients::{Explainers, Gradients, PointSet};
+pub use plan::{plan, plan_batch};
 
 use crate::error::Error;
 use crate::ig::Method;
 use crate::image::RenderOptions;
-use crate::input::PreparedInput;
+use crate::input::PreparedInputs;
 use crate::model::{Model, Worker};
 use crate::proto::integrad::v1 as pb;
 
@@ -55,6 +58,8 @@ pub struct ExplainLimits {
     pub max_steps: u32,
     pub max_targets: u32,
     pub max_baseline_samples: u32,
+    /// Instances of one ExplainBatch at most.
+    pub max_instances: u32,
 }
 
 impl Default for ExplainLimits {
@@ -63,25 +68,35 @@ impl Default for ExplainLimits {
             max_steps: 4096,
             max_targets: 16,
             max_baseline_samples: 64,
+            max_instances: 1024,
         }
     }
 }
 
+/// Rows of one gradient run at most when several paths (instances, baseline samples) share
+/// it: as many values as the default batch of a 224x224 RGB image, and no more than this.
+const MAX_SHARED_ROWS: usize = 4096;
+
+/// The rows a run of several paths may take for points of `input_len` values.
+pub fn shared_rows(input_len: usize) -> usize {
+    (DEFAULT_BATCH as usize * DEFAULT_BATCH_INPUT / input_len.max(1)).clamp(1, MAX_SHARED_ROWS)
+}
+
+#[derive(Debug, Clone)]
 enum Targets {
     Classes(Vec<usize>),
     TopK(usize),
 }
 
-/// A checked Explain request, ready to run.
+/// A checked Explain (or ExplainBatch) request, ready to run.
 pub struct ExplainJob {
     model: Model,
+    /// The attribution points and their step models.
+    set: Arc<PointSet>,
     gradient: Worker,
     /// The tensor the objective reads (the output, or a final Sigmoid's logits) and how.
     scored: gradients::Differentiated,
-    input: PreparedInput,
-    /// One baseline, or several samples whose IG is averaged (expected gradients).
-    baselines: Vec<Vec<f32>>,
-    targets: Targets,
+    instances: Vec<Instance>,
     /// The output's classes (the cotangent's width).
     classes: usize,
     objective: pb::Objective,
@@ -89,9 +104,34 @@ pub struct ExplainJob {
     steps: u32,
     max_steps: u32,
     tolerance: f32,
+    /// Alphas per gradient run of one path (times its targets).
     batch: u32,
-    pictures: Option<PictureRequest>,
+    /// Rows per gradient run at most, when several paths share runs.
+    max_rows: usize,
+    /// Whether it answers ExplainBatch (progress then counts instances).
+    batched: bool,
     started: Instant,
+}
+
+/// One instance of a request: its inputs, the points at them, its baselines and targets.
+struct Instance {
+    /// Its index in the request's instances (0 for Explain).
+    index: u32,
+    /// Every graph input's tensor, without the batch axis.
+    inputs: PreparedInputs,
+    /// The attribution points at the input, packed ([`step::StepLayout`]), and each point's
+    /// shape without the batch axis.
+    x: Vec<f32>,
+    shapes: Vec<Vec<i64>>,
+    /// The shape of the step model's input for this instance.
+    input_shape: Vec<i64>,
+    /// The inputs held fixed along the path, packed.
+    fixed_f32: Vec<f32>,
+    fixed_i64: Vec<i64>,
+    /// One baseline, or several samples whose IG is averaged (expected gradients), packed.
+    baselines: Vec<Vec<f32>>,
+    targets: Targets,
+    pictures: Option<PictureRequest>,
 }
 
 /// Which pictures to draw, how, and over what.
@@ -99,6 +139,8 @@ struct PictureRequest {
     options: RenderOptions,
     mask: bool,
     overlay: bool,
+    /// The image input whose attributions are drawn.
+    input: String,
     preprocessing: crate::image::Preprocessing,
     picture: Arc<::image::RgbImage>,
 }

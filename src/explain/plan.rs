@@ -2,22 +2,65 @@
 //! limits (a bad one is refused here, before any work starts), the input decoded and the
 //! baselines made.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::gradients::Differentiated;
-use super::{default_batch, ExplainJob, PictureRequest, Targets, DEFAULT_STEPS, MAX_ROWS};
+use super::gradients::{Differentiated, PointSet};
+use super::{
+    default_batch, shared_rows, ExplainJob, Instance, PictureRequest, Targets, DEFAULT_STEPS,
+    MAX_ROWS,
+};
 use crate::autodiff::Objective;
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{Error, Field};
 use crate::ig::{self, BaselineKind, Method};
-use crate::input::tensor_error;
-use crate::model::{Head, ModelSpec, OutputKind, SigmoidKind, TensorData, Values};
+use crate::input::{tensor_error, PreparedInputs};
+use crate::model::config::TabularBaseline;
+use crate::model::{Head, ModelSpec, OutputKind, Point, SigmoidKind, TensorData, Values};
 use crate::proto::integrad::v1 as pb;
 use crate::wire;
 
-/// Checks `request` against the model and the limits and prepares its input and baseline.
-pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<ExplainJob, Error> {
+/// Checks an Explain `request` against the model and the limits and prepares its input and
+/// baselines: a batch of one instance.
+pub async fn plan(engine: &Engine, mut request: pb::ExplainRequest) -> Result<ExplainJob, Error> {
+    let instance = pb::Instance {
+        input: request.input.take(),
+        inputs: std::mem::take(&mut request.inputs),
+        target: None,
+    };
+    plan_instances(engine, request, vec![instance], false).await
+}
+
+/// Checks an ExplainBatch request: the options once, then every instance.
+pub async fn plan_batch(
+    engine: &Engine,
+    request: pb::ExplainBatchRequest,
+) -> Result<ExplainJob, Error> {
+    let limits = engine.explain_limits();
+    let options = request.request.unwrap_or_default();
+    if options.input.is_some() || !options.inputs.is_empty() {
+        return Err(Error::invalid(
+            "request.input",
+            "an ExplainBatch request's options carry no input; give each instance its own",
+        ));
+    }
+    match request.instances.len() {
+        0 => Err(Error::invalid("instances", "at least one instance is required")),
+        n if n > limits.max_instances as usize => Err(Error::ResourceExhausted(format!(
+            "{n} instances are more than this server takes in one call ({}, --max-instances); split them over several calls",
+            limits.max_instances
+        ))),
+        _ => plan_instances(engine, options, request.instances, true).await,
+    }
+}
+
+async fn plan_instances(
+    engine: &Engine,
+    request: pb::ExplainRequest,
+    instances: Vec<pb::Instance>,
+    batched: bool,
+) -> Result<ExplainJob, Error> {
     let started = Instant::now();
     let limits = engine.explain_limits();
     let model = engine.model(&request.model)?.clone();
@@ -26,7 +69,7 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
         (Ok(_), Some(g)) => g.clone(),
         (Err(reason), _) => {
             return Err(Error::FailedPrecondition {
-                field: "model",
+                field: "model".into(),
                 reason: format!("model {:?} cannot be explained: {reason}", spec.name),
             })
         }
@@ -45,7 +88,7 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
         .unwrap_or(spec.labels().len() as i64) as usize;
     if spec.output_spec().shape.len() != 2 || classes == 0 {
         return Err(Error::FailedPrecondition {
-            field: "model",
+            field: "model".into(),
             reason: format!(
                 "Explain needs a [batch, classes] output; {:?} has shape {:?}",
                 spec.output(),
@@ -55,10 +98,6 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
     }
 
     let (objective, what) = objective(&spec, request.objective)?;
-    let gradient = gradients
-        .get(&what)
-        .cloned()
-        .ok_or_else(|| Error::Internal(format!("no gradient model of {what:?}")))?;
     let method = wire::method(request.method).map_err(|e| Error::invalid("method", e))?;
     let steps = match request.steps.unwrap_or(DEFAULT_STEPS) {
         0 => {
@@ -100,73 +139,28 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
     if request.tolerance > 0.0 && method != Method::Trapezoid {
         return Err(Error::invalid("tolerance", "adaptive refinement reuses gradients by doubling trapezoid steps; use METHOD_TRAPEZOID (or tolerance 0)"));
     }
-    let targets = match request.target.and_then(|t| t.kind) {
-        None => Targets::TopK(1),
-        Some(pb::target::Kind::ClassIndex(c)) => {
-            if c < 0 || c as usize >= classes {
-                return Err(Error::invalid(
-                    "target.class_index",
-                    format!("{c} is not a class of model {:?} (0..{classes})", spec.name),
-                ));
-            }
-            Targets::Classes(vec![c as usize])
-        }
-        Some(pb::target::Kind::Label(label)) => {
-            match spec.labels().iter().position(|l| *l == label) {
-                Some(c) => Targets::Classes(vec![c]),
-                None if spec.labels().is_empty() => {
-                    return Err(Error::invalid(
-                        "target.label",
-                        format!(
-                            "model {:?} has no labels; give target.class_index",
-                            spec.name
-                        ),
-                    ))
-                }
-                None => {
-                    return Err(Error::invalid(
-                        "target.label",
-                        format!("{label:?} is not a label of model {:?}", spec.name),
-                    ))
-                }
-            }
-        }
-        Some(pb::target::Kind::TopK(k)) => {
-            if k == 0 || k > limits.max_targets || k as usize > classes {
-                return Err(Error::invalid(
-                    "target.top_k",
-                    format!(
-                        "must be in 1..={}, got {k}",
-                        limits.max_targets.min(classes as u32)
-                    ),
-                ));
-            }
-            Targets::TopK(k as usize)
-        }
-    };
-    let target_count = match &targets {
-        Targets::Classes(c) => c.len() as u32,
-        Targets::TopK(k) => *k as u32,
-    };
-    // The attributed input's size (without its batch axis) sizes the default batch.
-    let attributed = spec
-        .attribution
-        .iter()
-        .flatten()
-        .find_map(|point| spec.input(point.tensor()))
-        .ok_or_else(|| Error::Internal("no attributed input".into()))?;
-    let input_len: i64 = attributed
-        .tensor
-        .shape
-        .iter()
-        .skip(1)
-        .map(|&d| d.max(1))
-        .product();
-    let batch = match request.batch_size {
-        0 => default_batch(input_len as usize),
-        b => b,
+    let default_targets = targets(&spec, request.target, classes, limits, "target")?;
+    let mut instance_targets = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.iter().enumerate() {
+        instance_targets.push(match &instance.target {
+            None => default_targets.clone(),
+            Some(t) => targets(
+                &spec,
+                Some(t.clone()),
+                classes,
+                limits,
+                &format!("instances[{i}].target"),
+            )?,
+        });
     }
-    .clamp(1, (MAX_ROWS / target_count).max(1));
+    let most_targets = instance_targets
+        .iter()
+        .map(|t| match t {
+            Targets::Classes(c) => c.len() as u32,
+            Targets::TopK(k) => *k as u32,
+        })
+        .max()
+        .unwrap_or(1);
 
     let render = request.render.filter(|r| r.mask || r.overlay);
     let render_options = match &render {
@@ -185,104 +179,625 @@ pub async fn plan(engine: &Engine, request: pb::ExplainRequest) -> Result<Explai
         }
     };
 
-    // The baseline's kind is checked before the input is decoded, the rest after.
-    let samples = request.baseline.as_ref().map_or(1, |b| b.samples.max(1));
-    let kind = request.baseline.and_then(|b| b.kind);
-    if samples > limits.max_baseline_samples {
+    // The baselines' kinds are checked before any input is decoded, their values after.
+    let baselines = Baselines::check(&spec, request.baseline, request.baselines, limits)?;
+    // The attribution points (a request's own are built now, once, and cached).
+    let set = gradients.points(&request.attribute_to, &what).await?;
+    let gradient = set
+        .get(&what)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("no gradient model of {what:?}")))?;
+    if let Some(image) = spec.image() {
+        if render.is_some() && !set.points.iter().any(|p| p.tensor() == image.0.name()) {
+            return Err(Error::invalid(
+                "render",
+                format!("the pictures draw the attributions of the image input {:?}, which attribute_to leaves out", image.0.name()),
+            ));
+        }
+    }
+    let reference = baselines.reference_rows(&spec, limits)?;
+
+    let mut prepared = Vec::with_capacity(instances.len());
+    for (i, (instance, targets)) in instances.into_iter().zip(instance_targets).enumerate() {
+        let inputs = engine
+            .prepare_input(&model, instance.input, instance.inputs)
+            .await
+            .map_err(|e| in_instance(e, batched, i))?;
+        let built = instance_of(
+            &spec, &set, &baselines, &reference, inputs, targets, i as u32,
+        )
+        .await
+        .map_err(|e| in_instance(e, batched, i))?;
+        prepared.push(built);
+    }
+    if let (Some(r), Some(options), Some((input, preprocessing))) =
+        (&render, render_options, spec.image())
+    {
+        for instance in &mut prepared {
+            let values = instance
+                .inputs
+                .get(input.name())
+                .and_then(|t| t.as_f32())
+                .ok_or_else(|| Error::Internal("image input is not float".into()))?;
+            let picture = match &instance.inputs.image {
+                Some(picture) => picture.clone(),
+                None => crate::image::picture_from_input(values, preprocessing),
+            };
+            instance.pictures = Some(PictureRequest {
+                options,
+                mask: r.mask,
+                overlay: r.overlay,
+                input: input.name().to_string(),
+                preprocessing: preprocessing.clone(),
+                picture: Arc::new(picture),
+            });
+        }
+    }
+
+    let input_len = prepared.first().map_or(1, |i| i.x.len());
+    let batch = match request.batch_size {
+        0 => default_batch(input_len),
+        b => b,
+    }
+    .clamp(1, (MAX_ROWS / most_targets).max(1));
+    let paths: usize = prepared.iter().map(|i| i.baselines.len()).sum();
+    let max_rows = if paths > 1 {
+        shared_rows(input_len).max((batch * most_targets) as usize)
+    } else {
+        (batch * most_targets) as usize
+    };
+    Ok(ExplainJob {
+        model,
+        set,
+        gradient,
+        scored: what,
+        instances: prepared,
+        classes,
+        objective,
+        method,
+        steps,
+        max_steps,
+        tolerance: request.tolerance,
+        batch,
+        max_rows,
+        batched,
+        started,
+    })
+}
+
+/// An instance's error, naming the instance in an ExplainBatch.
+fn in_instance(error: Error, batched: bool, i: usize) -> Error {
+    match error {
+        Error::InvalidArgument { field, reason } if batched => Error::InvalidArgument {
+            field: format!("instances[{i}].{field}").into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// The targets a request (or an instance) asks for.
+fn targets(
+    spec: &ModelSpec,
+    target: Option<pb::Target>,
+    classes: usize,
+    limits: &super::ExplainLimits,
+    field: &str,
+) -> Result<Targets, Error> {
+    let field = |part: &str| -> Field { format!("{field}{part}").into() };
+    Ok(match target.and_then(|t| t.kind) {
+        None => Targets::TopK(1),
+        Some(pb::target::Kind::ClassIndex(c)) => {
+            if c < 0 || c as usize >= classes {
+                return Err(Error::invalid(
+                    field(".class_index"),
+                    format!("{c} is not a class of model {:?} (0..{classes})", spec.name),
+                ));
+            }
+            Targets::Classes(vec![c as usize])
+        }
+        Some(pb::target::Kind::Label(label)) => {
+            match spec.labels().iter().position(|l| *l == label) {
+                Some(c) => Targets::Classes(vec![c]),
+                None if spec.labels().is_empty() => {
+                    return Err(Error::invalid(
+                        field(".label"),
+                        format!(
+                            "model {:?} has no labels; give target.class_index",
+                            spec.name
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::invalid(
+                        field(".label"),
+                        format!("{label:?} is not a label of model {:?}", spec.name),
+                    ))
+                }
+            }
+        }
+        Some(pb::target::Kind::TopK(k)) => {
+            if k == 0 || k > limits.max_targets || k as usize > classes {
+                return Err(Error::invalid(
+                    field(".top_k"),
+                    format!(
+                        "must be in 1..={}, got {k}",
+                        limits.max_targets.min(classes as u32)
+                    ),
+                ));
+            }
+            Targets::TopK(k as usize)
+        }
+    })
+}
+
+/// The baselines a request asks for: per attributed tensor, and the shorthand for the rest.
+struct Baselines {
+    shorthand: Option<pb::Baseline>,
+    named: HashMap<String, pb::Baseline>,
+}
+
+impl Baselines {
+    /// Checks what can be checked before the inputs are decoded: sample counts, and that named
+    /// baselines name tensors of the model.
+    fn check(
+        spec: &ModelSpec,
+        shorthand: Option<pb::Baseline>,
+        named: HashMap<String, pb::Baseline>,
+        limits: &super::ExplainLimits,
+    ) -> Result<Self, Error> {
+        for (field, baseline) in std::iter::once(("baseline".to_string(), shorthand.as_ref()))
+            .chain(
+                named
+                    .iter()
+                    .map(|(k, v)| (format!("baselines[{k:?}]"), Some(v))),
+            )
+        {
+            let Some(baseline) = baseline else { continue };
+            let samples = baseline.samples.max(1);
+            if samples > limits.max_baseline_samples {
+                return Err(Error::invalid(
+                    format!("{field}.samples"),
+                    format!(
+                        "{samples} is above this server's maximum of {}",
+                        limits.max_baseline_samples
+                    ),
+                ));
+            }
+            if samples > 1 && !matches!(baseline.kind, Some(pb::baseline::Kind::Uniform(_))) {
+                return Err(Error::invalid(format!("{field}.samples"), "only a uniform baseline has several samples (seeds seed, seed+1, ...); the others are deterministic (a reference baseline takes rows)"));
+            }
+            if let Some(pb::baseline::Kind::Reference(r)) = &baseline.kind {
+                if spec.tabular.reference.is_none() {
+                    return Err(Error::invalid(field, format!("model {:?} has no reference rows (reference in the [features] section of its integrad.toml)", spec.name)));
+                }
+                if pb::ReferenceStatistic::try_from(r.statistic)
+                    .map_or(true, |s| s == pb::ReferenceStatistic::Unspecified)
+                {
+                    return Err(Error::invalid(
+                        format!("{field}.reference.statistic"),
+                        "must be MEDIAN, MEAN or ROWS",
+                    ));
+                }
+            }
+        }
+        Ok(Self { shorthand, named })
+    }
+
+    /// The baseline of point `tensor`: its own, else the shorthand.
+    fn of(&self, tensor: &str) -> (Field, Option<&pb::Baseline>) {
+        match self.named.get(tensor) {
+            Some(b) => (format!("baselines[{tensor:?}]").into(), Some(b)),
+            None => ("baseline".into(), self.shorthand.as_ref()),
+        }
+    }
+
+    /// The reference rows a ROWS baseline (or the model's `baseline = "rows"`) averages over,
+    /// drawn once for every instance; empty when none is asked for.
+    fn reference_rows(
+        &self,
+        spec: &ModelSpec,
+        limits: &super::ExplainLimits,
+    ) -> Result<Vec<usize>, Error> {
+        let asked = std::iter::once(self.shorthand.as_ref())
+            .chain(self.named.values().map(Some))
+            .flatten()
+            .find_map(|b| match &b.kind {
+                Some(pb::baseline::Kind::Reference(r))
+                    if r.statistic == pb::ReferenceStatistic::Rows as i32 =>
+                {
+                    Some((r.rows, r.seed))
+                }
+                _ => None,
+            });
+        let configured = (self.shorthand.is_none()
+            && spec.tabular.baseline == Some(TabularBaseline::Rows))
+        .then(|| (spec.tabular.baseline_rows.unwrap_or(0), 0));
+        let Some((rows, seed)) = asked.or(configured) else {
+            return Ok(Vec::new());
+        };
+        let Some(reference) = &spec.tabular.reference else {
+            return Ok(Vec::new());
+        };
+        let wanted = match rows {
+            0 => reference.rows.min(limits.max_baseline_samples as usize),
+            r => r as usize,
+        };
+        if wanted > limits.max_baseline_samples as usize {
+            return Err(Error::invalid(
+                "baseline.reference.rows",
+                format!(
+                    "{wanted} is above this server's maximum of {} baseline samples",
+                    limits.max_baseline_samples
+                ),
+            ));
+        }
+        if wanted > reference.rows {
+            return Err(Error::invalid(
+                "baseline.reference.rows",
+                format!(
+                    "model {:?} has {} reference rows",
+                    spec.name, reference.rows
+                ),
+            ));
+        }
+        Ok(ig::draw_without_replacement(reference.rows, wanted, seed))
+    }
+}
+
+/// One instance, planned: the points at its inputs, its fixed inputs and its baselines.
+async fn instance_of(
+    spec: &ModelSpec,
+    set: &PointSet,
+    baselines: &Baselines,
+    reference_rows: &[usize],
+    inputs: PreparedInputs,
+    targets: Targets,
+    index: u32,
+) -> Result<Instance, Error> {
+    let layout = &set.layout;
+    let inner = inner_points(set, &inputs).await?;
+    let mut values: Vec<Vec<f32>> = Vec::with_capacity(set.points.len());
+    let mut shapes = Vec::with_capacity(set.points.len());
+    for point in &set.points {
+        let tensor = match point {
+            Point::Input(name) => inputs
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("no input {name:?}")))?,
+            _ => inner
+                .iter()
+                .find(|(n, _)| n == point.tensor())
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| Error::Internal(format!("no prefix output {:?}", point.tensor())))?,
+        };
+        let Values::F32(v) = tensor.values else {
+            return Err(Error::invalid(
+                "input.tensor.dtype",
+                format!("Explain needs float32 values at {:?}", point.tensor()),
+            ));
+        };
+        shapes.push(tensor.shape);
+        values.push(v);
+    }
+    let shape_refs: Vec<&[i64]> = shapes.iter().map(|s| s.as_slice()).collect();
+    let input_shape = layout.input_shape(&shape_refs);
+    let x = values.concat();
+    let pack = |slots: &[super::step::Slot]| -> Result<Vec<TensorData>, Error> {
+        slots
+            .iter()
+            .map(|slot| {
+                inputs
+                    .get(&slot.name)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("no input {:?}", slot.name)))
+            })
+            .collect()
+    };
+    let fixed_f32: Vec<f32> = pack(&layout.fixed_f32)?
+        .iter()
+        .flat_map(|t| t.as_f32().unwrap_or_default().iter().copied())
+        .collect();
+    let fixed_i64: Vec<i64> = pack(&layout.fixed_i64)?
+        .iter()
+        .flat_map(|t| match &t.values {
+            Values::I64(v) => v.clone(),
+            Values::F32(_) => Vec::new(),
+        })
+        .collect();
+
+    // Every point's baselines; the number of samples is the largest, and points with one
+    // baseline keep it in every sample.
+    let mut per_point: Vec<Vec<Vec<f32>>> = Vec::with_capacity(set.points.len());
+    for (point, value) in set.points.iter().zip(&values) {
+        per_point.push(
+            point_baselines(spec, set, point, value, baselines, reference_rows, &inputs).await?,
+        );
+    }
+    let samples = per_point.iter().map(|b| b.len()).max().unwrap_or(1);
+    if let Some((point, b)) = set
+        .points
+        .iter()
+        .zip(&per_point)
+        .find(|(_, b)| b.len() != 1 && b.len() != samples)
+    {
         return Err(Error::invalid(
-            "baseline.samples",
+            baselines.of(point.tensor()).0,
             format!(
-                "{samples} is above this server's maximum of {}",
-                limits.max_baseline_samples
+                "{} samples at {:?}, but {samples} at another point; give one count",
+                b.len(),
+                point.tensor()
             ),
         ));
     }
-    if samples > 1 && !matches!(kind, Some(pb::baseline::Kind::Uniform(_))) {
-        return Err(Error::invalid("baseline.samples", "only a uniform baseline has several samples (seeds seed, seed+1, ...); the others are deterministic"));
-    }
-    let input = engine.prepare_input(&model, request.input).await?;
-    let values = input
-        .tensor
-        .as_f32()
-        .ok_or_else(|| Error::invalid("input.tensor.dtype", "Explain needs a float32 input"))?;
-    let preprocessing = spec.image().map(|(_, p)| p);
-    let baselines = match kind {
-        Some(pb::baseline::Kind::Tensor(t)) => vec![baseline_tensor(t, &input.tensor)?],
+    let packed = (0..samples)
+        .map(|s| {
+            per_point
+                .iter()
+                .flat_map(|b| b[if b.len() == 1 { 0 } else { s }].iter().copied())
+                .collect()
+        })
+        .collect();
+    Ok(Instance {
+        index,
+        inputs,
+        x,
+        shapes,
+        input_shape,
+        fixed_f32,
+        fixed_i64,
+        baselines: packed,
+        targets,
+        pictures: None,
+    })
+}
+
+/// The inner points (embeddings, layers) at `inputs`, from the set's prefix model.
+async fn inner_points(
+    set: &PointSet,
+    inputs: &PreparedInputs,
+) -> Result<Vec<(String, TensorData)>, Error> {
+    let Some(prefix) = &set.prefix else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = set.inner().map(|p| p.tensor().to_string()).collect();
+    let feeds = set
+        .prefix_inputs
+        .iter()
+        .map(|name| {
+            let mut t = inputs
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("no input {name:?}")))?;
+            t.shape.insert(0, 1);
+            Ok((name.clone(), t))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let outputs = prefix.run(feeds, names.clone()).await?;
+    Ok(names
+        .into_iter()
+        .zip(outputs)
+        .map(|(name, mut t)| {
+            if t.shape.first() == Some(&1) {
+                t.shape.remove(0);
+            }
+            (name, t)
+        })
+        .collect())
+}
+
+/// The baselines at one point (one, or several samples), as its kind asks or by default: black
+/// for an image, the model's configured statistic (else zeros) for a tabular input, the zero
+/// vector at an embedding or another inner tensor.
+async fn point_baselines(
+    spec: &ModelSpec,
+    set: &PointSet,
+    point: &Point,
+    value: &[f32],
+    baselines: &Baselines,
+    reference_rows: &[usize],
+    inputs: &PreparedInputs,
+) -> Result<Vec<Vec<f32>>, Error> {
+    let (field, asked) = baselines.of(point.tensor());
+    let input = match point {
+        Point::Input(name) => spec.input(name),
+        _ => None,
+    };
+    let preprocessing = input.and_then(|i| i.preprocessing());
+    let samples = asked.map_or(1, |b| b.samples.max(1));
+    let kind = asked.and_then(|b| b.kind.clone());
+    let invalid = |e: crate::ig::IgError| Error::invalid(field.clone(), e.to_string());
+    let statistic = |median: bool| -> Result<Vec<f32>, Error> {
+        if !point.is_input() {
+            // At an embedding the zero vector: a median of ids has no meaning.
+            return Ok(vec![0.0; value.len()]);
+        }
+        spec.tabular
+            .reference
+            .as_ref()
+            .and_then(|r| r.statistic(point.tensor(), median))
+            .filter(|s| s.len() == value.len())
+            .map(|s| s.iter().map(|&v| v as f32).collect())
+            .ok_or_else(|| {
+                Error::invalid(
+                    field.clone(),
+                    format!(
+                        "the reference rows have no columns for {:?}",
+                        point.tensor()
+                    ),
+                )
+            })
+    };
+    let default = || -> Result<Vec<Vec<f32>>, Error> {
+        match (preprocessing, point, spec.tabular.baseline) {
+            (Some(p), _, _) => Ok(vec![
+                ig::make_baseline(BaselineKind::Black, value, Some(p)).map_err(invalid)?
+            ]),
+            (None, Point::Input(name), Some(kind)) if spec.tabular.features_of(name).is_some() => {
+                match kind {
+                    TabularBaseline::Zeros => Ok(vec![vec![0.0; value.len()]]),
+                    TabularBaseline::Median => Ok(vec![statistic(true)?]),
+                    TabularBaseline::Mean => Ok(vec![statistic(false)?]),
+                    TabularBaseline::Rows => Ok(Vec::new()),
+                }
+            }
+            _ => Ok(vec![vec![0.0; value.len()]]),
+        }
+    };
+    let rows_baselines = || rows_at(spec, set, point, reference_rows, inputs);
+    match kind {
+        None => match default()? {
+            empty if empty.is_empty() => rows_baselines().await,
+            some => Ok(some),
+        },
+        Some(pb::baseline::Kind::Tensor(t)) => {
+            let shape = point_shape(point, inputs, value.len());
+            Ok(vec![baseline_tensor(t, &shape, &field)?])
+        }
+        Some(pb::baseline::Kind::Reference(r)) => {
+            match pb::ReferenceStatistic::try_from(r.statistic) {
+                Ok(pb::ReferenceStatistic::Median) => Ok(vec![statistic(true)?]),
+                Ok(pb::ReferenceStatistic::Mean) => Ok(vec![statistic(false)?]),
+                _ => rows_baselines().await,
+            }
+        }
+        Some(pb::baseline::Kind::Zeros(_)) => Ok(vec![vec![0.0; value.len()]]),
+        Some(other) if !point.is_input() => Err(Error::invalid(
+            field,
+            format!(
+                "{:?} is an inner tensor: its baseline is zeros, a tensor or reference rows, not {}",
+                point.tensor(),
+                kind_name(&other)
+            ),
+        )),
         Some(pb::baseline::Kind::Uniform(u)) => (0..u64::from(samples))
             .map(|i| {
                 ig::make_baseline(
                     BaselineKind::Uniform {
                         seed: u.seed.wrapping_add(i),
                     },
-                    values,
+                    value,
                     preprocessing,
                 )
+                .map_err(invalid)
             })
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::invalid("baseline", e.to_string()))?,
-        other => {
+            .collect(),
+        Some(other) => {
             let kind = match other {
-                None if input.image.is_some() => BaselineKind::Black,
-                None | Some(pb::baseline::Kind::Zeros(_)) => BaselineKind::Zeros,
-                Some(pb::baseline::Kind::Black(_)) => BaselineKind::Black,
-                Some(pb::baseline::Kind::White(_)) => BaselineKind::White,
-                Some(pb::baseline::Kind::Uniform(u)) => BaselineKind::Uniform { seed: u.seed },
-                Some(pb::baseline::Kind::Blur(b)) => BaselineKind::Blur { sigma: b.sigma },
-                Some(pb::baseline::Kind::Tensor(_)) => unreachable!("handled above"),
+                pb::baseline::Kind::Black(_) => BaselineKind::Black,
+                pb::baseline::Kind::White(_) => BaselineKind::White,
+                pb::baseline::Kind::Blur(b) => BaselineKind::Blur { sigma: b.sigma },
+                _ => BaselineKind::Zeros,
             };
-            vec![ig::make_baseline(kind, values, preprocessing)
-                .map_err(|e| Error::invalid("baseline", e.to_string()))?]
+            Ok(vec![ig::make_baseline(kind, value, preprocessing).map_err(invalid)?])
         }
-    };
-    Ok(ExplainJob {
-        model,
-        gradient,
-        scored: what,
-        baselines,
-        targets,
-        objective,
-        classes,
-        method,
-        steps,
-        max_steps,
-        tolerance: request.tolerance,
-        pictures: match (render, render_options, spec.image()) {
-            (Some(r), Some(options), Some((_, preprocessing))) => Some(PictureRequest {
-                options,
-                mask: r.mask,
-                overlay: r.overlay,
-                preprocessing: preprocessing.clone(),
-                picture: Arc::new(match &input.image {
-                    Some(picture) => picture.clone(),
-                    None => crate::image::picture_from_input(values, preprocessing),
-                }),
-            }),
-            _ => None,
-        },
-        batch,
-        input,
-        started,
-    })
+    }
 }
 
-/// An explicit baseline: a float32 tensor of the input's shape, through the tensor codec.
-fn baseline_tensor(t: pb::Tensor, input: &TensorData) -> Result<Vec<f32>, Error> {
-    if t.shape != input.shape {
+/// The point at each drawn reference row (expected gradients): a tabular input's values, or
+/// an embedding of the row's ids through the prefix model.
+async fn rows_at(
+    spec: &ModelSpec,
+    set: &PointSet,
+    point: &Point,
+    rows: &[usize],
+    inputs: &PreparedInputs,
+) -> Result<Vec<Vec<f32>>, Error> {
+    let Some(reference) = &spec.tabular.reference else {
         return Err(Error::invalid(
-            "baseline.tensor",
-            format!(
-                "shape {:?} differs from the input's {:?}",
-                t.shape, input.shape
+            "baseline",
+            "the model has no reference rows",
+        ));
+    };
+    let row_of = |input: &str, r: usize| -> Option<Vec<f64>> {
+        let values = reference.of(input)?;
+        let n = values.len() / reference.rows;
+        Some(values[r * n..(r + 1) * n].to_vec())
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for &r in rows {
+        match point {
+            Point::Input(name) => out.push(
+                row_of(name, r)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "baseline",
+                            format!("the reference rows have no columns for {name:?}"),
+                        )
+                    })?
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect(),
             ),
+            _ => {
+                // The request's inputs with every feature input replaced by the row's values.
+                let mut replaced = PreparedInputs {
+                    tensors: inputs.tensors.clone(),
+                    image: None,
+                    preprocess_ms: 0.0,
+                };
+                for (name, tensor) in replaced.tensors.iter_mut() {
+                    if let Some(row) = row_of(name, r) {
+                        tensor.values = match tensor.values {
+                            Values::F32(_) => Values::F32(row.iter().map(|&v| v as f32).collect()),
+                            Values::I64(_) => Values::I64(row.iter().map(|&v| v as i64).collect()),
+                        };
+                    }
+                }
+                let inner = inner_points(set, &replaced).await?;
+                let at = inner
+                    .into_iter()
+                    .find(|(n, _)| n == point.tensor())
+                    .and_then(|(_, t)| t.as_f32().map(|v| v.to_vec()))
+                    .ok_or_else(|| Error::Internal("no prefix output".into()))?;
+                out.push(at);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The shape of a point at this instance (without the batch axis).
+fn point_shape(point: &Point, inputs: &PreparedInputs, len: usize) -> Vec<i64> {
+    match point {
+        Point::Input(name) => inputs
+            .get(name)
+            .map_or(vec![len as i64], |t| t.shape.clone()),
+        _ => vec![len as i64],
+    }
+}
+
+fn kind_name(kind: &pb::baseline::Kind) -> &'static str {
+    match kind {
+        pb::baseline::Kind::Zeros(_) => "zeros",
+        pb::baseline::Kind::Black(_) => "black",
+        pb::baseline::Kind::White(_) => "white",
+        pb::baseline::Kind::Tensor(_) => "a tensor",
+        pb::baseline::Kind::Uniform(_) => "uniform",
+        pb::baseline::Kind::Blur(_) => "blur",
+        pb::baseline::Kind::Reference(_) => "reference",
+    }
+}
+
+/// An explicit baseline: a float32 tensor of the point's shape (or its flat length, for an
+/// inner point), through the tensor codec.
+fn baseline_tensor(t: pb::Tensor, shape: &[i64], field: &Field) -> Result<Vec<f32>, Error> {
+    let len: i64 = shape.iter().product();
+    let fits = t.shape == shape || (shape.len() == 1 && t.shape.iter().product::<i64>() == len);
+    if !fits {
+        return Err(Error::invalid(
+            format!("{field}.tensor"),
+            format!("shape {:?} differs from the point's {:?}", t.shape, shape),
         ));
     }
     if t.dtype != pb::DataType::Float32 as i32 {
         return Err(Error::invalid(
-            "baseline.tensor.dtype",
+            format!("{field}.tensor.dtype"),
             "must be DATA_TYPE_FLOAT32",
         ));
     }
-    let tensor = TensorData::try_from(t).map_err(|e| tensor_error("baseline.tensor", e))?;
+    let tensor =
+        TensorData::try_from(t).map_err(|e| tensor_error(&format!("{field}.tensor"), e))?;
     match tensor.values {
         Values::F32(values) => Ok(values),
         Values::I64(_) => unreachable!("dtype checked above"),

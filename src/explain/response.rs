@@ -3,10 +3,10 @@
 
 use tokio::sync::mpsc;
 
-use super::{ExplainItem, ExplainJob, PictureRequest};
+use super::{ExplainItem, ExplainJob, Instance, PictureRequest};
 use crate::error::Error;
 use crate::ig::{self, Integrator};
-use crate::model::TensorData;
+use crate::model::{ModelSpec, Point, TensorData, Values};
 use crate::proto::integrad::v1 as pb;
 use crate::wire;
 
@@ -28,8 +28,8 @@ pub(super) async fn draw(
         return Ok(());
     };
     let attributions = explanation
-        .attributions
-        .as_ref()
+        .tensor_attributions
+        .get(&request.input)
         .map(|t| wire::f32s(&t.data))
         .unwrap_or_default();
     let (options, preprocessing, picture) = (
@@ -51,13 +51,17 @@ pub(super) async fn draw(
     Ok(())
 }
 
-/// The Explanation of target `j`: its (averaged) attributions, the completeness numbers,
-/// and the path diagnostics of `integrator` (the first baseline's path).
+/// The Explanation of target `j` of `instance`: its (averaged) attributions at every point,
+/// per feature where inputs have named columns, the completeness numbers, and the path
+/// diagnostics of `integrator` (the first baseline's path). `baseline` is the (mean) baseline,
+/// packed like the attributions.
 pub(super) fn explanation(
     job: &ExplainJob,
+    instance: &Instance,
     integrator: &Integrator,
     j: usize,
     attributions: Vec<f32>,
+    baseline: &[f64],
     summary: Summary,
 ) -> Result<pb::Explanation, Error> {
     let Summary {
@@ -78,19 +82,35 @@ pub(super) fn explanation(
             mean_abs_gradient: p.mean_abs_gradient,
         })
         .collect();
+    // Each point's slice of the packed values.
+    let mut slices = Vec::with_capacity(job.set.points.len());
+    let mut offset = 0;
+    for (point, shape) in job.set.points.iter().zip(&instance.shapes) {
+        let len = shape.iter().product::<i64>() as usize;
+        slices.push((point, shape, offset..offset + len));
+        offset += len;
+    }
+    let spec = &job.model.spec;
+    let (features, groups) = features(spec, instance, &slices, &attributions, baseline);
+    let tensor_attributions = slices
+        .iter()
+        .map(|(point, shape, range)| {
+            let tensor = TensorData::f32(shape.to_vec(), attributions[range.clone()].to_vec());
+            (point.tensor().to_string(), pb::Tensor::from(&tensor))
+        })
+        .collect::<std::collections::HashMap<_, _>>();
+    let first = slices.first().map(|(p, _, _)| p.tensor().to_string());
     Ok(pb::Explanation {
-        attributions: Some(pb::Tensor::from(&TensorData::f32(
-            job.input.tensor.shape.clone(),
-            attributions,
-        ))),
+        attributions: first
+            .as_ref()
+            .and_then(|f| tensor_attributions.get(f).cloned()),
+        tensor_attributions,
+        attributed: slices
+            .iter()
+            .map(|(p, _, _)| p.tensor().to_string())
+            .collect(),
         target_class: class as i64,
-        label: job
-            .model
-            .spec
-            .labels()
-            .get(class)
-            .cloned()
-            .unwrap_or_default(),
+        label: spec.labels().get(class).cloned().unwrap_or_default(),
         score_input: f_input,
         score_baseline: f_baseline,
         attribution_sum: c.attribution_sum as f32,
@@ -103,7 +123,87 @@ pub(super) fn explanation(
         path,
         mask_png: Vec::new(),
         overlay_png: Vec::new(),
+        features,
+        feature_groups: groups,
+        instance: instance.index,
     })
+}
+
+type Slice<'a> = (&'a Point, &'a Vec<i64>, std::ops::Range<usize>);
+
+/// Per feature, in the model's column order: the inputs with named columns that are attributed
+/// themselves, or whose ids are looked up in an attributed embedding (each column's
+/// attribution summed over the embedding's axis); then the groups.
+fn features(
+    spec: &ModelSpec,
+    instance: &Instance,
+    slices: &[Slice<'_>],
+    attributions: &[f32],
+    baseline: &[f64],
+) -> (
+    Vec<pb::FeatureAttribution>,
+    Vec<pb::FeatureGroupAttribution>,
+) {
+    let mut out = Vec::new();
+    for input in &spec.inputs {
+        let Some(names) = input.features() else {
+            continue;
+        };
+        let Some(value) = instance.inputs.get(input.name()) else {
+            continue;
+        };
+        let values: Vec<f64> = match &value.values {
+            Values::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Values::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        };
+        let at = |tensor: &str| slices.iter().find(|(p, _, _)| p.tensor() == tensor);
+        if let Some((_, _, range)) = at(input.name()) {
+            for (c, name) in names.iter().enumerate() {
+                out.push(pb::FeatureAttribution {
+                    name: name.clone(),
+                    value: values[c],
+                    baseline: baseline[range.start + c],
+                    attribution: attributions[range.start + c],
+                });
+            }
+            continue;
+        }
+        let embedded = spec
+            .lookups
+            .iter()
+            .find_map(|l| (l.input == input.name()).then(|| at(&l.output)).flatten());
+        if let Some((_, _, range)) = embedded {
+            // [columns, dim]: each column's embedding is `dim` consecutive values.
+            let dim = range.len() / names.len().max(1);
+            for (c, name) in names.iter().enumerate() {
+                let start = range.start + c * dim;
+                let sum: f64 = attributions[start..start + dim]
+                    .iter()
+                    .map(|&a| f64::from(a))
+                    .sum();
+                out.push(pb::FeatureAttribution {
+                    name: name.clone(),
+                    value: values[c],
+                    baseline: f64::NAN,
+                    attribution: sum as f32,
+                });
+            }
+        }
+    }
+    let groups = spec
+        .tabular
+        .groups
+        .iter()
+        .map(|(group, members)| pb::FeatureGroupAttribution {
+            name: group.clone(),
+            attribution: out
+                .iter()
+                .filter(|f| members.contains(&f.name))
+                .map(|f| f64::from(f.attribution))
+                .sum::<f64>() as f32,
+        })
+        .collect();
+    (out, groups)
 }
 
 pub(super) async fn send(

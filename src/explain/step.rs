@@ -2,55 +2,64 @@
 //! gradients instead of one gradient per alpha.
 //!
 //! [`build_step_model`] wraps a gradient model (the autodiff contract: inputs the model's plus
-//! `cotangent`, first output `grad`) so that interpolation and accumulation happen inside the
-//! graph:
+//! `cotangent`, first outputs `grad`, `grad_1`, ... one per attributed tensor) so that
+//! interpolation and accumulation happen inside the graph. Every attributed tensor (a graph
+//! input, or an inner tensor such as an embedding) is one *point*; several points are packed,
+//! flattened and in order, into one vector of `L` values ([`StepLayout`]), while a single
+//! point keeps its own shape (which may then have any unknown dimensions):
 //!
-//! - inputs: [`STEP_INPUT`] and [`STEP_BASELINE`] (the model input's shape with a `paths`
-//!   batch: one input and baseline per path), [`STEP_PATH`] (int64 `[rows]`: the path each row
-//!   interpolates), [`STEP_ALPHA`] and [`STEP_ONE_MINUS_ALPHA`] (`[rows, 1, ..., 1]`: one
-//!   alpha per row, and 1 - alpha computed in f64 by the caller), [`STEP_WEIGHTS`]
-//!   (`[sums, rows]`), `cotangent` (`[rows, classes]`), and any other input of the original
-//!   model;
-//! - outputs: [`STEP_SUMS`], `weights x grad` flattened (`[sums, input values]`), then
-//!   [`STEP_ABS`], the sum of |grad| of each row (`[rows, 1]`), then the original outputs
-//!   (`[rows, classes]`: the scores along the path).
+//! - inputs: [`STEP_INPUT`] and [`STEP_BASELINE`] (`[paths, L]`, or `[paths, ...]` in the
+//!   point's shape: one input and baseline per path), [`STEP_PATH`] (int64 `[rows]`: the path
+//!   each row interpolates), [`STEP_ALPHA`] and [`STEP_ONE_MINUS_ALPHA`] (`[rows, 1, ...]`, of
+//!   the input's rank: one alpha per row, and 1 - alpha computed in f64 by the caller), [`STEP_WEIGHTS`] (`[sums, rows]`), `cotangent` (`[rows, classes]`), and,
+//!   when the model has inputs that are not attributed (ids, masks), [`STEP_FIXED_F32`] and
+//!   [`STEP_FIXED_I64`] (`[paths, n]`: those inputs, packed the same way, held fixed along
+//!   the path);
+//! - outputs: [`STEP_SUMS`], `weights x grad` with the points' gradients packed like the
+//!   input (`[sums, L]`), then [`STEP_ABS`], the sum of |grad| of each row (`[rows, 1]`), then
+//!   the original outputs (`[rows, classes]`: the scores along the path).
 //!
 //! Row r evaluates the gradient at `(1 - alpha_r) * baseline_p + alpha_r * input_p` with
-//! `p = ig_path[r]`, exactly the baseline at alpha 0 and exactly the input at 1 (as
-//! [`super::interpolate`]). One Explain sends one path (`ig_path` all zeros); the worker's
-//! batcher (src/model/batch.rs, by the rules of [`MERGE`]) merges several Explains' runs into one by stacking their paths
-//! and offsetting their `ig_path`s, with their weights block-diagonal. Every row-indexed
-//! tensor, `ig_path` included, shares the cotangent's batch symbol, so ONNX Runtime keeps its
-//! fast layout (docs/autodiff.md, "One batch symbol"). A batch thus
-//! sends two inputs and a few numbers per row, and gets back `sums` input-sized tensors
-//! (a handful, whatever the batch size) instead of one per row: less data to copy, and on an
-//! accelerator the batch never leaves the device.
+//! `p = ig_path[r]`, exactly the baseline at alpha 0 and exactly the input at 1; each point's
+//! slice of that row is reshaped to the point's shape and takes its name, so the graph below
+//! is unchanged. Several paths in one run (the instances of an ExplainBatch, the samples of
+//! expected gradients, or the worker's batcher merging several Explains by the rules of
+//! [`StepLayout::rules`]: src/model/batch.rs) stack their per-path inputs, offset their
+//! `ig_path`s and lay their weights out block-diagonally. Every row-indexed tensor, `ig_path`
+//! included, shares the cotangent's batch symbol, so ONNX Runtime keeps its fast layout
+//! (docs/autodiff.md, "One batch symbol"). A batch thus sends the paths and a few numbers per
+//! row, and gets back `sums` input-sized tensors (a handful, whatever the batch size) instead
+//! of one per row: less data to copy, and on an accelerator the batch never leaves the device.
 
 use crate::autodiff::builder::{attr_i, attr_ints};
-use crate::autodiff::{graph, COTANGENT, GRAD};
-use crate::model::{PathRules, TensorData, Values};
+use crate::autodiff::{grad_name, graph, COTANGENT};
+use crate::model::{Merge, PathRules, TensorData, Values};
 use crate::proto::onnx::tensor_shape_proto::dimension::Value as Dim;
 use crate::proto::onnx::{
     type_proto, AttributeProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 
-/// The inputs x, one per path, `[paths, ...]`.
+/// The inputs x, one per path, `[paths, L]` (or `[paths, ...]`: module docs).
 pub const STEP_INPUT: &str = "ig_input";
-/// The baselines x', one per path, `[paths, ...]`.
+/// The baselines x', one per path, `[paths, L]`.
 pub const STEP_BASELINE: &str = "ig_baseline";
 /// Which path each row interpolates, int64 `[rows]`.
 pub const STEP_PATH: &str = "ig_path";
-/// One alpha per row, `[rows, 1, ..., 1]`.
+/// One alpha per row, `[rows, 1, ...]`.
 pub const STEP_ALPHA: &str = "ig_alpha";
-/// 1 - alpha per row, `[rows, 1, ..., 1]`.
+/// 1 - alpha per row, `[rows, 1, ...]`.
 pub const STEP_ONE_MINUS_ALPHA: &str = "ig_one_minus_alpha";
 /// The weight of each row in each sum, `[sums, rows]`.
 pub const STEP_WEIGHTS: &str = "ig_weights";
-/// `STEP_WEIGHTS x grad`, `[sums, input values]`.
+/// Float inputs held fixed along the path, packed, `[paths, n]`.
+pub const STEP_FIXED_F32: &str = "ig_fixed_f32";
+/// Int64 inputs held fixed along the path (ids), packed, `[paths, n]`.
+pub const STEP_FIXED_I64: &str = "ig_fixed_i64";
+/// `STEP_WEIGHTS x grad`, `[sums, L]`.
 pub const STEP_SUMS: &str = "ig_sums";
 /// Sum of |grad| per row, `[rows, 1]`.
 pub const STEP_ABS: &str = "ig_abs_sums";
-/// Every input of the step model of a single-input model: the six above and the cotangent.
+/// The inputs of every step model: the six above and the cotangent.
 pub const STEP_INPUTS: [&str; 7] = [
     STEP_INPUT,
     STEP_BASELINE,
@@ -61,34 +70,121 @@ pub const STEP_INPUTS: [&str; 7] = [
     COTANGENT,
 ];
 
-/// How the model worker merges several Explains' step jobs into one run (module docs).
-pub const MERGE: PathRules = PathRules {
-    inputs: &STEP_INPUTS,
-    per_path: &[STEP_INPUT, STEP_BASELINE],
-    path_index: STEP_PATH,
-    per_row: &[COTANGENT, STEP_ALPHA, STEP_ONE_MINUS_ALPHA],
-    weights: STEP_WEIGHTS,
-    sums: STEP_SUMS,
-};
+/// The step model's inputs with each combination of fixed inputs (the merge rules name them
+/// statically).
+const INPUTS_F32: [&str; 8] = concat7(STEP_FIXED_F32);
+const INPUTS_I64: [&str; 8] = concat7(STEP_FIXED_I64);
+const INPUTS_BOTH: [&str; 9] = [
+    STEP_INPUT,
+    STEP_BASELINE,
+    STEP_PATH,
+    STEP_ALPHA,
+    STEP_ONE_MINUS_ALPHA,
+    STEP_WEIGHTS,
+    COTANGENT,
+    STEP_FIXED_F32,
+    STEP_FIXED_I64,
+];
 
-/// The inputs a step worker keeps bound across runs while they are unchanged: the paths.
-pub const KEEP_BOUND: &[&str] = &[STEP_INPUT, STEP_BASELINE];
+const fn concat7(extra: &'static str) -> [&'static str; 8] {
+    let mut out = [extra; 8];
+    let mut i = 0;
+    while i < 7 {
+        out[i] = STEP_INPUTS[i];
+        i += 1;
+    }
+    out
+}
+
+const PATHS: [&str; 2] = [STEP_INPUT, STEP_BASELINE];
+const PATHS_F32: [&str; 3] = [STEP_INPUT, STEP_BASELINE, STEP_FIXED_F32];
+const PATHS_I64: [&str; 3] = [STEP_INPUT, STEP_BASELINE, STEP_FIXED_I64];
+const PATHS_BOTH: [&str; 4] = [STEP_INPUT, STEP_BASELINE, STEP_FIXED_F32, STEP_FIXED_I64];
+
+/// One tensor packed into a step model input: its name and shape without the batch axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot {
+    pub name: String,
+    pub shape: Vec<i64>,
+}
+
+impl Slot {
+    /// Its values per row, when its shape is known.
+    pub fn values(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| (d >= 0).then(|| acc * d as usize))
+    }
+}
+
+/// How a step model packs the attributed tensors (points) and the inputs held fixed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLayout {
+    /// The attributed tensors, in order, packed into [`STEP_INPUT`] and [`STEP_BASELINE`].
+    pub points: Vec<Slot>,
+    /// Graph inputs held fixed along the path, packed by element type.
+    pub fixed_f32: Vec<Slot>,
+    pub fixed_i64: Vec<Slot>,
+}
+
+impl StepLayout {
+    /// Whether the points are packed flat (several), or the one point keeps its shape.
+    pub fn packed(&self) -> bool {
+        self.points.len() > 1
+    }
+
+    /// The shape of one path's [`STEP_INPUT`] (without the paths axis) for points of the given
+    /// shapes (each without its batch axis).
+    pub fn input_shape(&self, shapes: &[&[i64]]) -> Vec<i64> {
+        match shapes {
+            [one] if !self.packed() => one.to_vec(),
+            many => vec![many.iter().map(|s| s.iter().product::<i64>()).sum()],
+        }
+    }
+
+    /// How the worker's batcher merges several step jobs into one run (module docs).
+    pub fn rules(&self) -> PathRules {
+        let (inputs, per_path): (&'static [&'static str], &'static [&'static str]) =
+            match (self.fixed_f32.is_empty(), self.fixed_i64.is_empty()) {
+                (true, true) => (&STEP_INPUTS, &PATHS),
+                (false, true) => (&INPUTS_F32, &PATHS_F32),
+                (true, false) => (&INPUTS_I64, &PATHS_I64),
+                (false, false) => (&INPUTS_BOTH, &PATHS_BOTH),
+            };
+        PathRules {
+            inputs,
+            per_path,
+            path_index: STEP_PATH,
+            per_row: &[COTANGENT, STEP_ALPHA, STEP_ONE_MINUS_ALPHA],
+            weights: STEP_WEIGHTS,
+            sums: STEP_SUMS,
+        }
+    }
+
+    /// The inputs a step worker keeps bound across runs while they are unchanged: the paths.
+    pub fn keep_bound(&self) -> &'static [&'static str] {
+        self.rules().per_path
+    }
+}
 
 /// One path's step run: `rows = alphas x targets`, row r at alpha `r / t` with target
-/// `r % t`'s one-hot cotangent (the order [`super::Integrator`] expects).
+/// `r % t`'s one-hot cotangent (the order [`crate::ig::Integrator`] expects).
 pub struct StepRun<'a> {
-    /// The input x, flat.
+    /// The input x, the points packed (flat, [`StepLayout::points`] in order).
     pub input: &'a [f32],
-    /// The baseline x', flat, as long as `input`.
-    pub baseline: &'a [f32],
-    /// The model input's shape without its batch axis.
+    /// Its shape without the paths axis ([`StepLayout::input_shape`]).
     pub shape: &'a [i64],
+    /// The baseline x', as long as `input`.
+    pub baseline: &'a [f32],
+    /// The inputs held fixed, packed ([`StepLayout::fixed_f32`], [`StepLayout::fixed_i64`]).
+    pub fixed_f32: &'a [f32],
+    pub fixed_i64: &'a [i64],
     pub alphas: &'a [f64],
     /// The target class of each row within an alpha.
     pub targets: &'a [usize],
     /// The output's classes (the cotangent's width).
     pub classes: usize,
-    /// `[sums, rows]`, row-major (e.g. [`super::Integrator::sum_weights`]).
+    /// `[sums, rows]`, row-major (e.g. [`crate::ig::Integrator::sum_weights`]).
     pub weights: Vec<f32>,
 }
 
@@ -98,7 +194,7 @@ impl StepRun<'_> {
     }
 
     /// The step model's inputs for this run, as one path (`ig_path` all zeros).
-    pub fn inputs(self) -> Vec<(String, TensorData)> {
+    pub fn inputs(self, layout: &StepLayout) -> Vec<(String, TensorData)> {
         let (rows, t) = (self.rows(), self.targets.len());
         let mut alphas = Vec::with_capacity(rows);
         let mut rests = Vec::with_capacity(rows);
@@ -111,13 +207,14 @@ impl StepRun<'_> {
                 cotangent[(a * t + j) * self.classes + class] = 1.0;
             }
         }
+        let flat = |len: usize| vec![1, len as i64];
         let single: Vec<i64> = std::iter::once(1)
             .chain(self.shape.iter().copied())
             .collect();
         let mut alpha_shape = vec![1i64; single.len()];
         alpha_shape[0] = rows as i64;
         let sums = self.weights.len() / rows.max(1);
-        vec![
+        let mut inputs = vec![
             (
                 STEP_INPUT.into(),
                 TensorData::f32(single.clone(), self.input.to_vec()),
@@ -149,8 +246,34 @@ impl StepRun<'_> {
                 COTANGENT.into(),
                 TensorData::f32(vec![rows as i64, self.classes as i64], cotangent),
             ),
-        ]
+        ];
+        if !layout.fixed_f32.is_empty() {
+            inputs.push((
+                STEP_FIXED_F32.into(),
+                TensorData::f32(flat(self.fixed_f32.len()), self.fixed_f32.to_vec()),
+            ));
+        }
+        if !layout.fixed_i64.is_empty() {
+            inputs.push((
+                STEP_FIXED_I64.into(),
+                TensorData {
+                    shape: flat(self.fixed_i64.len()),
+                    values: Values::I64(self.fixed_i64.to_vec()),
+                },
+            ));
+        }
+        inputs
     }
+}
+
+/// Several paths' runs as one: stacked paths, offset path indices, block-diagonal weights (the
+/// worker batcher's arithmetic). Their outputs come apart again with [`Merge::split`].
+pub fn merge_runs(
+    layout: &StepLayout,
+    runs: &[Vec<(String, TensorData)>],
+) -> Vec<(String, TensorData)> {
+    let jobs: Vec<&[(String, TensorData)]> = runs.iter().map(|r| r.as_slice()).collect();
+    Merge::Paths(layout.rules()).merge(&jobs)
 }
 
 /// Why a gradient model does not fit the autodiff contract the step model builds on.
@@ -158,8 +281,8 @@ impl StepRun<'_> {
 pub enum StepModelError {
     #[error("the gradient model has no graph")]
     NoGraph,
-    #[error("the gradient model's first output is not {GRAD:?}")]
-    NoGrad,
+    #[error("the gradient model's first outputs are not the gradients {0:?}")]
+    NoGrad(Vec<String>),
     #[error("the model already has a tensor named {0:?}")]
     Reserved(&'static str),
     #[error("the gradient model has no input {0:?}")]
@@ -170,11 +293,20 @@ pub enum StepModelError {
     NotFloatBatch(String),
     #[error("the gradient model has no typed cotangent input")]
     NoCotangent,
+    #[error(
+        "input {name:?} is {dtype}; only float32 and int64 inputs can be held fixed along the path"
+    )]
+    Unfeedable { name: String, dtype: i32 },
+    #[error("{0:?} has a shape with unknown dimensions besides the batch, and shares its packed input with other tensors; Explain needs their sizes")]
+    Dynamic(String),
 }
 
-/// Wraps `grad` (a gradient model of the input `input`) into the step model described in the
-/// module docs.
-pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, StepModelError> {
+/// Wraps `grad` (a gradient model w.r.t. the tensors `points`, in order) into the step model
+/// described in the module docs.
+pub fn build_step_model(
+    grad: &ModelProto,
+    points: &[String],
+) -> Result<(ModelProto, StepLayout), StepModelError> {
     let mut model = grad.clone();
     let opset = model
         .opset_import
@@ -184,11 +316,17 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
         .max()
         .unwrap_or(0);
     let g = model.graph.as_mut().ok_or(StepModelError::NoGraph)?;
-    if g.output.first().map(|o| o.name()) != Some(GRAD) {
-        return Err(StepModelError::NoGrad);
+    let grads: Vec<String> = (0..points.len()).map(grad_name).collect();
+    if g.output.len() < grads.len()
+        || g.output
+            .iter()
+            .zip(&grads)
+            .any(|(o, want)| o.name() != want)
+    {
+        return Err(StepModelError::NoGrad(grads));
     }
     // The step model's own names (the cotangent is the gradient model's already).
-    let own_inputs = STEP_INPUTS.iter().filter(|n| **n != COTANGENT);
+    let own_inputs = INPUTS_BOTH.iter().filter(|n| **n != COTANGENT);
     for &reserved in own_inputs.chain(&[STEP_SUMS, STEP_ABS]) {
         if g.input
             .iter()
@@ -198,17 +336,6 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
             return Err(StepModelError::Reserved(reserved));
         }
     }
-    let at = g
-        .input
-        .iter()
-        .position(|v| v.name() == input)
-        .ok_or_else(|| StepModelError::NoInput(input.to_string()))?;
-    let declared = g.input.remove(at);
-    let (dtype, dims) =
-        tensor_type(&declared).ok_or_else(|| StepModelError::Untyped(input.to_string()))?;
-    if dtype != graph::FLOAT || dims.is_empty() {
-        return Err(StepModelError::NotFloatBatch(input.to_string()));
-    }
     let cotangent = g
         .input
         .iter()
@@ -217,67 +344,171 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
         .ok_or(StepModelError::NoCotangent)?;
     // Rows share the cotangent's batch dimension (one symbol: see docs/autodiff.md).
     let rows = cotangent.1.first().cloned().unwrap_or(Dim::DimValue(-1));
-    let one = Dim::DimValue(1);
-    let mut per_path = dims.clone();
-    per_path[0] = Dim::DimParam("paths".into());
-    let mut alpha = vec![one.clone(); dims.len()];
-    alpha[0] = rows.clone();
-    let sums = Dim::DimParam("sums".into());
-    let values = dims[1..]
-        .iter()
-        .map(|d| match d {
-            Dim::DimValue(v) if *v > 0 => Some(*v),
-            _ => None,
-        })
-        .try_fold(1i64, |acc, v| v.map(|v| acc * v));
-    let flat_len = values.map_or(Dim::DimParam("values".into()), Dim::DimValue);
 
+    let mut layout = StepLayout {
+        points: Vec::new(),
+        fixed_f32: Vec::new(),
+        fixed_i64: Vec::new(),
+    };
+    let mut moved = Vec::new();
+    for point in points {
+        let at = g
+            .input
+            .iter()
+            .position(|v| v.name() == point)
+            .ok_or_else(|| StepModelError::NoInput(point.clone()))?;
+        let declared = g.input.remove(at);
+        let (dtype, dims) =
+            tensor_type(&declared).ok_or_else(|| StepModelError::Untyped(point.clone()))?;
+        if dtype != graph::FLOAT || dims.is_empty() {
+            return Err(StepModelError::NotFloatBatch(point.clone()));
+        }
+        layout.points.push(slot(point, &dims));
+        moved.push(declared);
+    }
+    // Every other input a node reads is held fixed; one that nothing reads any more (ids whose
+    // lookup is now an input) goes.
+    let read: std::collections::HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(|i| i.as_str()))
+        .chain(g.output.iter().map(|o| o.name()))
+        .collect();
+    let initializers: std::collections::HashSet<&str> =
+        g.initializer.iter().map(|t| t.name()).collect();
+    let mut kept = Vec::new();
+    for input in std::mem::take(&mut g.input) {
+        let name = input.name().to_string();
+        if name == COTANGENT || initializers.contains(name.as_str()) {
+            kept.push(input);
+            continue;
+        }
+        if !read.contains(name.as_str()) {
+            continue;
+        }
+        let (dtype, dims) =
+            tensor_type(&input).ok_or_else(|| StepModelError::Untyped(name.clone()))?;
+        match dtype {
+            graph::FLOAT => layout.fixed_f32.push(slot(&name, &dims)),
+            graph::INT64 => layout.fixed_i64.push(slot(&name, &dims)),
+            other => return Err(StepModelError::Unfeedable { name, dtype: other }),
+        }
+        moved.push(input);
+    }
+    g.input = kept;
+    // Packed tensors need their sizes: known, or for a lone one at most one unknown dimension.
+    for (group, packed) in [
+        (&layout.points, layout.packed()),
+        (&layout.fixed_f32, true),
+        (&layout.fixed_i64, true),
+    ] {
+        let unknown = |s: &Slot| s.shape.iter().filter(|&&d| d < 0).count();
+        let bad = match group.len() {
+            1 => group.iter().find(|s| packed && unknown(s) > 1),
+            _ => group.iter().find(|s| unknown(s) > 0),
+        };
+        if let Some(dynamic) = bad {
+            return Err(StepModelError::Dynamic(dynamic.name.clone()));
+        }
+    }
+    // The packed tensors keep their types as inner values of the same names.
+    g.value_info.extend(moved.iter().cloned());
+
+    let one = Dim::DimValue(1);
+    let per_path = |group: &[Slot]| {
+        let len = group.iter().map(|s| s.values()).sum::<Option<usize>>();
+        vec![
+            Dim::DimParam("paths".into()),
+            len.map_or(Dim::DimParam("values".into()), |l| Dim::DimValue(l as i64)),
+        ]
+    };
+    let sums = Dim::DimParam("sums".into());
+    // A lone point keeps its declared shape, with a `paths` batch.
+    let point_input = match (layout.packed(), moved.first().and_then(tensor_type)) {
+        (false, Some((_, mut dims))) => {
+            dims[0] = Dim::DimParam("paths".into());
+            dims
+        }
+        _ => per_path(&layout.points),
+    };
+    let mut alpha = vec![one.clone(); point_input.len()];
+    alpha[0] = rows.clone();
     g.input.extend([
-        typed(STEP_INPUT, &per_path),
-        typed(STEP_BASELINE, &per_path),
+        typed(STEP_INPUT, &point_input),
+        typed(STEP_BASELINE, &point_input),
         typed_as(STEP_PATH, graph::INT64, std::slice::from_ref(&rows)),
         typed(STEP_ALPHA, &alpha),
         typed(STEP_ONE_MINUS_ALPHA, &alpha),
         typed(STEP_WEIGHTS, &[sums.clone(), rows.clone()]),
     ]);
-    // The interpolated rows take the old input's name, so the graph below is unchanged.
-    g.value_info.push(declared);
-    let mut nodes = vec![
-        node(
-            "Gather",
-            &[STEP_INPUT, STEP_PATH],
-            "ig/inputs",
-            vec![attr_i("axis", 0)],
-        ),
-        node(
-            "Gather",
-            &[STEP_BASELINE, STEP_PATH],
-            "ig/baselines",
-            vec![attr_i("axis", 0)],
-        ),
-        node("Mul", &[STEP_ALPHA, "ig/inputs"], "ig/to_input", vec![]),
-        node(
-            "Mul",
-            &[STEP_ONE_MINUS_ALPHA, "ig/baselines"],
-            "ig/to_baseline",
-            vec![],
-        ),
-        node("Add", &["ig/to_baseline", "ig/to_input"], input, vec![]),
-    ];
-    const INTERPOLATION: usize = 5;
-    // Flatten with 0 for the batch axis, so it keeps the rows' symbol.
-    g.initializer
-        .push(int64s("ig/flat_shape", &[0, values.unwrap_or(-1)]));
-    nodes.push(node("Reshape", &[GRAD, "ig/flat_shape"], "ig/flat", vec![]));
+    let mut nodes = Nodes::default();
+    nodes.gather(STEP_INPUT, "ig/inputs");
+    nodes.gather(STEP_BASELINE, "ig/baselines");
     nodes.push(node(
-        "MatMul",
-        &[STEP_WEIGHTS, "ig/flat"],
-        STEP_SUMS,
+        "Mul",
+        &[STEP_ALPHA, "ig/inputs"],
+        "ig/to_input",
         vec![],
     ));
-    nodes.push(node("Abs", &["ig/flat"], "ig/abs", vec![]));
+    nodes.push(node(
+        "Mul",
+        &[STEP_ONE_MINUS_ALPHA, "ig/baselines"],
+        "ig/to_baseline",
+        vec![],
+    ));
+    if layout.packed() {
+        nodes.push(node(
+            "Add",
+            &["ig/to_baseline", "ig/to_input"],
+            "ig/rows",
+            vec![],
+        ));
+        nodes.unpack("ig/rows", &layout.points);
+    } else {
+        // The interpolated rows take the point's name, so the graph below is unchanged.
+        let point = &layout.points[0].name;
+        nodes.push(node(
+            "Add",
+            &["ig/to_baseline", "ig/to_input"],
+            point,
+            vec![],
+        ));
+    }
+    for (group, input, elem) in [
+        (&layout.fixed_f32, STEP_FIXED_F32, graph::FLOAT),
+        (&layout.fixed_i64, STEP_FIXED_I64, graph::INT64),
+    ] {
+        if group.is_empty() {
+            continue;
+        }
+        g.input.push(typed_as(input, elem, &per_path(group)));
+        let rows_of = format!("{input}/rows");
+        nodes.gather(input, &rows_of);
+        nodes.unpack(&rows_of, group);
+    }
+    let interpolation = std::mem::take(&mut nodes.nodes);
+    // Each point's gradient flattened, with 0 for the batch axis so it keeps the rows'
+    // symbol, then packed like the input.
+    let mut flats = Vec::new();
+    for (i, (grad, point)) in grads.iter().zip(&layout.points).enumerate() {
+        let shape = format!("ig/flat_shape_{i}");
+        let len = point.values().map_or(-1, |l| l as i64);
+        nodes.initializers.push(int64s(&shape, &[0, len]));
+        let flat = format!("ig/flat_{i}");
+        nodes.push(node("Reshape", &[grad, &shape], &flat, vec![]));
+        flats.push(flat);
+    }
+    let flat = if let [one] = flats.as_slice() {
+        one.clone()
+    } else {
+        let refs: Vec<&str> = flats.iter().map(|f| f.as_str()).collect();
+        nodes.push(node("Concat", &refs, "ig/flat", vec![attr_i("axis", 1)]));
+        "ig/flat".to_string()
+    };
+    nodes.push(node("MatMul", &[STEP_WEIGHTS, &flat], STEP_SUMS, vec![]));
+    nodes.push(node("Abs", &[&flat], "ig/abs", vec![]));
     if opset >= 13 {
-        g.initializer.push(int64s("ig/axis1", &[1]));
+        nodes.initializers.push(int64s("ig/axis1", &[1]));
         nodes.push(node(
             "ReduceSum",
             &["ig/abs", "ig/axis1"],
@@ -294,17 +525,101 @@ pub fn build_step_model(grad: &ModelProto, input: &str) -> Result<ModelProto, St
     }
     // Interpolation first, sums last: the node list stays topologically sorted.
     let body = std::mem::take(&mut g.node);
-    g.node = nodes[..INTERPOLATION].to_vec();
+    g.node = interpolation;
     g.node.extend(body);
-    g.node.extend(nodes.drain(INTERPOLATION..));
+    g.node.append(&mut nodes.nodes);
+    g.initializer.append(&mut nodes.initializers);
 
+    let len = layout
+        .points
+        .iter()
+        .map(|s| s.values())
+        .sum::<Option<usize>>();
+    let flat_len = len.map_or(Dim::DimParam("values".into()), |l| Dim::DimValue(l as i64));
     let mut outputs = vec![
         typed(STEP_SUMS, &[sums, flat_len]),
         typed(STEP_ABS, &[rows, one]),
     ];
-    outputs.extend(g.output.drain(1..));
+    outputs.extend(g.output.drain(grads.len()..));
     g.output = outputs;
-    Ok(model)
+    Ok((model, layout))
+}
+
+/// A packed tensor's slot from its declared dimensions (the first is the batch).
+fn slot(name: &str, dims: &[Dim]) -> Slot {
+    Slot {
+        name: name.to_string(),
+        shape: dims[1.min(dims.len())..]
+            .iter()
+            .map(|d| match d {
+                Dim::DimValue(v) if *v > 0 => *v,
+                _ => -1,
+            })
+            .collect(),
+    }
+}
+
+/// The nodes and constants the step model adds.
+#[derive(Default)]
+struct Nodes {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl Nodes {
+    fn push(&mut self, node: NodeProto) {
+        self.nodes.push(node);
+    }
+
+    /// Each row's path of a `[paths, n]` input: `[rows, n]`.
+    fn gather(&mut self, input: &str, output: &str) {
+        self.push(node(
+            "Gather",
+            &[input, STEP_PATH],
+            output,
+            vec![attr_i("axis", 0)],
+        ));
+    }
+
+    /// `[rows, n]` cut into the slots, each reshaped to `[rows, shape...]` under its name.
+    fn unpack(&mut self, packed: &str, slots: &[Slot]) {
+        let mut offset = 0i64;
+        for slot in slots {
+            let shape_name = format!("ig/shape/{}", slot.name);
+            self.initializers.push(int64s(
+                &shape_name,
+                &std::iter::once(0)
+                    .chain(slot.shape.iter().copied())
+                    .collect::<Vec<_>>(),
+            ));
+            let source = if slots.len() == 1 {
+                packed.to_string()
+            } else {
+                let len = slot
+                    .values()
+                    .expect("checked: packed slots have known sizes")
+                    as i64;
+                let (starts, ends, axes) = (
+                    format!("ig/starts/{}", slot.name),
+                    format!("ig/ends/{}", slot.name),
+                    format!("ig/axes/{}", slot.name),
+                );
+                self.initializers.push(int64s(&starts, &[offset]));
+                self.initializers.push(int64s(&ends, &[offset + len]));
+                self.initializers.push(int64s(&axes, &[1]));
+                let sliced = format!("ig/slice/{}", slot.name);
+                self.push(node(
+                    "Slice",
+                    &[packed, &starts, &ends, &axes],
+                    &sliced,
+                    vec![],
+                ));
+                offset += len;
+                sliced
+            };
+            self.push(node("Reshape", &[&source, &shape_name], &slot.name, vec![]));
+        }
+    }
 }
 
 fn tensor_type(v: &ValueInfoProto) -> Option<(i32, Vec<Dim>)> {

@@ -95,6 +95,19 @@ pub fn uniform_image(p: &Preprocessing, seed: u64) -> Vec<f32> {
     out
 }
 
+/// `k` distinct indices of `0..n`, drawn with `seed` (a partial Fisher-Yates shuffle), in the
+/// order drawn: the reference rows of expected gradients.
+pub fn draw_without_replacement(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix64::new(seed);
+    for i in 0..k.min(n) {
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(k.min(n));
+    all
+}
+
 /// Uniform noise for an input with no image behind it.
 ///
 /// NOTE: with no pixel range to map, the range is the input's own [min, max]: noise of the
@@ -300,6 +313,18 @@ mod tests {
         let min = b.iter().copied().fold(f32::INFINITY, f32::min);
         let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         assert!(min < -2.7 && max > 6.7, "{min} {max}");
+    }
+
+    #[test]
+    fn draws_distinct_rows_reproducibly() {
+        let a = draw_without_replacement(10, 4, 7);
+        assert_eq!(a, draw_without_replacement(10, 4, 7));
+        let mut sorted = a.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4, "{a:?}");
+        assert!(a.iter().all(|&i| i < 10));
+        assert_eq!(draw_without_replacement(3, 9, 0).len(), 3);
     }
 
     #[test]

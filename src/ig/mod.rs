@@ -29,7 +29,7 @@ pub mod quadrature;
 #[cfg(test)]
 mod tests;
 
-pub use baseline::{make_baseline, BaselineKind};
+pub use baseline::{draw_without_replacement, make_baseline, BaselineKind};
 pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
 

@@ -44,7 +44,7 @@ pub enum Merge {
 pub struct PathRules {
     /// Every input a job sends, and no others.
     pub inputs: &'static [&'static str],
-    /// Inputs with one entry per path on axis 0 (all of one shape): stacked.
+    /// Inputs with one entry per path on axis 0: stacked.
     pub per_path: &'static [&'static str],
     /// Int64 `[rows]`: the path each row reads; offset by the paths of the jobs before.
     pub path_index: &'static str,
@@ -152,7 +152,7 @@ impl Merge {
                 rules
                     .per_path
                     .iter()
-                    .all(|n| shape(n) == shape(rules.per_path[0]))
+                    .all(|n| shape(n).first() == Some(&paths))
                     && path.shape == [rows]
                     && path_ok
                     && rules.per_row.iter().all(|n| shape(n)[0] == rows)

@@ -21,6 +21,15 @@
 //!                               # holds probabilities); a one-column output or one that ends
 //!                               # in a Sigmoid is a sigmoid head, never a softmax
 //! labels = "labels.txt"         # one class (or score) name per line, relative to this file
+//!
+//! [features]                    # tabular inputs: named columns, baselines, groups
+//! files = { numeric = "features.txt", categorical = "categorical.txt" }
+//!                               # column names of [batch, n] inputs, by input name; default:
+//!                               # a features.txt beside the model names the only 2-D input
+//! reference = "reference.csv"   # rows with a header of feature names: baseline statistics
+//! baseline = "median"           # the default baseline: "median", "mean", "zeros" or "rows"
+//! baseline_rows = 16            # "rows": IG averaged over this many reference rows
+//! groups = { size = ["flipper_length_mm", "body_mass_g"] }  # reported summed as well
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -71,6 +80,8 @@ pub struct ModelConfig {
     pub input: InputSection,
     #[serde(default)]
     pub output: OutputSection,
+    #[serde(default)]
+    pub features: FeaturesSection,
     /// For a model in a Triton layout: its `config.pbtxt` and the version served.
     #[serde(skip)]
     pub triton: Option<super::triton::TritonModel>,
@@ -96,6 +107,34 @@ pub struct OutputSection {
     pub name: Option<String>,
     pub kind: Option<OutputKind>,
     pub labels: Option<PathBuf>,
+}
+
+/// Named columns of tabular inputs, their reference rows and default baseline.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSection {
+    /// Files of column names (one per line), by graph input name, relative to this file.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, PathBuf>,
+    /// A CSV file whose header names features: the rows baseline statistics come from.
+    pub reference: Option<PathBuf>,
+    pub baseline: Option<TabularBaseline>,
+    /// For `baseline = "rows"`: how many reference rows (expected gradients).
+    pub baseline_rows: Option<u32>,
+    /// Named groups of features, reported summed.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// A tabular model's default baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TabularBaseline {
+    Zeros,
+    Median,
+    Mean,
+    /// Reference rows themselves (expected gradients).
+    Rows,
 }
 
 impl ModelConfig {

@@ -153,20 +153,18 @@ pub fn load_model(
         None => Vec::new(),
     };
     let head = head(&graph, &output, config.output.kind, labels);
+    let tabular =
+        super::tabular::read(&config.features, base_dir, &inputs).map_err(LoadError::Mismatch)?;
+    let lookups = super::tabular::lookups(&graph, &inputs);
     // Explain checks these points when it builds its gradient models; a model that can't be
     // differentiated still serves Predict, and GetModel says why.
-    let attribution = match fed.dtype {
-        DType::F32 => Ok(vec![Point::Input(fed.name.clone())]),
-        other => Err(format!(
-            "input {:?} is {other:?}; attributions need a float32 input",
-            fed.name
-        )),
-    };
+    let attribution = default_points(&graph, &inputs, &lookups, head.output());
     let inputs = inputs
         .into_iter()
         .map(|tensor| {
-            let feed = match &preprocessing {
-                Some(p) if tensor.name == fed.name => Feed::Image(p.clone()),
+            let feed = match (&preprocessing, tabular.features_of(&tensor.name)) {
+                (Some(p), _) if tensor.name == fed.name => Feed::Image(p.clone()),
+                (_, Some(names)) => Feed::Features(names.to_vec()),
                 _ => Feed::Tensor,
             };
             InputSpec { tensor, feed }
@@ -201,6 +199,8 @@ pub fn load_model(
         inputs,
         outputs,
         head,
+        lookups,
+        tabular,
         attribution,
         triton: config.triton.as_ref().map(|t| super::TritonServing {
             version: t.version,
@@ -342,6 +342,47 @@ fn check_image_input(input: &TensorSpec, p: &crate::image::Preprocessing) -> Res
     Ok(())
 }
 
+/// Where Explain attributes by default: every float graph input, and the output of every
+/// embedding lookup of an int64 input, that `output` depends on.
+fn default_points(
+    model: &ModelProto,
+    inputs: &[TensorSpec],
+    lookups: &[super::Lookup],
+    output: &str,
+) -> Result<Vec<Point>, String> {
+    let mut needed = std::collections::HashSet::from([output.to_string()]);
+    if let Some(graph) = &model.graph {
+        for node in graph.node.iter().rev() {
+            if node.output.iter().any(|o| needed.contains(o)) {
+                needed.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
+            }
+        }
+    }
+    let mut points = Vec::new();
+    for input in inputs.iter().filter(|i| needed.contains(&i.name)) {
+        match input.dtype {
+            DType::F32 => points.push(Point::Input(input.name.clone())),
+            _ => points.extend(
+                lookups
+                    .iter()
+                    .filter(|l| l.input == input.name && needed.contains(&l.output))
+                    .map(|l| Point::Embedding {
+                        tensor: l.output.clone(),
+                        input: l.input.clone(),
+                    }),
+            ),
+        }
+    }
+    if points.is_empty() {
+        let described: Vec<String> = inputs
+            .iter()
+            .map(|i| format!("{:?} ({:?})", i.name, i.dtype))
+            .collect();
+        return Err(format!("output {output:?} depends on no float32 input and no embedding lookup of int64 ids (inputs: {}); attributions need one", described.join(", ")));
+    }
+    Ok(points)
+}
+
 /// How the output is read: the config's `kind` if it says, else a Softmax or Sigmoid output
 /// holds probabilities and anything else logits; a one-column output or one that ends in a
 /// Sigmoid is a sigmoid head (a softmax over one column would be the constant 1).
@@ -415,28 +456,38 @@ fn read_labels(path: &PathBuf, output: &TensorSpec) -> Result<Vec<String>, LoadE
 /// One run at batch 1 so the first request doesn't pay ONNX Runtime's first-run cost (about
 /// 1.8x a warm run). Skipped when the input has unknown dimensions besides the batch.
 fn warm_up(model: &Model) -> Result<(), LoadError> {
-    let [input] = model.spec.inputs.as_slice() else {
-        return Ok(());
-    };
-    let input = &input.tensor;
-    if input.shape.iter().skip(1).any(|&d| d < 0) {
-        return Ok(());
+    let mut feeds = Vec::new();
+    for input in &model.spec.inputs {
+        let input = &input.tensor;
+        if input.shape.iter().skip(1).any(|&d| d < 0) {
+            return Ok(());
+        }
+        let shape: Vec<i64> = std::iter::once(1)
+            .chain(input.shape.iter().skip(1).copied())
+            .collect();
+        let count = shape.iter().product::<i64>() as usize;
+        // Ids start at the lowest valid one of their table (0 unless offsets say otherwise).
+        let id = |i: usize| {
+            let columns = input.shape.last().copied().unwrap_or(1).max(1) as usize;
+            model
+                .spec
+                .lookups
+                .iter()
+                .filter(|l| l.input == input.name)
+                .map(|l| l.range(i, columns).0)
+                .max()
+                .unwrap_or(0)
+        };
+        let values = match input.dtype {
+            DType::F32 => Values::F32(vec![0.0; count]),
+            DType::I64 => Values::I64((0..count).map(id).collect()),
+            DType::Other(_) => return Ok(()),
+        };
+        feeds.push((input.name.clone(), TensorData { shape, values }));
     }
-    let shape: Vec<i64> = std::iter::once(1)
-        .chain(input.shape.iter().skip(1).copied())
-        .collect();
-    let count: i64 = shape.iter().product();
-    let values = match input.dtype {
-        DType::F32 => Values::F32(vec![0.0; count as usize]),
-        DType::I64 => Values::I64(vec![0; count as usize]),
-        DType::Other(_) => return Ok(()),
-    };
     model
         .worker
-        .run_blocking(
-            vec![(input.name.clone(), TensorData { shape, values })],
-            vec![model.spec.output().to_string()],
-        )
+        .run_blocking(feeds, vec![model.spec.output().to_string()])
         .map(|_| ())
         .map_err(LoadError::WarmUp)
 }

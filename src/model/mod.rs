@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 mod load;
 mod repository;
+pub mod tabular;
 pub mod triton;
 mod worker;
 
@@ -17,6 +18,7 @@ pub use batch::{Batching, BatchingMode, Merge, PathRules};
 pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, open_worker, LoadError, LoadOptions};
 pub use repository::{ModelEntry, Repository};
+pub use tabular::{Lookup, Reference, Tabular};
 pub use worker::{Caller, Worker, WorkerOptions};
 
 use crate::image::Preprocessing;
@@ -92,6 +94,8 @@ pub enum Feed {
     Tensor,
     /// An encoded picture, decoded and preprocessed into the tensor (or a tensor already so).
     Image(Preprocessing),
+    /// Named columns of a `[batch, n]` input (a feature row), or its tensor.
+    Features(Vec<String>),
 }
 
 /// One graph input and how it is fed.
@@ -110,7 +114,15 @@ impl InputSpec {
     pub fn preprocessing(&self) -> Option<&Preprocessing> {
         match &self.feed {
             Feed::Image(p) => Some(p),
-            Feed::Tensor => None,
+            Feed::Tensor | Feed::Features(_) => None,
+        }
+    }
+
+    /// The column names, for a tabular input.
+    pub fn features(&self) -> Option<&[String]> {
+        match &self.feed {
+            Feed::Features(names) => Some(names),
+            Feed::Tensor | Feed::Image(_) => None,
         }
     }
 }
@@ -163,14 +175,24 @@ pub enum SigmoidKind {
 pub enum Point {
     /// A float graph input.
     Input(String),
+    /// The output of a lookup of the int64 ids of graph input `input` in a float table.
+    Embedding { tensor: String, input: String },
+    /// Any other inner float tensor (layer attribution).
+    Inner(String),
 }
 
 impl Point {
     /// The graph tensor's name.
     pub fn tensor(&self) -> &str {
         match self {
-            Point::Input(name) => name,
+            Point::Input(name) | Point::Inner(name) => name,
+            Point::Embedding { tensor, .. } => tensor,
         }
+    }
+
+    /// Whether the point is a graph input (fed directly) rather than an inner tensor.
+    pub fn is_input(&self) -> bool {
+        matches!(self, Point::Input(_))
     }
 }
 
@@ -184,6 +206,10 @@ pub struct ModelSpec {
     pub inputs: Vec<InputSpec>,
     pub outputs: Vec<TensorSpec>,
     pub head: Head,
+    /// Tables that int64 inputs index (embedding lookups), with their valid ids.
+    pub lookups: Vec<Lookup>,
+    /// Named columns, reference rows and groups of tabular inputs.
+    pub tabular: Tabular,
     /// Where Explain attributes by default, or why the model can't be explained.
     pub attribution: Result<Vec<Point>, String>,
     /// Set for a model from a Triton layout.

@@ -26,6 +26,9 @@ pub enum ModelEntry {
     Failed { reason: String },
 }
 
+/// A file in a model repository that names the model for requests that name none.
+pub const DEFAULT_FILE: &str = "default-model";
+
 pub struct Repository {
     models: BTreeMap<String, ModelEntry>,
     default: Option<String>,
@@ -65,7 +68,21 @@ impl Repository {
             };
             models.insert(name, entry);
         }
-        Ok(Self::new(models))
+        let mut repository = Self::new(models);
+        // The repository may name its default model (`--default-model` still overrides it).
+        match std::fs::read_to_string(dir.join(DEFAULT_FILE)) {
+            Ok(text) => {
+                let name = text.trim();
+                if let Err(reason) = repository.set_default(name) {
+                    tracing::warn!(file = %dir.join(DEFAULT_FILE).display(), %reason, "ignoring the repository's default model");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %dir.join(DEFAULT_FILE).display(), error = %e, "cannot read the repository's default model")
+            }
+        }
+        Ok(repository)
     }
 
     /// One model from a file, named after the file's stem; `PATH.toml` or an `integrad.toml`

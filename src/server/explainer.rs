@@ -103,6 +103,32 @@ impl Explainer for ExplainerService {
         let slot = self.gate.acquire(deadline, &self.shutdown).await?;
         // Every check happens here, before the stream starts: a bad request is a status.
         let job = engine.plan_explain(request.into_inner()).await?;
+        Ok(Response::new(self.stream(job, slot, deadline)))
+    }
+
+    type ExplainBatchStream = ExplainStream;
+
+    async fn explain_batch(
+        &self,
+        request: Request<pb::ExplainBatchRequest>,
+    ) -> Result<Response<Self::ExplainBatchStream>, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
+        let engine = self.engine()?;
+        let slot = self.gate.acquire(deadline, &self.shutdown).await?;
+        let job = engine.plan_explain_batch(request.into_inner()).await?;
+        Ok(Response::new(self.stream(job, slot, deadline)))
+    }
+}
+
+impl ExplainerService {
+    /// Runs `job` holding its admission `slot`, streaming its events until it ends, the
+    /// deadline passes or the grace period of a shutdown is over.
+    fn stream(
+        &self,
+        job: crate::explain::ExplainJob,
+        slot: super::limits::ExplainSlot,
+        deadline: Option<tokio::time::Instant>,
+    ) -> ExplainStream {
         let (events, stream) = tokio::sync::mpsc::channel(16);
         let shutdown = self.shutdown.clone();
         let grace_s = self.grace_s;
@@ -133,7 +159,7 @@ impl Explainer for ExplainerService {
         );
         let stream = tokio_stream::wrappers::ReceiverStream::new(stream)
             .map(|item| item.map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        Box::pin(stream)
     }
 }
 

@@ -170,6 +170,7 @@ pub async fn serve(
                 EngineLimits {
                     explain: crate::explain::ExplainLimits {
                         max_steps: args.max_steps,
+                        max_instances: args.max_instances,
                         ..Default::default()
                     },
                     decode: args.decode_limits(),

@@ -340,7 +340,7 @@ fn decode_input(
     let name = &input.name;
     if let DType::Other(_) = wanted.dtype {
         return Err(Error::FailedPrecondition {
-            field: "inputs",
+            field: "inputs".into(),
             reason: format!(
                 "input {name:?} is {}; integrad feeds FP32 and INT64 inputs",
                 datatype(wanted.dtype)
@@ -514,7 +514,7 @@ fn requested_outputs(
             .expect("checked above");
         if !matches!(output.dtype, DType::F32 | DType::I64) {
             return Err(Error::FailedPrecondition {
-                field: "outputs",
+                field: "outputs".into(),
                 reason: format!(
                     "output {name:?} is {}; integrad returns FP32 and INT64 outputs (request the others by name)",
                     datatype(output.dtype)

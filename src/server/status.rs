@@ -18,6 +18,7 @@ impl From<Error> for Status {
                 Code::Unavailable
             }
             Error::Cancelled => Code::Cancelled,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::Model(ModelError::Runtime { .. }) | Error::Internal(_) => Code::Internal,
         };

@@ -221,6 +221,7 @@ async fn should_refuse_bad_input_and_keep_serving() {
         model: GOOD.into(),
         input: None,
         top_k: 1,
+        ..Default::default()
     };
     assert_status(
         client.predict(no_input).await,

@@ -113,6 +113,7 @@ async fn should_read_sigmoid_and_score_heads_and_match_captum() {
                         model: model.into(),
                         input: Some(input),
                         top_k: 0,
+                        ..Default::default()
                     })
                     .await
                     .unwrap()

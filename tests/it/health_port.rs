@@ -124,7 +124,7 @@ async fn should_serve_plaintext_health_alone_beside_a_mutual_tls_port_with_a_tok
         .list_models(pb::ListModelsRequest {})
         .await
         .unwrap();
-    assert_eq!(listed.into_inner().models.len(), 1);
+    assert_eq!(names(&listed.into_inner()), DEMO_MODELS);
 }
 
 #[tokio::test]

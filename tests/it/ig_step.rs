@@ -77,7 +77,7 @@ fn demo_gradient(objective: Objective) -> ModelProto {
 /// `f32_path`: the plain path interpolates as the step model does (float32) instead of in f64.
 fn compare(f32_path: bool) -> f64 {
     let grad = demo_gradient(Objective::Probability);
-    let stepped = step::build_step_model(&grad, "input").unwrap();
+    let (stepped, _) = step::build_step_model(&grad, &["input".to_string()]).unwrap();
     let (mut plain, mut summing) = (session(&grad), session(&stepped));
 
     let (shape, x) = fixture("coffee_input.npy");
@@ -271,7 +271,8 @@ fn run_step(session: &mut Session, inputs: Vec<(String, TensorData)>) -> Vec<Ten
 #[test]
 fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
     let grad = demo_gradient(Objective::Probability);
-    let mut session = session(&step::build_step_model(&grad, "input").unwrap());
+    let (stepped, layout) = step::build_step_model(&grad, &["input".to_string()]).unwrap();
+    let mut session = session(&stepped);
     let (shape, coffee) = fixture("coffee_input.npy");
     let (_, cat) = fixture("chelsea_input.npy");
     let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -288,31 +289,35 @@ fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
         input: &coffee,
         baseline: &dark,
         shape: &shape,
+        fixed_f32: &[],
+        fixed_i64: &[],
         alphas: &a_alphas,
         targets: &a_targets,
         classes: CLASSES,
         weights: weights(4, 0.5),
     }
-    .inputs();
+    .inputs(&layout);
     let b = step::StepRun {
         input: &cat,
         baseline: &zeros,
         shape: &shape,
+        fixed_f32: &[],
+        fixed_i64: &[],
         alphas: &b_alphas,
         targets: &b_targets,
         classes: CLASSES,
         weights: weights(6, -1.0),
     }
-    .inputs();
+    .inputs(&layout);
     let outputs: Vec<String> = OUTPUTS.iter().map(|s| s.to_string()).collect();
-    assert!(Merge::Paths(step::MERGE).compatible((&a, &outputs), (&b, &outputs)));
+    assert!(Merge::Paths(layout.rules()).compatible((&a, &outputs), (&b, &outputs)));
 
     let alone = [
         run_step(&mut session, a.clone()),
         run_step(&mut session, b.clone()),
     ];
-    let merged = run_step(&mut session, Merge::Paths(step::MERGE).merge(&[&a, &b]));
-    let split = Merge::Paths(step::MERGE)
+    let merged = run_step(&mut session, Merge::Paths(layout.rules()).merge(&[&a, &b]));
+    let split = Merge::Paths(layout.rules())
         .split(&[&a, &b], &outputs, merged)
         .unwrap();
     for (job, (one, together)) in alone.iter().zip(&split).enumerate() {
@@ -331,15 +336,15 @@ fn should_give_each_path_its_own_sums_when_paths_share_a_run() {
 #[test]
 fn should_give_the_same_outputs_through_io_binding() {
     let grad = demo_gradient(Objective::Logit);
-    let stepped = step::build_step_model(&grad, "input").unwrap();
+    let (stepped, layout) = step::build_step_model(&grad, &["input".to_string()]).unwrap();
     let worker = |name: &str, io_binding: bool| {
         let options = WorkerOptions {
-            merge: Merge::Paths(step::MERGE),
+            merge: Merge::Paths(layout.rules()),
             batching: Batching {
                 mode: BatchingMode::Off,
                 ..Batching::default()
             },
-            keep_bound: io_binding.then_some(step::KEEP_BOUND),
+            keep_bound: io_binding.then_some(layout.keep_bound()),
         };
         Worker::spawn(name, session(&stepped), options).unwrap()
     };
@@ -363,12 +368,14 @@ fn should_give_the_same_outputs_through_io_binding() {
             input,
             baseline,
             shape: &shape,
+            fixed_f32: &[],
+            fixed_i64: &[],
             alphas,
             targets: &[967, 968],
             classes: CLASSES,
             weights: vec![1.0; 4 * 2 * alphas.len()],
         }
-        .inputs();
+        .inputs(&layout);
         let want = plain.run_blocking(inputs.clone(), outputs.clone()).unwrap();
         let have = bound.run_blocking(inputs, outputs.clone()).unwrap();
         // The same kernels on the same values on the CPU: bit-identical.

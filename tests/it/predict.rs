@@ -152,7 +152,7 @@ async fn should_describe_models() {
         .unwrap()
         .into_inner();
     assert_eq!(list.default_model, "efficientnet-lite0");
-    assert_eq!(list.models.len(), 1);
+    assert_eq!(names(&list), DEMO_MODELS);
     let info = client
         .get_model(integrad::proto::integrad::v1::GetModelRequest {
             model: String::new(),

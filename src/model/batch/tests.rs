@@ -1,8 +1,22 @@
 use super::*;
 use crate::autodiff::COTANGENT;
-use crate::explain::step::{self, StepRun};
+use crate::explain::step::{self, Slot, StepLayout, StepRun};
 
-const STEP: Merge = Merge::Paths(step::MERGE);
+/// One point of shape [2, 3] and nothing held fixed.
+fn layout() -> StepLayout {
+    StepLayout {
+        points: vec![Slot {
+            name: "x".into(),
+            shape: vec![2, 3],
+        }],
+        fixed_f32: Vec::new(),
+        fixed_i64: Vec::new(),
+    }
+}
+
+fn step_merge() -> Merge {
+    Merge::Paths(layout().rules())
+}
 
 fn f32s(shape: &[i64], values: Vec<f32>) -> TensorData {
     TensorData::f32(shape.to_vec(), values)
@@ -28,12 +42,14 @@ fn step_job(
         input: &input,
         baseline: &baseline,
         shape: &[2, 3],
+        fixed_f32: &[],
+        fixed_i64: &[],
         alphas,
         targets,
         classes: 4,
         weights,
     }
-    .inputs()
+    .inputs(&layout())
 }
 
 fn input<'a>(inputs: &'a Inputs, name: &str) -> &'a TensorData {
@@ -104,9 +120,9 @@ fn should_stack_paths_offset_ig_path_and_lay_weights_block_diagonally() {
     let a = step_job(1.0, &[0.0, 0.5], &[2], 2);
     let b = step_job(3.0, &[0.25, 0.75, 1.0], &[0, 1], 2);
     let out = outputs(&[step::STEP_SUMS, step::STEP_ABS]);
-    assert!(STEP.compatible((&a, &out), (&b, &out)));
-    assert_eq!((STEP.rows(&a), STEP.rows(&b)), (2, 6));
-    let merged = STEP.merge(&[&a, &b]);
+    assert!(step_merge().compatible((&a, &out), (&b, &out)));
+    assert_eq!((step_merge().rows(&a), step_merge().rows(&b)), (2, 6));
+    let merged = step_merge().merge(&[&a, &b]);
 
     let x = input(&merged, step::STEP_INPUT);
     assert_eq!(x.shape, vec![2, 2, 3]);
@@ -144,7 +160,9 @@ fn should_split_step_sums_by_sums_and_rows_outputs_by_rows() {
     let out = outputs(&[step::STEP_SUMS, step::STEP_ABS]);
     let sums = f32s(&[4, 6], (0..24).map(|v| v as f32).collect());
     let abs = f32s(&[4, 1], vec![7.0, 8.0, 9.0, 10.0]);
-    let split = STEP.split(&[&a, &b], &out, vec![sums, abs]).unwrap();
+    let split = step_merge()
+        .split(&[&a, &b], &out, vec![sums, abs])
+        .unwrap();
     assert_eq!(split[0][0].shape, vec![2, 6]);
     assert_eq!(split[1][0].as_f32().unwrap()[0], 12.0);
     assert_eq!(split[0][1], f32s(&[2, 1], vec![7.0, 8.0]));
@@ -157,11 +175,11 @@ fn should_not_merge_step_jobs_with_a_stray_path_or_other_inputs() {
     let good = step_job(1.0, &[0.5], &[0], 2);
     let mut stray = good.clone();
     stray[2].1.values = Values::I64(vec![1]);
-    assert!(STEP.mergeable(&good));
-    assert!(!STEP.mergeable(&stray));
+    assert!(step_merge().mergeable(&good));
+    assert!(!step_merge().mergeable(&stray));
     let mut extra = good.clone();
     extra.push(("mask".to_string(), f32s(&[1], vec![0.0])));
-    assert!(!STEP.compatible((&good, &out), (&extra, &out)));
+    assert!(!step_merge().compatible((&good, &out), (&extra, &out)));
     let wider = step_job(1.0, &[0.5], &[0], 2)
         .into_iter()
         .map(|(n, t)| match n.as_str() {
@@ -169,5 +187,5 @@ fn should_not_merge_step_jobs_with_a_stray_path_or_other_inputs() {
             _ => (n, t),
         })
         .collect::<Vec<_>>();
-    assert!(!STEP.compatible((&good, &out), (&wider, &out)));
+    assert!(!step_merge().compatible((&good, &out), (&wider, &out)));
 }

@@ -28,6 +28,14 @@ pub fn demo_models() -> PathBuf {
     root().join("models")
 }
 
+/// The models of the demo repository, in ListModels' (name) order.
+pub const DEMO_MODELS: [&str; 2] = ["efficientnet-lite0", "penguins"];
+
+/// The names of the models a ListModels answer lists.
+pub fn names(list: &integrad::proto::integrad::v1::ListModelsResponse) -> Vec<&str> {
+    list.models.iter().map(|m| m.name.as_str()).collect()
+}
+
 pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(root().join("samples").join(name)).unwrap()
 }
@@ -296,6 +304,7 @@ pub fn image_request(model: &str, bytes: Vec<u8>, top_k: u32) -> pb::PredictRequ
             kind: Some(pb::input::Kind::Image(bytes)),
         }),
         top_k,
+        ..Default::default()
     }
 }
 
@@ -311,6 +320,7 @@ pub fn tensor_request(model: &str, shape: &[usize], data: &[f32]) -> pb::Predict
             kind: Some(pb::input::Kind::Tensor(tensor)),
         }),
         top_k: 0,
+        ..Default::default()
     }
 }
 
