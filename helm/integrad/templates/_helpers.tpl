@@ -106,3 +106,37 @@ tcpSocket:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The explain-batch Job: its name (<fullname>-explain-batch[-<runId>], short enough for the pods' hostnames, <job>-<index>). */}}
+{{- define "integrad.batchJob.name" -}}
+{{- $name := printf "%s-explain-batch" (include "integrad.fullname" .) }}
+{{- with .Values.batchJob.runId }}
+{{- printf "%s-%s" ($name | trunc (int (sub 55 (len .))) | trimSuffix "-") . }}
+{{- else }}
+{{- $name | trunc 56 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* The Job's pods must not carry the server's selector labels (name + instance): the Service, the PDB and the NetworkPolicy would take them for server pods. */}}
+{{- define "integrad.batchJob.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-explain-batch" (include "integrad.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: explain-batch
+{{- end }}
+
+{{- define "integrad.batchJob.labels" -}}
+helm.sh/chart: {{ include "integrad.chart" . }}
+{{ include "integrad.batchJob.selectorLabels" . }}
+app.kubernetes.io/part-of: {{ include "integrad.name" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The chart's own Service, as the explain-batch Job's --server (https:// under tls.enabled). */}}
+{{- define "integrad.batchJob.serverHost" -}}
+{{- default (printf "%s.%s.svc" (include "integrad.fullname" .) .Release.Namespace) .Values.batchJob.serverHost }}
+{{- end }}
+
+{{- define "integrad.batchJob.serverURL" -}}
+{{- printf "%s://%s:%d" (ternary "https" "http" .Values.tls.enabled) (include "integrad.batchJob.serverHost" .) (int .Values.ports.grpc) }}
+{{- end }}

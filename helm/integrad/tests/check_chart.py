@@ -10,7 +10,9 @@
    structure is checked by hand, and the pod parts they carry are validated as Pods.
 3. The properties a platform team asks for: native gRPC probes, resources, the hardened
    security context, the GPU limit and placement, integrad next to Triton on the shared
-   model volume, TLS and the token mounted from Secrets, the HPA.
+   model volume, TLS and the token mounted from Secrets, the HPA, and the explain-batch Indexed
+   Job (--shard $(JOB_COMPLETION_INDEX)/N against the release's Service, the data read-only,
+   the client side of the server's TLS and token), whose rendered form goes in the report.
 4. values.schema.json rejects bad values, and the templates refuse inconsistent ones.
 5. The examples (Triton sidecar Deployment, KServe InferenceService) pass the same checks.
 
@@ -58,6 +60,11 @@ AGREED_ENV = {
     "INTEGRAD_DEVICE",
 }
 AGREED_FLAGS = {"--tls-cert", "--tls-key", "--tls-client-ca"}
+# `integrad explain-batch`'s flags that the batch Job sets itself (batchJob.extraArgs adds more).
+AGREED_BATCH_FLAGS = {
+    "--input", "--out", "--server", "--shard", "--model", "--steps",
+    "--tls-ca", "--tls-client-cert", "--tls-client-key", "--auth-token-file",
+}
 # Keys of the config file are long flag names (without the dashes).
 AGREED_CONFIG_KEYS = {
     "models", "model-file", "default-model", "max-message-bytes", "max-image-pixels",
@@ -177,6 +184,29 @@ def volume(pod: dict, name: str) -> dict:
     return found[0]
 
 
+def check_hardened(pod: dict, c: dict, where: str) -> None:
+    """What every container of the chart has: resources, the hardened security context, /tmp."""
+    # Resources: requests for scheduling, a memory limit for the node's sake.
+    r = c.get("resources", {})
+    check({"cpu", "memory"} <= set(r.get("requests", {})), f"{where}: cpu and memory requests")
+    check("memory" in r.get("limits", {}), f"{where}: a memory limit")
+
+    # Security context, container level (pod level checked too).
+    sc = c["securityContext"]
+    psc = pod.get("securityContext", {})
+    check(sc.get("runAsNonRoot") is True or psc.get("runAsNonRoot") is True, f"{where}: non-root")
+    check(sc.get("readOnlyRootFilesystem") is True, f"{where}: read-only root filesystem")
+    check(sc.get("allowPrivilegeEscalation") is False, f"{where}: no privilege escalation")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: drops ALL capabilities")
+    check(sc.get("privileged") is not True, f"{where}: not privileged")
+    seccomp = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
+    check(seccomp.get("type") == "RuntimeDefault", f"{where}: seccomp RuntimeDefault")
+
+    # The read-only root filesystem leaves /tmp, which must be an emptyDir.
+    tmp = mount_at(c, "/tmp")
+    check(tmp is not None and "emptyDir" in volume(pod, tmp["name"]), f"{where}: /tmp is an emptyDir")
+
+
 def check_integrad_container(
     pod: dict, c: dict, where: str, grpc_port: int, *, tls: bool, health_port: int | None = None,
     injected_models: bool = False
@@ -220,25 +250,7 @@ def check_integrad_container(
     budget = s.get("periodSeconds", 10) * s.get("failureThreshold", 3)
     check(budget >= MIN_STARTUP_SECONDS, f"{where}: startup budget {budget}s < {MIN_STARTUP_SECONDS}s")
 
-    # Resources: requests for scheduling, a memory limit for the node's sake.
-    r = c.get("resources", {})
-    check({"cpu", "memory"} <= set(r.get("requests", {})), f"{where}: cpu and memory requests")
-    check("memory" in r.get("limits", {}), f"{where}: a memory limit")
-
-    # Security context, container level (pod level checked too).
-    sc = c["securityContext"]
-    psc = pod.get("securityContext", {})
-    check(sc.get("runAsNonRoot") is True or psc.get("runAsNonRoot") is True, f"{where}: non-root")
-    check(sc.get("readOnlyRootFilesystem") is True, f"{where}: read-only root filesystem")
-    check(sc.get("allowPrivilegeEscalation") is False, f"{where}: no privilege escalation")
-    check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: drops ALL capabilities")
-    check(sc.get("privileged") is not True, f"{where}: not privileged")
-    seccomp = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
-    check(seccomp.get("type") == "RuntimeDefault", f"{where}: seccomp RuntimeDefault")
-
-    # The read-only root filesystem leaves /tmp, which must be an emptyDir.
-    tmp = mount_at(c, "/tmp")
-    check(tmp is not None and "emptyDir" in volume(pod, tmp["name"]), f"{where}: /tmp is an emptyDir")
+    check_hardened(pod, c, where)
 
     # Models: INTEGRAD_MODELS is inside a read-only mount, or the image's own directory.
     models = env["INTEGRAD_MODELS"]["value"]
@@ -416,7 +428,203 @@ def scenario_autoscaling(objects, values, pod, c):
           "autoscaling: models pulled into an emptyDir by the init container")
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+def arg_of(args: list[str], name: str, where: str) -> str:
+    check(args.count(name) == 1, f"{where}: {name} given once: {args}")
+    return args[args.index(name) + 1]
+
+
+def check_batch_job(objects: list[dict], values: dict, where: str) -> dict:
+    """The explain-batch Indexed Job: what it runs, against which Service, on which volumes."""
+    bj = values["batchJob"]
+    tls = values.get("tls", {}).get("enabled", False)
+    mtls = tls and values["tls"].get("clientCA", {}).get("enabled", False)
+    auth = values.get("auth", {})
+    job = only(objects, "Job")
+    deploy = only(objects, "Deployment")
+    svc = only(objects, "Service")
+    check(job["apiVersion"] == "batch/v1", f"{where}: batch/v1 Job")
+    name = job["metadata"]["name"]
+    expected_name = f"{RELEASE}-integrad-explain-batch" + (f"-{bj['runId']}" if bj.get("runId") else "")
+    check(name == expected_name, f"{where}: the Job is {expected_name}: {name}")
+    spec = job["spec"]
+    shards = bj.get("shards", 4)
+    check(spec["completionMode"] == "Indexed", f"{where}: an Indexed Job")
+    check(spec["completions"] == shards, f"{where}: completions {spec['completions']} == shards {shards}")
+    check(spec["parallelism"] == (bj.get("parallelism") or shards), f"{where}: parallelism {spec['parallelism']}")
+    check(spec["backoffLimit"] == bj.get("backoffLimit", 6), f"{where}: backoffLimit")
+    check(spec.get("ttlSecondsAfterFinished") == bj.get("ttlSecondsAfterFinished"), f"{where}: ttlSecondsAfterFinished")
+    pod = spec["template"]["spec"]
+    check(pod["restartPolicy"] == "Never", f"{where}: a failed shard gets a new pod")
+
+    # Its pods are not server pods: neither the Service, nor the Deployment, nor the PDB,
+    # nor the NetworkPolicy's podSelector may take them for one.
+    labels = spec["template"]["metadata"]["labels"]
+    check(not selects(svc["spec"]["selector"], labels), f"{where}: the Service does not select the Job's pods")
+    check(not selects(deploy["spec"]["selector"]["matchLabels"], labels), f"{where}: nor the Deployment")
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for o in (o for o in objects if o["kind"] == kind):
+            selector = o["spec"].get("selector", o["spec"].get("podSelector"))["matchLabels"]
+            check(not selects(selector, labels), f"{where}: the {kind} does not select the Job's pods")
+    check(labels.get("app.kubernetes.io/instance") == RELEASE, f"{where}: the Job's pods carry the release")
+    check(pod["serviceAccountName"] == only(objects, "ServiceAccount")["metadata"]["name"],
+          f"{where}: the Job runs as the chart's ServiceAccount")
+    check(pod["automountServiceAccountToken"] is False, f"{where}: no API token in the Job's pods")
+    check(pod["securityContext"] == deploy["spec"]["template"]["spec"]["securityContext"],
+          f"{where}: the Job's pod security context is the server's")
+
+    (c,) = pod["containers"]
+    server_image = next(x for x in deploy["spec"]["template"]["spec"]["containers"] if x["name"] == "integrad")["image"]
+    check(c["image"] == server_image, f"{where}: the Job runs the server's image: {c['image']}")
+    check_hardened(pod, c, where)
+    env = env_of(c)
+    index = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    check(index == "metadata.annotations['batch.kubernetes.io/job-completion-index']",
+          f"{where}: JOB_COMPLETION_INDEX comes from the pod's completion index: {index}")
+    args = c["args"]
+    check(c.get("command") == ["integrad"] and args[0] == "explain-batch", f"{where}: runs `integrad explain-batch`")
+    extra = bj.get("extraArgs", [])
+    check(args[len(args) - len(extra):] == extra, f"{where}: batchJob.extraArgs come last")
+    flags = {a for a in args[:len(args) - len(extra)] if a.startswith("--")}
+    check(flags <= AGREED_BATCH_FLAGS, f"{where}: explain-batch flags not agreed: {flags - AGREED_BATCH_FLAGS}")
+    check(arg_of(args, "--shard", where) == f"$(JOB_COMPLETION_INDEX)/{shards}", f"{where}: --shard I/{shards}")
+
+    # --server is this release's Service, on its gRPC port, https:// under TLS.
+    grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    host = bj.get("serverHost") or f"{svc['metadata']['name']}.{NAMESPACE}.svc"
+    server = arg_of(args, "--server", where)
+    check(server == f"{'https' if tls else 'http'}://{host}:{grpc_port}", f"{where}: --server {server}")
+
+    # The rows come from a read-only mount of the data claim, the results go to a writable one.
+    data, results = bj["data"], bj.get("results", {})
+    data_mount_path = data.get("mountPath", "/data")
+    results_mount_path = results.get("mountPath", "/results")
+    input_path = arg_of(args, "--input", where)
+    check(input_path == f"{data_mount_path.rstrip('/')}/{data.get('file', 'rows.jsonl')}", f"{where}: --input {input_path}")
+    m = mount_at(c, input_path)
+    check(m is not None and m["mountPath"] == data_mount_path and m.get("readOnly") is True,
+          f"{where}: --input is on the read-only data mount: {m}")
+    check(m.get("subPath", "") == data.get("subPath", ""), f"{where}: the data subPath")
+    check(volume(pod, m["name"])["persistentVolumeClaim"]["claimName"] == data["existingClaim"],
+          f"{where}: the data claim")
+    out = arg_of(args, "--out", where)
+    check(out == f"{results_mount_path.rstrip('/')}/results-$(JOB_COMPLETION_INDEX).jsonl", f"{where}: --out {out}")
+    r = mount_at(c, out)
+    check(r is not None and r["mountPath"] == results_mount_path and not r.get("readOnly"),
+          f"{where}: --out is on a writable mount: {r}")
+    check(r.get("subPath", "") == results.get("subPath", ""), f"{where}: the results subPath")
+    results_claim = results.get("existingClaim") or data["existingClaim"]
+    check(volume(pod, r["name"])["persistentVolumeClaim"]["claimName"] == results_claim, f"{where}: the results claim")
+    check((r["name"] == m["name"]) == (results_claim == data["existingClaim"]),
+          f"{where}: one volume for one claim, two for two")
+
+    # The server's TLS and token, from the client's side.
+    if tls:
+        ca = arg_of(args, "--tls-ca", where)
+        mca = mount_at(c, ca)
+        check(mca is not None and mca["readOnly"], f"{where}: --tls-ca {ca} on a read-only mount")
+        secret = volume(pod, mca["name"])["secret"]
+        ca_secret = bj.get("tls", {}).get("caSecretName") or values["tls"]["secretName"]
+        check(secret["secretName"] == ca_secret, f"{where}: the CA comes from {ca_secret}")
+        check([i["key"] for i in secret.get("items", [])] == ["ca.crt"] and ca.endswith("/ca.crt"),
+              f"{where}: only the CA is projected, never the server's key: {secret}")
+    else:
+        check("--tls-ca" not in args, f"{where}: no --tls-ca for a plaintext server")
+    if mtls:
+        cert, key = arg_of(args, "--tls-client-cert", where), arg_of(args, "--tls-client-key", where)
+        mc = mount_at(c, cert)
+        check(mc is not None and mc["readOnly"] and mount_at(c, key)["name"] == mc["name"],
+              f"{where}: the client certificate and key on one read-only mount")
+        secret = volume(pod, mc["name"])["secret"]
+        check(secret["secretName"] == bj["tls"]["clientSecretName"], f"{where}: the client certificate's Secret")
+        check(secret["secretName"] != values["tls"]["secretName"], f"{where}: not the server's own certificate")
+        check(cert.endswith("/tls.crt") and key.endswith("/tls.key"), f"{where}: tls.crt and tls.key")
+    else:
+        check("--tls-client-cert" not in args, f"{where}: no client certificate without mutual TLS")
+    if auth.get("enabled") and auth.get("mode", "file") == "file":
+        token = arg_of(args, "--auth-token-file", where)
+        mt = mount_at(c, token)
+        check(mt is not None and volume(pod, mt["name"])["secret"]["secretName"] == auth["existingSecret"],
+              f"{where}: the token file is the server's token Secret")
+        check(token.endswith("/" + auth.get("secretKey", "token")), f"{where}: the token's key")
+        check("INTEGRAD_AUTH_TOKEN" not in env, f"{where}: no token in the env as a file")
+    elif auth.get("enabled"):
+        check(env["INTEGRAD_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+              == {"name": auth["existingSecret"], "key": auth.get("secretKey", "token")},
+              f"{where}: INTEGRAD_AUTH_TOKEN from the token Secret")
+        check("--auth-token-file" not in args, f"{where}: no token file in env mode")
+    else:
+        check("--auth-token-file" not in args and "INTEGRAD_AUTH_TOKEN" not in env, f"{where}: no token")
+    for n, e in env.items():
+        if "TOKEN" in n:
+            check("value" not in e, f"{where}: {n} comes from a Secret, not a literal")
+
+    # Under a NetworkPolicy that limits gRPC callers, the Job's pods are among them.
+    for np in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        grpc_rule = np["spec"]["ingress"][0]
+        if "from" in grpc_rule:
+            check(any(selects(p.get("podSelector", {}).get("matchLabels", {"-": "-"}), labels)
+                      for p in grpc_rule["from"]), f"{where}: the NetworkPolicy admits the Job's pods to gRPC")
+
+    # The init container waits for a Ready server behind the Service.
+    wait = bj.get("waitForServer", {}).get("enabled", True)
+    inits = pod.get("initContainers", [])
+    check([i["name"] for i in inits] == (["wait-for-server"] if wait else []), f"{where}: wait-for-server")
+    if wait:
+        i = inits[0]
+        check(i["image"] == c["image"], f"{where}: the wait uses the same image")
+        check_hardened(pod, i, f"{where}: wait-for-server")
+        ienv = {e["name"]: e["value"] for e in i["env"]}
+        check((ienv["SERVER_HOST"], ienv["SERVER_PORT"]) == (host, str(grpc_port)),
+              f"{where}: waits for the --server host and port: {ienv}")
+        check("$(" not in i["command"][-1], f"{where}: nothing in the script for Kubernetes to expand")
+    return {"job": {k: v for k, v in job.items() if k != "__source"},
+            "service": svc["metadata"]["name"], "namespace": NAMESPACE, "grpc_port": grpc_port}
+
+
+def scenario_batch_job(objects, values, pod, c):
+    check(kinds(objects) == {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Job"},
+          f"batch-job renders {kinds(objects)}")
+    check_batch_job(objects, values, "batch-job")
+
+
+def check_batch_job_variants() -> list[str]:
+    """The batch Job against the TLS + mutual TLS + token-file server of ci/tls-auth-values.yaml,
+    and against a TLS server with the token in the env, results on a claim of their own and no
+    wait."""
+    done = []
+    tls = yaml.safe_load((CHART / "ci/tls-auth-values.yaml").read_text())
+    batch = yaml.safe_load((CHART / "ci/batch-job-values.yaml").read_text())["batchJob"]
+    variants = []
+    values = copy.deepcopy(tls)
+    values["batchJob"] = copy.deepcopy(batch)
+    values["batchJob"]["tls"] = {"clientSecretName": "integrad-batch-client"}
+    variants.append(("batch-job-mtls-token-file", values))
+    values = copy.deepcopy(tls)
+    values["tls"]["clientCA"] = {"enabled": False}
+    values["auth"]["mode"] = "env"
+    values["batchJob"] = copy.deepcopy(batch)
+    del values["batchJob"]["runId"]
+    values["batchJob"].update({"parallelism": None, "waitForServer": {"enabled": False},
+                               "serverHost": f"{RELEASE}-integrad.{NAMESPACE}.svc.cluster.local",
+                               "tls": {"caSecretName": "cluster-ca"}})
+    values["batchJob"]["results"] = {"existingClaim": "explanations", "mountPath": "/out"}
+    variants.append(("batch-job-tls-token-env", values))
+    for name, values in variants:
+        objects = render(copy.deepcopy(values))
+        for obj in objects:
+            validate(obj, f"{name}: {obj['__source']}")
+        check_chart_pod(objects, values, name)
+        check_batch_job(objects, values, name)
+        done.append(name)
+    return done
+
+
 SCENARIOS = {
+    "batch-job": scenario_batch_job,
     "default": scenario_default,
     "gpu": scenario_gpu,
     "sidecar": scenario_sidecar,
@@ -459,6 +667,10 @@ BAD_VALUES = [
     ({"ports": {"health": 70000}}, "/ports/health"),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     ({"imagee": {"tag": "typo"}}, "imagee"),
+    ({"batchJob": {"enabled": True}}, "/batchJob/data/existingClaim"),
+    ({"batchJob": {"shards": 0}}, "/batchJob/shards"),
+    ({"batchJob": {"data": {"file": "rows.parquet"}}}, "/batchJob/data/file"),
+    ({"batchJob": {"runId": "Run_2"}}, "/batchJob/runId"),
 ]
 BAD_COMBINATIONS = [
     ({"terminationGracePeriodSeconds": 20}, "terminationGracePeriodSeconds"),
@@ -466,6 +678,10 @@ BAD_COMBINATIONS = [
     ({"triton": {"enabled": True}}, "triton.enabled needs a shared model volume"),
     ({"models": {"source": "initContainer"}}, "models.init needs"),
     ({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "autoscaling.enabled needs"),
+    ({"tls": {"enabled": True, "secretName": "s", "clientCA": {"enabled": True}},
+      "batchJob": {"enabled": True, "data": {"existingClaim": "d"}}}, "batchJob.tls.clientSecretName"),
+    ({"batchJob": {"enabled": True, "data": {"existingClaim": "d", "mountPath": "/data"},
+                   "results": {"mountPath": "/data/out"}}}, "must not contain one another"),
 ]
 
 
@@ -566,6 +782,10 @@ def main() -> None:
         pod, c = check_chart_pod(objects, values, name)
         SCENARIOS[name](objects, values, pod, c)
         report["scenarios"][name] = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
+        if name == "batch-job":
+            # For tests/it/helm.rs, which checks the rendered Job against these values too.
+            report["batch_job"] = {"values": values["batchJob"],
+                                   **check_batch_job(objects, values, name)}
 
     # The README's values table names every value (to the second level), so it cannot drift.
     rows = [line.split("|")[1] for line in (CHART / "README.md").read_text().splitlines()
@@ -581,6 +801,7 @@ def main() -> None:
                       f"README.md values table lacks {key}.{sub}")
 
     report["health_port_variants"] = check_health_port_variants()
+    report["batch_job_variants"] = check_batch_job_variants()
     report["rejected"] = check_rejections()
     report["examples"] = check_examples()
     report["checks"] = checks
