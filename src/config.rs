@@ -33,6 +33,9 @@ pub enum Command {
     Predict(crate::cli::PredictArgs),
     /// Explain a prediction with Integrated Gradients, through a server or in-process.
     Explain(crate::cli::ExplainArgs),
+    /// Explain every row of a data set (JSON lines or CSV) into a JSON-lines file, in
+    /// ExplainBatch calls, through a server or in-process.
+    ExplainBatch(crate::cli::ExplainBatchArgs),
     /// Write the gradient model of an ONNX file (runs in any ONNX Runtime).
     Autodiff(crate::cli::AutodiffArgs),
 }

@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(_) => unreachable!("served above"),
             Command::Predict(args) => integrad::cli::run_predict(args).await,
             Command::Explain(args) => integrad::cli::run_explain(args).await,
+            Command::ExplainBatch(args) => integrad::cli::run_explain_batch(args).await,
             Command::Autodiff(args) => {
                 tokio::task::spawn_blocking(move || integrad::cli::run_autodiff(args)).await?
             }

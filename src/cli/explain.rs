@@ -14,6 +14,16 @@ use crate::proto::integrad::v1 as pb;
 pub struct ExplainArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub options: ExplainOptions,
+    /// Where to write the files.
+    #[arg(long, default_value = "explanation")]
+    pub out: PathBuf,
+}
+
+/// How to explain: what `integrad explain` and `integrad explain-batch` share.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainOptions {
     /// The class to explain: an index or a label [default: the top-1 prediction].
     #[arg(long, conflicts_with = "top_k")]
     pub target: Option<String>,
@@ -31,8 +41,9 @@ pub struct ExplainArgs {
     /// score heads].
     #[arg(long)]
     pub objective: Option<String>,
-    /// zeros, black, white, uniform, blur, or a .npy file [default: black for images, zeros
-    /// for tensors].
+    /// zeros, black, white, uniform, blur, median, mean, rows (reference rows of a tabular
+    /// model), or a .npy file [default: black for images, the model's configured baseline for
+    /// tabular inputs, else zeros].
     #[arg(long)]
     pub baseline: Option<String>,
     /// Seed of the uniform baseline.
@@ -59,9 +70,10 @@ pub struct ExplainArgs {
     /// Clip the mask at this percentile (0: no clipping).
     #[arg(long, default_value_t = 99.0)]
     pub clip_percentile: f32,
-    /// Where to write the files.
-    #[arg(long, default_value = "explanation")]
-    pub out: PathBuf,
+    /// Tensors to attribute to (graph inputs or inner float tensors), comma-separated
+    /// [default: the model's attribution points].
+    #[arg(long, value_delimiter = ',')]
+    pub attribute_to: Vec<String>,
 }
 
 pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
@@ -162,12 +174,44 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
             r.elapsed_ms,
             dir.display()
         );
+        print_features(r);
     }
     Ok(())
 }
 
+/// A tabular explanation's features, largest |attribution| first, and its groups.
+fn print_features(r: &pb::Explanation) {
+    let mut features: Vec<&pb::FeatureAttribution> = r.features.iter().collect();
+    features.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
+    let width = features.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for f in features {
+        let baseline = if f.baseline.is_nan() {
+            "(embedding zero vector)".to_string()
+        } else {
+            format!("{}", f.baseline)
+        };
+        println!(
+            "  {:<width$}  {:>+10.4}   value {}  baseline {baseline}",
+            f.name, f.attribution, f.value
+        );
+    }
+    for g in &r.feature_groups {
+        println!("  group {:<width$}  {:>+10.4}", g.name, g.attribution);
+    }
+}
+
 fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
     let (input, inputs) = args.client.input.read()?;
+    Ok(pb::ExplainRequest {
+        model: args.client.endpoint.model.clone().unwrap_or_default(),
+        input,
+        inputs,
+        ..options_request(&args.options)?
+    })
+}
+
+/// The ExplainRequest of `args`, without model or input.
+pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainRequest> {
     let target = match (&args.target, args.top_k) {
         (Some(t), _) => Some(match t.parse::<i64>() {
             Ok(index) => pb::target::Kind::ClassIndex(index),
@@ -187,6 +231,17 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
         Some("blur") => Some(pb::baseline::Kind::Blur(pb::BlurBaseline {
             sigma: args.sigma,
         })),
+        Some(statistic @ ("median" | "mean" | "rows")) => {
+            Some(pb::baseline::Kind::Reference(pb::ReferenceBaseline {
+                statistic: match statistic {
+                    "median" => pb::ReferenceStatistic::Median,
+                    "mean" => pb::ReferenceStatistic::Mean,
+                    _ => pb::ReferenceStatistic::Rows,
+                } as i32,
+                rows: if args.samples > 1 { args.samples } else { 0 },
+                seed: args.seed,
+            }))
+        }
         Some(path) if path.ends_with(".npy") => {
             match super::read_input(None, Some(Path::new(path)))?.kind {
                 Some(pb::input::Kind::Tensor(t)) => Some(pb::baseline::Kind::Tensor(t)),
@@ -194,7 +249,7 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
             }
         }
         Some(other) => anyhow::bail!(
-            "--baseline {other:?}: expected zeros, black, white, uniform, blur or a .npy file"
+            "--baseline {other:?}: expected zeros, black, white, uniform, blur, median, mean, rows or a .npy file"
         ),
     };
     let objective = match args.objective.as_deref() {
@@ -210,15 +265,17 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
         other => anyhow::bail!("--colormap {other:?}: expected inferno or viridis"),
     };
     let method = pb::Method::from(args.method);
+    let samples = match baseline {
+        // The reference rows are the samples.
+        Some(pb::baseline::Kind::Reference(_)) => 0,
+        _ => args.samples,
+    };
     Ok(pb::ExplainRequest {
-        model: args.client.endpoint.model.clone().unwrap_or_default(),
-        input,
-        inputs,
         target: target.map(|kind| pb::Target { kind: Some(kind) }),
         objective: objective as i32,
         baseline: baseline.map(|kind| pb::Baseline {
             kind: Some(kind),
-            samples: args.samples,
+            samples,
         }),
         method: method as i32,
         steps: Some(args.steps),
@@ -232,6 +289,7 @@ fn request(args: &ExplainArgs) -> anyhow::Result<pb::ExplainRequest> {
             clip_percentile: Some(args.clip_percentile),
             overlay_alpha: None,
         }),
+        attribute_to: args.attribute_to.clone(),
         ..Default::default()
     })
 }
@@ -269,27 +327,35 @@ fn write_files(dir: &Path, r: &pb::Explanation) -> anyhow::Result<()> {
         dir.join("saturation.png"),
         crate::image::saturation_png(&samples, objective, &r.label)?,
     )?;
-    let method = pb::Method::try_from(r.method)
-        .map(|m| m.as_str_name())
-        .unwrap_or("METHOD_UNSPECIFIED");
-    let objective_name = pb::Objective::try_from(r.objective)
-        .map(|o| o.as_str_name())
-        .unwrap_or("OBJECTIVE_UNSPECIFIED");
-    let json = serde_json::json!({
-        "target_class": r.target_class,
-        "label": r.label,
-        "score_input": r.score_input,
-        "score_baseline": r.score_baseline,
-        "attribution_sum": r.attribution_sum,
-        "convergence_delta": r.convergence_delta,
-        "steps": r.steps,
-        "method": method,
-        "objective": objective_name,
-        "evaluations": r.evaluations,
-        "elapsed_ms": r.elapsed_ms,
-        "attributions_shape": attributions.shape,
-        "path": r.path.iter().map(|p| serde_json::json!({"alpha": p.alpha, "score": p.score, "mean_abs_gradient": p.mean_abs_gradient})).collect::<Vec<_>>(),
-    });
+    let mut json = super::json::explanation(r, false);
+    json["attributions_shape"] = serde_json::json!(attributions.shape);
+    // Every other attributed tensor gets a file of its own.
+    for (i, name) in r.attributed.iter().enumerate().skip(1) {
+        if let Some(t) = r.tensor_attributions.get(name) {
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            let file = format!("attributions-{i}.npy");
+            crate::npy::write_f32(&dir.join(&file), &shape, &crate::wire::f32s(&t.data))?;
+            json["tensor_attributions"][name]["file"] = serde_json::json!(file);
+        }
+    }
+    if !r.features.is_empty() {
+        let bars: Vec<crate::image::FeatureBar> = r
+            .features
+            .iter()
+            .map(|f| crate::image::FeatureBar {
+                label: format!("{} = {}", f.name, f.value),
+                attribution: f.attribution,
+            })
+            .collect();
+        let title = format!(
+            "{objective} of {:?}: F(x) {:.4}, F(x') {:.4}",
+            r.label, r.score_input, r.score_baseline
+        );
+        std::fs::write(
+            dir.join("features.png"),
+            crate::image::features_png(&bars, &title)?,
+        )?;
+    }
     std::fs::write(
         dir.join("explanation.json"),
         serde_json::to_string_pretty(&json)?,

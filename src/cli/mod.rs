@@ -4,11 +4,14 @@
 mod autodiff;
 mod connect;
 mod explain;
+mod explain_batch;
+pub mod json;
 mod predict;
 
 pub use autodiff::{run_autodiff, AutodiffArgs};
 pub use connect::{connect, BearerToken, Client, ConnectArgs};
-pub use explain::{run_explain, ExplainArgs};
+pub use explain::{run_explain, ExplainArgs, ExplainOptions};
+pub use explain_batch::{run_explain_batch, ExplainBatchArgs};
 pub use predict::{run_predict, PredictArgs};
 
 use std::collections::HashMap;

@@ -195,6 +195,17 @@ async fn plan_instances(
             ));
         }
     }
+    if let Some(stray) = baselines
+        .named
+        .keys()
+        .find(|k| !set.points.iter().any(|p| p.tensor() == k.as_str()))
+    {
+        let points: Vec<&str> = set.points.iter().map(|p| p.tensor()).collect();
+        return Err(Error::invalid(
+            "baselines",
+            format!("{stray:?} is not attributed (the attributed tensors: {points:?}); baselines are per attributed tensor"),
+        ));
+    }
     let reference = baselines.reference_rows(&spec, limits)?;
 
     let mut prepared = Vec::with_capacity(instances.len());

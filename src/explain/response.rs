@@ -153,7 +153,7 @@ fn features(
             continue;
         };
         let values: Vec<f64> = match &value.values {
-            Values::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Values::F32(v) => v.iter().map(|&x| decimal(x)).collect(),
             Values::I64(v) => v.iter().map(|&x| x as f64).collect(),
         };
         let at = |tensor: &str| slices.iter().find(|(p, _, _)| p.tensor() == tensor);
@@ -162,7 +162,7 @@ fn features(
                 out.push(pb::FeatureAttribution {
                     name: name.clone(),
                     value: values[c],
-                    baseline: baseline[range.start + c],
+                    baseline: decimal(baseline[range.start + c] as f32),
                     attribution: attributions[range.start + c],
                 });
             }
@@ -214,4 +214,10 @@ pub(super) async fn send(
         .send(Ok(pb::ExplainEvent { event: Some(event) }))
         .await
         .map_err(|_| Error::Cancelled)
+}
+
+/// The f64 nearest the shortest decimal that reads back as `x`: a feature sent as 39.1 is
+/// reported as 39.1, not as its float32's 39.099998474121094.
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }

@@ -1,5 +1,6 @@
 //! The saturation plots of docs/method.md, side by side: the target's score along the path,
-//! and the mean absolute gradient along the path (which collapses as alpha nears 1).
+//! and the mean absolute gradient along the path (which collapses as alpha nears 1); and the
+//! bar chart of a tabular explanation's feature attributions.
 
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -28,10 +29,7 @@ pub fn saturation_png(
     objective: &str,
     label: &str,
 ) -> Result<Vec<u8>, PlotError> {
-    static REGISTERED: std::sync::Once = std::sync::Once::new();
-    REGISTERED.call_once(|| {
-        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+    register();
     let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
@@ -110,4 +108,111 @@ where
         ))
         .map_err(err)?;
     Ok(())
+}
+
+fn register() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// One bar of the feature chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureBar {
+    /// What the bar is labelled with (e.g. `age = 41`).
+    pub label: String,
+    pub attribution: f32,
+}
+
+/// PNG bytes of a horizontal bar chart of `bars`, largest |attribution| on top, positive
+/// bars (pushing the score up) in one colour and negative in another, titled `title`.
+pub fn features_png(bars: &[FeatureBar], title: &str) -> Result<Vec<u8>, PlotError> {
+    register();
+    let mut sorted: Vec<&FeatureBar> = bars.iter().collect();
+    sorted.sort_by(|a, b| b.attribution.abs().total_cmp(&a.attribution.abs()));
+    let n = sorted.len().max(1);
+    let size = (1000u32, (120 + 34 * n as u32).min(4000));
+    let mut buffer = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
+        let err_any = |e| PlotError(format!("{e:?}"));
+        root.fill(&WHITE).map_err(err_any)?;
+        let largest = sorted
+            .iter()
+            .map(|b| f64::from(b.attribution.abs()))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let reach = if largest > 0.0 { largest * 1.1 } else { 1.0 };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(260)
+            .build_cartesian_2d(-reach..reach, (0..n).into_segmented())
+            .map_err(err_any)?;
+        let labels: Vec<String> = sorted.iter().map(|b| b.label.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc("attribution")
+            .y_labels(n)
+            .y_label_formatter(&|y| match y {
+                SegmentValue::CenterOf(i) => labels.get(n - 1 - *i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err_any)?;
+        let (up, down) = (RGBColor(214, 39, 40), RGBColor(31, 119, 180));
+        chart
+            .draw_series(sorted.iter().enumerate().map(|(i, bar)| {
+                let row = n - 1 - i;
+                let value = f64::from(bar.attribution);
+                let value = if value.is_finite() { value } else { 0.0 };
+                let colour = if value >= 0.0 { up } else { down };
+                let (from, to) = if value >= 0.0 {
+                    (0.0, value)
+                } else {
+                    (value, 0.0)
+                };
+                let mut rect = Rectangle::new(
+                    [
+                        (from, SegmentValue::Exact(row)),
+                        (to, SegmentValue::Exact(row + 1)),
+                    ],
+                    colour.filled(),
+                );
+                rect.set_margin(4, 4, 0, 0);
+                rect
+            }))
+            .map_err(err_any)?;
+        root.present().map_err(|e| PlotError(e.to_string()))?;
+    }
+    let image = image::RgbImage::from_raw(size.0, size.1, buffer)
+        .ok_or_else(|| PlotError("plot buffer size".into()))?;
+    Ok(super::png(&image))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_bars_are_drawn_in_both_colours() {
+        let bars = [
+            FeatureBar {
+                label: "up = 1".into(),
+                attribution: 0.5,
+            },
+            FeatureBar {
+                label: "down = 2".into(),
+                attribution: -0.25,
+            },
+        ];
+        let png = features_png(&bars, "test").unwrap();
+        let image = image::load_from_memory(&png).unwrap().to_rgb8();
+        let has = |c: [u8; 3]| image.pixels().any(|p| p.0 == c);
+        assert!(has([214, 39, 40]) && has([31, 119, 180]));
+    }
 }

@@ -125,7 +125,13 @@ pub async fn prepare(
                 format!("input{part}").into()
             }
         };
-        let tensor = match (inputs.remove(name).and_then(|i| i.kind), &row) {
+        let given = inputs.remove(name).and_then(|i| i.kind);
+        let part = match &given {
+            Some(pb::input::Kind::Tensor(_)) => ".tensor",
+            Some(pb::input::Kind::Image(_)) => ".image",
+            _ => ".features",
+        };
+        let tensor = match (given, &row) {
             (Some(_), Some(_)) if fed.features().is_some() => {
                 return Err(Error::invalid(
                     field(""),
@@ -166,7 +172,7 @@ pub async fn prepare(
             )
             .in_scope(|| check_tensor(&fed.tensor, tensor, &field(".tensor")))?,
         };
-        check_ids(spec, fed, &tensor, &field)?;
+        check_ids(spec, fed, &tensor, field(part))?;
         tensors.push((name.to_string(), tensor));
     }
     Ok(PreparedInputs {
@@ -279,7 +285,7 @@ fn check_ids(
     spec: &ModelSpec,
     fed: &InputSpec,
     tensor: &TensorData,
-    field: &dyn Fn(&str) -> Field,
+    field: Field,
 ) -> Result<(), Error> {
     let Values::I64(ids) = &tensor.values else {
         return Ok(());
@@ -296,13 +302,8 @@ fn check_ids(
                     ),
                     None => format!("element {i}"),
                 };
-                let part = if fed.features().is_some() && tensor.shape.len() == 1 {
-                    ".features"
-                } else {
-                    ".tensor"
-                };
                 return Err(Error::invalid(
-                    field(part),
+                    field,
                     format!(
                         "{what} of input {:?} is id {id}, outside {lo}..={hi} (the {} rows of the table {:?} looks up)",
                         fed.name(),

@@ -317,7 +317,7 @@ pub fn lookups(model: &ModelProto, inputs: &[TensorSpec]) -> Vec<Lookup> {
                         output: out.clone(),
                         rows,
                         row_shape: table.dims[1..].to_vec(),
-                        ranges: offsets.iter().map(|o| (-o, rows - 1 - o)).collect(),
+                        ranges: blocks(offsets, rows),
                     });
                 }
                 _ => {}
@@ -325,6 +325,26 @@ pub fn lookups(model: &ModelProto, inputs: &[TensorSpec]) -> Vec<Lookup> {
         }
     }
     found
+}
+
+/// Each column's valid ids for `offsets` into a table of `rows`: per-column offsets into one
+/// shared table give each column its own block, from its offset up to the next larger one
+/// (or the table's end); an id that lands in another column's block is as wrong as one past
+/// the table.
+fn blocks(offsets: &[i64], rows: i64) -> Vec<(i64, i64)> {
+    offsets
+        .iter()
+        .map(|&o| {
+            let end = offsets
+                .iter()
+                .copied()
+                .filter(|&other| other > o)
+                .min()
+                .unwrap_or(rows)
+                .min(rows);
+            ((-o).max(0), end - 1 - o)
+        })
+        .collect()
 }
 
 /// Two per-column offsets added (one entry = the same for every column).
@@ -431,6 +451,15 @@ mod tests {
         // Column 0: 1, 3, 2, 100 -> median (2 + 3) / 2; column 1: 10, 20, 40, 30 -> 25.
         assert_eq!(reference.statistic("x", true), Some(vec![2.5, 25.0]));
         assert_eq!(reference.statistic("x", false), Some(vec![26.5, 25.0]));
+    }
+
+    #[test]
+    fn columns_get_their_own_blocks_of_a_shared_table() {
+        // Island ids 0..=2 at offset 0, sex 0..=1 at offset 3, in a table of 5 rows.
+        assert_eq!(blocks(&[0, 3], 5), vec![(0, 2), (0, 1)]);
+        assert_eq!(blocks(&[0], 10), vec![(0, 9)]);
+        // A negative offset (ids counted from 1): ids 1..=4.
+        assert_eq!(blocks(&[-1], 4), vec![(1, 4)]);
     }
 
     #[test]

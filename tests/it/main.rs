@@ -29,6 +29,7 @@ mod predict;
 mod python_client;
 mod security;
 mod shutdown;
+mod tabular;
 mod telemetry;
 mod tensor_models;
 mod triton_repo;

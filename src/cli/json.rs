@@ -1,0 +1,61 @@
+//! An Explanation as JSON, keys named as the proto fields: what `explanation.json` holds and
+//! what each line of `explain-batch`'s results is.
+
+use serde_json::{json, Map, Value};
+
+use crate::proto::integrad::v1 as pb;
+
+/// `r` as JSON. With `values`, every attributed tensor's values are in it (a tabular row's
+/// few); without, only their shapes (a picture's are in `attributions.npy`).
+pub fn explanation(r: &pb::Explanation, values: bool) -> Value {
+    let method = pb::Method::try_from(r.method)
+        .map(|m| m.as_str_name())
+        .unwrap_or("METHOD_UNSPECIFIED");
+    let objective = pb::Objective::try_from(r.objective)
+        .map(|o| o.as_str_name())
+        .unwrap_or("OBJECTIVE_UNSPECIFIED");
+    let mut tensors = Map::new();
+    for name in &r.attributed {
+        let Some(t) = r.tensor_attributions.get(name) else {
+            continue;
+        };
+        let mut entry = json!({ "shape": t.shape });
+        if values {
+            entry["values"] = json!(crate::wire::f32s(&t.data));
+        }
+        tensors.insert(name.clone(), entry);
+    }
+    // NaN (an embedding's baseline has no id) is null in JSON.
+    let number = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    json!({
+        "instance": r.instance,
+        "target_class": r.target_class,
+        "label": r.label,
+        "score_input": r.score_input,
+        "score_baseline": r.score_baseline,
+        "attribution_sum": r.attribution_sum,
+        "convergence_delta": r.convergence_delta,
+        "steps": r.steps,
+        "method": method,
+        "objective": objective,
+        "evaluations": r.evaluations,
+        "elapsed_ms": r.elapsed_ms,
+        "attributed": r.attributed,
+        "tensor_attributions": tensors,
+        "features": r.features.iter().map(|f| json!({
+            "name": f.name,
+            "value": number(f.value),
+            "baseline": number(f.baseline),
+            "attribution": f.attribution,
+        })).collect::<Vec<_>>(),
+        "feature_groups": r.feature_groups.iter().map(|g| json!({
+            "name": g.name,
+            "attribution": g.attribution,
+        })).collect::<Vec<_>>(),
+        "path": r.path.iter().map(|p| json!({
+            "alpha": p.alpha,
+            "score": p.score,
+            "mean_abs_gradient": p.mean_abs_gradient,
+        })).collect::<Vec<_>>(),
+    })
+}
