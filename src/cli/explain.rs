@@ -186,7 +186,7 @@ fn print_features(r: &pb::Explanation) {
     let width = features.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for f in features {
         let baseline = if f.baseline.is_nan() {
-            "(embedding zero vector)".to_string()
+            "(at the embedding)".to_string()
         } else {
             format!("{}", f.baseline)
         };
