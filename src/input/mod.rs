@@ -281,7 +281,7 @@ fn feature_row(fed: &InputSpec, row: &pb::FeatureRow, field: Field) -> Result<Te
 
 /// Ids out of the range of the table they index are refused here, naming the first one
 /// (ONNX Runtime would fail the run, or silently wrap a negative one).
-fn check_ids(
+pub fn check_ids(
     spec: &ModelSpec,
     fed: &InputSpec,
     tensor: &TensorData,

@@ -312,6 +312,10 @@ fn decode_inputs(
         let raw = raw.get(i).map(|b| b.as_ref());
         check_binary_size(input, raw)?;
         let tensor = decode_input(spec, wanted, input, raw)?;
+        if let Some(fed) = spec.input(&input.name) {
+            // Ids outside their table: refused here, as on integrad's own API.
+            crate::input::check_ids(spec, fed, &tensor, "inputs".into())?;
+        }
         decoded.push((input.name.clone(), tensor));
     }
     if let Some(missing) = spec

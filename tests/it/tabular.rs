@@ -915,3 +915,127 @@ async fn should_explain_a_row_and_a_data_set_from_the_cli() {
     .await;
     assert!(String::from_utf8_lossy(&unwritable.stderr).contains("/proc/nope/out.jsonl"));
 }
+
+#[tokio::test]
+async fn should_serve_both_inputs_over_the_open_inference_protocol() {
+    use integrad::proto::inference as oip;
+    use oip::model_infer_request::InferInputTensor;
+    let server = server().await;
+    let rows = Rows::load("numeric.npy", "categorical.npy");
+    let request = |categorical: Vec<i64>| oip::ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![
+            InferInputTensor {
+                name: "numeric".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 4],
+                contents: Some(oip::InferTensorContents {
+                    fp32_contents: rows.numeric[..4].to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            InferInputTensor {
+                name: "categorical".into(),
+                datatype: "INT64".into(),
+                shape: vec![1, 2],
+                contents: Some(oip::InferTensorContents {
+                    int64_contents: categorical,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let mut inference = server.inference().await;
+    let answer = inference
+        .model_infer(request(rows.categorical[..2].to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    let logits = integrad::wire::f32s(&answer.raw_output_contents[0]);
+    // The same model through integrad's own Predict: the same logits, bit for bit.
+    let predicted = server
+        .client()
+        .await
+        .predict(pb::PredictRequest {
+            model: MODEL.into(),
+            inputs: rows.tensors(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(logits, values(predicted.logits.as_ref().unwrap()));
+    // An island id past its block of the shared table: refused before the run.
+    let status = inference
+        .model_infer(request(vec![3, 0]))
+        .await
+        .expect_err("island 3");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("\"island\""), "{status:?}");
+}
+
+#[tokio::test]
+async fn should_sum_feature_groups_and_refuse_a_group_of_unknown_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |to: &str, toml: &str| {
+        let model = dir.path().join(to);
+        std::fs::create_dir(&model).unwrap();
+        for file in [
+            "model.onnx",
+            "labels.txt",
+            "features.txt",
+            "categorical.txt",
+            "reference.csv",
+        ] {
+            std::fs::copy(root().join("models/penguins").join(file), model.join(file)).unwrap();
+        }
+        let base = std::fs::read_to_string(root().join("models/penguins/integrad.toml")).unwrap();
+        std::fs::write(model.join("integrad.toml"), format!("{base}{toml}")).unwrap();
+    };
+    copy(
+        "grouped",
+        "groups = { size = [\"flipper_length_mm\", \"body_mass_g\"], where = [\"island\"] }\n",
+    );
+    copy("misgrouped", "groups = { size = [\"wingspan\"] }\n");
+    let server = TestServer::start(&["--models", dir.path().to_str().unwrap()]).await;
+    let mut client = server.client().await;
+    let list = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let failed = list.models.iter().find(|m| m.name == "misgrouped").unwrap();
+    assert_eq!(failed.state, pb::ModelState::Failed as i32);
+    assert!(failed.error.contains("\"wingspan\""), "{}", failed.error);
+    let info = list.models.iter().find(|m| m.name == "grouped").unwrap();
+    assert_eq!(info.feature_groups.len(), 2);
+
+    let rows = Rows::load("numeric.npy", "categorical.npy");
+    let r = explain(
+        &mut client,
+        pb::ExplainRequest {
+            model: "grouped".into(),
+            input: Some(rows.features(3)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let group = |name: &str| {
+        r.feature_groups
+            .iter()
+            .find(|g| g.name == name)
+            .unwrap()
+            .attribution
+    };
+    let size = feature(&r, "flipper_length_mm") + feature(&r, "body_mass_g");
+    assert!(
+        (group("size") - size).abs() < 1e-6,
+        "{:?}",
+        r.feature_groups
+    );
+    assert_eq!(group("where"), feature(&r, "island"));
+}
