@@ -59,22 +59,8 @@ pub const STEP_FIXED_I64: &str = "ig_fixed_i64";
 pub const STEP_SUMS: &str = "ig_sums";
 /// Sum of |grad| per row, `[rows, 1]`.
 pub const STEP_ABS: &str = "ig_abs_sums";
-/// The inputs of every step model: the six above and the cotangent.
-pub const STEP_INPUTS: [&str; 7] = [
-    STEP_INPUT,
-    STEP_BASELINE,
-    STEP_PATH,
-    STEP_ALPHA,
-    STEP_ONE_MINUS_ALPHA,
-    STEP_WEIGHTS,
-    COTANGENT,
-];
-
-/// The step model's inputs with each combination of fixed inputs (the merge rules name them
-/// statically).
-const INPUTS_F32: [&str; 8] = concat7(STEP_FIXED_F32);
-const INPUTS_I64: [&str; 8] = concat7(STEP_FIXED_I64);
-const INPUTS_BOTH: [&str; 9] = [
+/// Every input a step model may have: the six above, the cotangent, and the fixed inputs.
+const ALL_INPUTS: [&str; 9] = [
     STEP_INPUT,
     STEP_BASELINE,
     STEP_PATH,
@@ -85,12 +71,19 @@ const INPUTS_BOTH: [&str; 9] = [
     STEP_FIXED_F32,
     STEP_FIXED_I64,
 ];
+/// The inputs of every step model: the six above and the cotangent.
+pub const STEP_INPUTS: [&str; 7] = pick([0, 1, 2, 3, 4, 5, 6]);
+/// With each combination of fixed inputs (the merge rules name them statically).
+const INPUTS_F32: [&str; 8] = pick([0, 1, 2, 3, 4, 5, 6, 7]);
+const INPUTS_I64: [&str; 8] = pick([0, 1, 2, 3, 4, 5, 6, 8]);
+const INPUTS_BOTH: [&str; 9] = ALL_INPUTS;
 
-const fn concat7(extra: &'static str) -> [&'static str; 8] {
-    let mut out = [extra; 8];
+/// The entries of [`ALL_INPUTS`] at `indices`.
+const fn pick<const N: usize>(indices: [usize; N]) -> [&'static str; N] {
+    let mut out = [""; N];
     let mut i = 0;
-    while i < 7 {
-        out[i] = STEP_INPUTS[i];
+    while i < N {
+        out[i] = ALL_INPUTS[indices[i]];
         i += 1;
     }
     out

@@ -725,6 +725,27 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// `integrad explain-batch` of the demo's test rows (its label column left out) to `out`,
+/// through `via` (a server or a repository), which must succeed.
+async fn explain_batch_cli(via: &[&str], out: &std::path::Path, extra: &[&str]) {
+    let rows = root().join("models/penguins/rows.csv");
+    let mut args = strings(&["explain-batch", "--model", MODEL, "--exclude", "species"]);
+    args.extend(strings(via));
+    args.extend(strings(&[
+        "--input",
+        rows.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    args.extend(strings(extra));
+    let run = integrad(args).await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 #[tokio::test]
 async fn should_explain_a_row_and_a_data_set_from_the_cli() {
     let server = server().await;
@@ -780,27 +801,7 @@ async fn should_explain_a_row_and_a_data_set_from_the_cli() {
 
     // A data set through the server and in-process: the same results, one line per row.
     let all = dir.path().join("all.jsonl");
-    let via_server = integrad(strings(&[
-        "explain-batch",
-        "--server",
-        &server.url,
-        "--model",
-        MODEL,
-        "--input",
-        rows_csv.to_str().unwrap(),
-        "--exclude",
-        "species",
-        "--out",
-        all.to_str().unwrap(),
-        "--chunk",
-        "25",
-    ]))
-    .await;
-    assert!(
-        via_server.status.success(),
-        "{}",
-        String::from_utf8_lossy(&via_server.stderr)
-    );
+    explain_batch_cli(&["--server", &server.url], &all, &["--chunk", "25"]).await;
     let read = |path: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
             .unwrap()
@@ -843,27 +844,7 @@ async fn should_explain_a_row_and_a_data_set_from_the_cli() {
 
     // Shard 1 of 3 in-process: rows 1, 4, 7, ..., the same explanations as through the server.
     let shard = dir.path().join("shard.jsonl");
-    let in_process = integrad(strings(&[
-        "explain-batch",
-        "--models",
-        models,
-        "--model",
-        MODEL,
-        "--input",
-        rows_csv.to_str().unwrap(),
-        "--exclude",
-        "species",
-        "--out",
-        shard.to_str().unwrap(),
-        "--shard",
-        "1/3",
-    ]))
-    .await;
-    assert!(
-        in_process.status.success(),
-        "{}",
-        String::from_utf8_lossy(&in_process.stderr)
-    );
+    explain_batch_cli(&["--models", models], &shard, &["--shard", "1/3"]).await;
     let shard = read(&shard);
     assert_eq!(
         shard.len(),
