@@ -14,7 +14,7 @@ use crate::proto::onnx::ModelProto;
 pub fn run_autodiff_cli(
     model: &Path,
     output: &Path,
-    wrt: Option<&str>,
+    wrt: &[String],
     of: Option<&str>,
     objective: Objective,
 ) -> anyhow::Result<String> {
@@ -25,7 +25,7 @@ pub fn run_autodiff_cli(
     let grad = build_gradient(
         &proto,
         &GradOptions {
-            wrt: wrt.map(str::to_string).into_iter().collect(),
+            wrt: wrt.to_vec(),
             of: of.map(str::to_string),
             objective,
         },
@@ -35,11 +35,16 @@ pub fn run_autodiff_cli(
     std::fs::write(output, grad.model.encode_to_vec())
         .with_context(|| format!("writing {}", output.display()))?;
     let mut report = format!(
-        "wrote {}: {GRAD} = d sum({COTANGENT} * {objective:?}({of})) / d {wrt}, built in {:.0} ms\n",
+        "wrote {}: {GRAD} = d sum({COTANGENT} * {objective:?}({of})) / d {wrt}{more}, built in {:.0} ms\n",
         output.display(),
         elapsed.as_secs_f64() * 1e3,
         of = grad.of,
-        wrt = grad.wrt.join(", "),
+        wrt = grad.wrt[0],
+        more = if grad.wrt.len() > 1 {
+            format!(" (grad_1, ... w.r.t. {})", grad.wrt[1..].join(", "))
+        } else {
+            String::new()
+        },
     );
     if let Some(prefix) = &grad.prefix {
         let path = output.with_extension("prefix.onnx");
@@ -48,7 +53,12 @@ pub fn run_autodiff_cli(
         report.push_str(&format!(
             "wrote {}: computes {} from the model's inputs\n",
             path.display(),
-            grad.wrt.join(", ")
+            prefix
+                .graph
+                .iter()
+                .flat_map(|g| g.output.iter().map(|o| o.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     report.push_str(&format!(

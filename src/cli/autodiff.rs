@@ -14,10 +14,11 @@ pub struct AutodiffArgs {
     /// Where to write the gradient model (and, for an inner --wrt, GRAD.prefix.onnx).
     #[arg(long, short)]
     pub output: PathBuf,
-    /// The tensor to differentiate with respect to [default: the first float input]; an inner
-    /// tensor makes it an input of the gradient model, computed by the prefix model.
-    #[arg(long)]
-    pub wrt: Option<String>,
+    /// The tensors to differentiate with respect to, comma-separated (one gradient output
+    /// each: grad, grad_1, ...) [default: the first float input]; an inner tensor makes it an
+    /// input of the gradient model, computed by the prefix model.
+    #[arg(long, value_delimiter = ',')]
+    pub wrt: Vec<String>,
     /// The output to differentiate [default: the first output].
     #[arg(long)]
     pub of: Option<String>,
@@ -34,7 +35,7 @@ pub fn run_autodiff(args: AutodiffArgs) -> anyhow::Result<()> {
     let report = crate::autodiff::run_autodiff_cli(
         &args.model,
         &args.output,
-        args.wrt.as_deref(),
+        &args.wrt,
         args.of.as_deref(),
         args.objective,
     )?;
