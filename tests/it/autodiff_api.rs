@@ -261,7 +261,7 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
     let out = dir.path().join("grad.onnx");
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/efficientnet-lite0/model.onnx");
-    let report = run_autodiff_cli(&model, &out, None, None, Objective::Probability).unwrap();
+    let report = run_autodiff_cli(&model, &out, &[], None, Objective::Probability).unwrap();
     assert!(
         report.contains("Conv") && report.contains("Clip"),
         "{report}"
@@ -278,7 +278,7 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
         .output("y", F32)
         .build();
     std::fs::write(&bad, m.encode_to_vec()).unwrap();
-    let err = run_autodiff_cli(&bad, &out, None, None, Objective::Logit).unwrap_err();
+    let err = run_autodiff_cli(&bad, &out, &[], None, Objective::Logit).unwrap_err();
     assert!(format!("{err:#}").contains("Sin"), "{err:#}");
 }
 
