@@ -255,6 +255,72 @@ fn should_diff_with_respect_to_an_inner_tensor() {
     }
 }
 
+/// Two tensors in one backward pass: a float input x and the inner embedding e (as a tabular
+/// model's numeric columns and its categorical lookup). Each gradient must be what the
+/// single-tensor gradient model gives, and tensors that depend on one another are refused.
+#[test]
+fn should_diff_with_respect_to_several_tensors_at_once() {
+    let mut r = Rng::new(9);
+    let emb = T::random(F32, &[6, 4], &mut r);
+    let w = T::random(F32, &[4, 3], &mut r);
+    let m = Tiny::new(17)
+        .input("ids", I64, &[-1, 2])
+        .input("x", F32, &[-1, 2, 4])
+        .init("emb", &emb)
+        .init("w", &w)
+        .node("Gather", &["emb", "ids"], &["e"], vec![])
+        .node("Mul", &["e", "x"], &["ex"], vec![])
+        .node("MatMul", &["ex", "w"], &["h"], vec![])
+        .node("Tanh", &["h"], &["y"], vec![])
+        .output("y", F32)
+        .build();
+    let both = GradOptions {
+        wrt: vec!["x".into(), "e".into()],
+        ..options(None)
+    };
+    let grad = build_gradient(&m, &both).unwrap();
+    assert_eq!(grad.wrt, ["x", "e"]);
+    let outputs: Vec<&str> = grad
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .output
+        .iter()
+        .map(|o| o.name())
+        .collect();
+    assert_eq!(outputs[..3], [GRAD, "grad_1", "y"]);
+    let ids = T::ints(&[2, 2], &[1, 5, 0, 1]);
+    let x = T::random(F32, &[2, 2, 4], &mut r);
+    let e = run(grad.prefix.as_ref().unwrap(), &[("ids", &ids)])["e"].clone();
+    let c = T::random(F32, &[2, 2, 3], &mut r);
+    let feeds = [("ids", &ids), ("x", &x), ("e", &e), (COTANGENT, &c)];
+    let together = run(&grad.model, &feeds);
+    for (name, output) in [("x", GRAD), ("e", "grad_1")] {
+        let alone = build_gradient(&m, &options(Some(name))).unwrap();
+        let feeds: Vec<(&str, &T)> = match name {
+            "x" => vec![("ids", &ids), ("x", &x), (COTANGENT, &c)],
+            _ => vec![("ids", &ids), ("x", &x), ("e", &e), (COTANGENT, &c)],
+        };
+        let want = run(&alone.model, &feeds)[GRAD].clone();
+        // The same backward nodes for each tensor: equal to float32 rounding.
+        assert_eq!(together[output].shape, want.shape);
+        for (a, b) in together[output].data.iter().zip(&want.data) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+    // ex depends on x: the two can't move independently.
+    let nested = GradOptions {
+        wrt: vec!["x".into(), "ex".into()],
+        ..options(None)
+    };
+    let err = build_gradient(&m, &nested).unwrap_err().to_string();
+    assert!(err.contains("\"ex\" depends on \"x\""), "{err}");
+}
+
 #[test]
 fn should_write_a_gradient_model_from_the_cli_entry_point() {
     let dir = tempfile::tempdir().unwrap();
