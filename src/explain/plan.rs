@@ -598,7 +598,7 @@ async fn inner_points(
 }
 
 /// The baselines at one point (one, or several samples), as its kind asks or by default: black
-/// for an image, the model's configured statistic (else zeros) for a tabular input, the zero
+/// for an image sent as one, the model's configured statistic (else zeros) for a tabular input, the zero
 /// vector at an embedding or another inner tensor.
 async fn point_baselines(
     spec: &ModelSpec,
@@ -641,7 +641,8 @@ async fn point_baselines(
     };
     let default = || -> Result<Vec<Vec<f32>>, Error> {
         match (preprocessing, point, spec.tabular.baseline) {
-            (Some(p), _, _) => Ok(vec![
+            // Black when the picture came as an image; a preprocessed tensor takes zeros.
+            (Some(p), _, _) if inputs.image.is_some() => Ok(vec![
                 ig::make_baseline(BaselineKind::Black, value, Some(p)).map_err(invalid)?
             ]),
             (None, Point::Input(name), Some(kind)) if spec.tabular.features_of(name).is_some() => {
