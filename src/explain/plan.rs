@@ -642,9 +642,11 @@ async fn point_baselines(
     let default = || -> Result<Vec<Vec<f32>>, Error> {
         match (preprocessing, point, spec.tabular.baseline) {
             // Black when the picture came as an image; a preprocessed tensor takes zeros.
-            (Some(p), _, _) if inputs.image.is_some() => Ok(vec![
-                ig::make_baseline(BaselineKind::Black, value, Some(p)).map_err(invalid)?
-            ]),
+            (Some(p), _, _) if inputs.image.is_some() => {
+                Ok(vec![
+                    ig::make_baseline(BaselineKind::Black, value, Some(p)).map_err(invalid)?
+                ])
+            }
             (None, Point::Input(name), Some(kind)) if spec.tabular.features_of(name).is_some() => {
                 match kind {
                     TabularBaseline::Zeros => Ok(vec![vec![0.0; value.len()]]),

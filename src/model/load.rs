@@ -73,6 +73,8 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Config(#[from] super::config::ConfigError),
+    #[error(transparent)]
+    Features(#[from] super::tabular::FeaturesError),
     /// The config (`integrad.toml`, `config.pbtxt`, labels) does not fit the graph.
     #[error("{0}")]
     Mismatch(String),
@@ -153,8 +155,7 @@ pub fn load_model(
         None => Vec::new(),
     };
     let head = head(&graph, &output, config.output.kind, labels);
-    let tabular =
-        super::tabular::read(&config.features, base_dir, &inputs).map_err(LoadError::Mismatch)?;
+    let tabular = super::tabular::read(&config.features, base_dir, &inputs)?;
     let lookups = super::tabular::lookups(&graph, &inputs);
     // Explain checks these points when it builds its gradient models; a model that can't be
     // differentiated still serves Predict, and GetModel says why.

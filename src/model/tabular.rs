@@ -4,7 +4,7 @@
 //! range so a bad id is refused before any work.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::config::{FeaturesSection, TabularBaseline};
 use super::{DType, TensorSpec};
@@ -101,6 +101,60 @@ impl Tabular {
     }
 }
 
+/// What is wrong with a model's named features or reference rows.
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturesError {
+    #[error("[features] files names input {input:?}, but the graph's inputs are {inputs:?}")]
+    UnknownInput { input: String, inputs: Vec<String> },
+    #[error("input {input:?} has named features but is {dtype:?} {shape:?}; named columns need a [batch, n] float32 or int64 input")]
+    NotTabular {
+        input: String,
+        dtype: DType,
+        shape: Vec<i64>,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} names {names} features but input {input:?} has {columns} columns", path.display())]
+    Count {
+        path: PathBuf,
+        names: usize,
+        input: String,
+        columns: i64,
+    },
+    #[error("feature {name:?} is named twice (inputs {first:?} and {second:?})")]
+    Twice {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("[features] group {group:?} names {member:?}, which is no feature")]
+    GroupMember { group: String, member: String },
+    #[error("reference {}: {source}", path.display())]
+    Csv { path: PathBuf, source: csv::Error },
+    #[error("reference {} has no column {name:?} (its header: {header:?})", path.display())]
+    NoColumn {
+        path: PathBuf,
+        name: String,
+        header: Vec<String>,
+    },
+    #[error("reference {} row {row}: column {column:?} is {text:?}, not a finite number", path.display())]
+    NotNumber {
+        path: PathBuf,
+        row: usize,
+        column: String,
+        text: String,
+    },
+    #[error("reference {} has no rows", path.display())]
+    NoRows { path: PathBuf },
+    #[error("[features] baseline needs reference rows: set reference = \"FILE.csv\"")]
+    NoReference,
+    #[error("[features] baseline_rows must be at least 1")]
+    NoBaselineRows,
+}
+
 /// The file beside a model that names the columns of its only 2-D input.
 pub const FEATURES_FILE: &str = "features.txt";
 
@@ -109,7 +163,7 @@ pub fn read(
     section: &FeaturesSection,
     base_dir: &Path,
     inputs: &[TensorSpec],
-) -> Result<Tabular, String> {
+) -> Result<Tabular, FeaturesError> {
     let mut files: Vec<(String, std::path::PathBuf)> = section
         .files
         .iter()
@@ -124,30 +178,37 @@ pub fn read(
     }
     let mut features = Vec::new();
     for (input, file) in files {
-        let spec = inputs.iter().find(|i| i.name == input).ok_or_else(|| {
-            let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-            format!("[features] files names input {input:?}, but the graph's inputs are {names:?}")
-        })?;
+        let spec =
+            inputs
+                .iter()
+                .find(|i| i.name == input)
+                .ok_or_else(|| FeaturesError::UnknownInput {
+                    input: input.clone(),
+                    inputs: inputs.iter().map(|i| i.name.clone()).collect(),
+                })?;
         if spec.shape.len() != 2 || !matches!(spec.dtype, DType::F32 | DType::I64) {
-            return Err(format!(
-                "input {input:?} has named features but is {:?} {:?}; named columns need a [batch, n] float32 or int64 input",
-                spec.dtype, spec.shape
-            ));
+            return Err(FeaturesError::NotTabular {
+                input,
+                dtype: spec.dtype,
+                shape: spec.shape.clone(),
+            });
         }
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read features {}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(&file).map_err(|source| FeaturesError::Read {
+            path: file.clone(),
+            source,
+        })?;
         let names: Vec<String> = text
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect();
         if spec.shape[1] >= 0 && names.len() as i64 != spec.shape[1] {
-            return Err(format!(
-                "{} names {} features but input {input:?} has {} columns",
-                file.display(),
-                names.len(),
-                spec.shape[1]
-            ));
+            return Err(FeaturesError::Count {
+                path: file,
+                names: names.len(),
+                input,
+                columns: spec.shape[1],
+            });
         }
         features.push((input, names));
     }
@@ -155,18 +216,21 @@ pub fn read(
     for (input, names) in &features {
         for name in names {
             if let Some(other) = seen.insert(name.clone(), input.clone()) {
-                return Err(format!(
-                    "feature {name:?} is named twice (inputs {other:?} and {input:?})"
-                ));
+                return Err(FeaturesError::Twice {
+                    name: name.clone(),
+                    first: other,
+                    second: input.clone(),
+                });
             }
         }
     }
     let mut groups = Vec::new();
     for (group, members) in &section.groups {
         if let Some(unknown) = members.iter().find(|m| !seen.contains_key(*m)) {
-            return Err(format!(
-                "[features] group {group:?} names {unknown:?}, which is no feature"
-            ));
+            return Err(FeaturesError::GroupMember {
+                group: group.clone(),
+                member: unknown.clone(),
+            });
         }
         groups.push((group.clone(), members.clone()));
     }
@@ -179,12 +243,10 @@ pub fn read(
         Some(TabularBaseline::Median | TabularBaseline::Mean | TabularBaseline::Rows)
     );
     if needs_reference && reference.is_none() {
-        return Err(
-            "[features] baseline needs reference rows: set reference = \"FILE.csv\"".into(),
-        );
+        return Err(FeaturesError::NoReference);
     }
     if section.baseline_rows == Some(0) {
-        return Err("[features] baseline_rows must be at least 1".into());
+        return Err(FeaturesError::NoBaselineRows);
     }
     Ok(Tabular {
         features,
@@ -197,8 +259,14 @@ pub fn read(
 
 /// The reference rows in `file`: a CSV whose header names every feature (other columns are
 /// ignored), one row per line.
-fn read_reference(file: &Path, features: &[(String, Vec<String>)]) -> Result<Reference, String> {
-    let at = |e: csv::Error| format!("reference {}: {e}", file.display());
+fn read_reference(
+    file: &Path,
+    features: &[(String, Vec<String>)],
+) -> Result<Reference, FeaturesError> {
+    let at = |source: csv::Error| FeaturesError::Csv {
+        path: file.to_path_buf(),
+        source,
+    };
     let mut reader = csv::Reader::from_path(file).map_err(at)?;
     let header = reader.headers().map_err(at)?.clone();
     let mut columns = Vec::new();
@@ -207,12 +275,10 @@ fn read_reference(file: &Path, features: &[(String, Vec<String>)]) -> Result<Ref
             let index = header
                 .iter()
                 .position(|h| h.trim() == name)
-                .ok_or_else(|| {
-                    format!(
-                        "reference {} has no column {name:?} (its header: {:?})",
-                        file.display(),
-                        header.iter().collect::<Vec<_>>()
-                    )
+                .ok_or_else(|| FeaturesError::NoColumn {
+                    path: file.to_path_buf(),
+                    name: name.clone(),
+                    header: header.iter().map(str::to_string).collect(),
                 })?;
             columns.push(index);
         }
@@ -228,20 +294,20 @@ fn read_reference(file: &Path, features: &[(String, Vec<String>)]) -> Result<Ref
                 .parse()
                 .ok()
                 .filter(|v: &f64| v.is_finite())
-                .ok_or_else(|| {
-                    format!(
-                        "reference {} row {}: column {:?} is {text:?}, not a finite number",
-                        file.display(),
-                        line + 2,
-                        header.get(c).unwrap_or_default()
-                    )
+                .ok_or_else(|| FeaturesError::NotNumber {
+                    path: file.to_path_buf(),
+                    row: line + 2,
+                    column: header.get(c).unwrap_or_default().to_string(),
+                    text: text.to_string(),
                 })?;
             flat.push(value);
         }
         rows += 1;
     }
     if rows == 0 {
-        return Err(format!("reference {} has no rows", file.display()));
+        return Err(FeaturesError::NoRows {
+            path: file.to_path_buf(),
+        });
     }
     // Split the rows into each input's columns.
     let mut values = Vec::new();
@@ -451,6 +517,26 @@ mod tests {
         // Column 0: 1, 3, 2, 100 -> median (2 + 3) / 2; column 1: 10, 20, 40, 30 -> 25.
         assert_eq!(reference.statistic("x", true), Some(vec![2.5, 25.0]));
         assert_eq!(reference.statistic("x", false), Some(vec![26.5, 25.0]));
+    }
+
+    #[test]
+    fn reference_rows_name_what_is_wrong_by_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let features = vec![("x".to_string(), vec!["a".to_string(), "b".to_string()])];
+        let write = |text: &str| {
+            let path = dir.path().join("reference.csv");
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = read_reference(&write("b,label,a\n2,x,1\n4,y,3\n"), &features).unwrap();
+        // Columns in the features' order, whatever the file's; other columns ignored.
+        assert_eq!(good.of("x").unwrap(), [1.0, 2.0, 3.0, 4.0]);
+        let missing = read_reference(&write("a,c\n1,2\n"), &features).unwrap_err();
+        assert!(missing.to_string().contains("no column \"b\""), "{missing}");
+        let text = read_reference(&write("a,b\n1,2\n1,two\n"), &features).unwrap_err();
+        assert!(text.to_string().contains("row 3: column \"b\" is \"two\""), "{text}");
+        let empty = read_reference(&write("a,b\n"), &features).unwrap_err();
+        assert!(empty.to_string().contains("no rows"), "{empty}");
     }
 
     #[test]
