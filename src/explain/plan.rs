@@ -520,10 +520,13 @@ async fn instance_of(
     // Every point's baselines; the number of samples is the largest, and points with one
     // baseline keep it in every sample.
     let mut per_point: Vec<Vec<Vec<f32>>> = Vec::with_capacity(set.points.len());
-    for (point, value) in set.points.iter().zip(&values) {
-        per_point.push(
-            point_baselines(spec, set, point, value, baselines, reference_rows, &inputs).await?,
-        );
+    for ((point, value), shape) in set.points.iter().zip(&values).zip(&shapes) {
+        let at = At {
+            point,
+            value,
+            shape,
+        };
+        per_point.push(point_baselines(spec, set, at, baselines, reference_rows, &inputs).await?);
     }
     let samples = per_point.iter().map(|b| b.len()).max().unwrap_or(1);
     if let Some((point, b)) = set
@@ -597,18 +600,29 @@ async fn inner_points(
         .collect())
 }
 
+/// A point at one instance: its values and shape (without the batch axis).
+struct At<'a> {
+    point: &'a Point,
+    value: &'a [f32],
+    shape: &'a [i64],
+}
+
 /// The baselines at one point (one, or several samples), as its kind asks or by default: black
-/// for an image sent as one, the model's configured statistic (else zeros) for a tabular input, the zero
-/// vector at an embedding or another inner tensor.
+/// for an image sent as one, the model's configured statistic (else zeros) for a tabular
+/// input, the zero vector at an embedding or another inner tensor.
 async fn point_baselines(
     spec: &ModelSpec,
     set: &PointSet,
-    point: &Point,
-    value: &[f32],
+    at: At<'_>,
     baselines: &Baselines,
     reference_rows: &[usize],
     inputs: &PreparedInputs,
 ) -> Result<Vec<Vec<f32>>, Error> {
+    let At {
+        point,
+        value,
+        shape,
+    } = at;
     let (field, asked) = baselines.of(point.tensor());
     let input = match point {
         Point::Input(name) => spec.input(name),
@@ -665,8 +679,7 @@ async fn point_baselines(
             some => Ok(some),
         },
         Some(pb::baseline::Kind::Tensor(t)) => {
-            let shape = point_shape(point, inputs, value.len());
-            Ok(vec![baseline_tensor(t, &shape, &field)?])
+            Ok(vec![baseline_tensor(t, shape, &field)?])
         }
         Some(pb::baseline::Kind::Reference(r)) => {
             match pb::ReferenceStatistic::try_from(r.statistic) {
@@ -771,16 +784,6 @@ async fn rows_at(
     Ok(out)
 }
 
-/// The shape of a point at this instance (without the batch axis).
-fn point_shape(point: &Point, inputs: &PreparedInputs, len: usize) -> Vec<i64> {
-    match point {
-        Point::Input(name) => inputs
-            .get(name)
-            .map_or(vec![len as i64], |t| t.shape.clone()),
-        _ => vec![len as i64],
-    }
-}
-
 fn kind_name(kind: &pb::baseline::Kind) -> &'static str {
     match kind {
         pb::baseline::Kind::Zeros(_) => "zeros",
@@ -793,12 +796,9 @@ fn kind_name(kind: &pb::baseline::Kind) -> &'static str {
     }
 }
 
-/// An explicit baseline: a float32 tensor of the point's shape (or its flat length, for an
-/// inner point), through the tensor codec.
+/// An explicit baseline: a float32 tensor of the point's shape, through the tensor codec.
 fn baseline_tensor(t: pb::Tensor, shape: &[i64], field: &Field) -> Result<Vec<f32>, Error> {
-    let len: i64 = shape.iter().product();
-    let fits = t.shape == shape || (shape.len() == 1 && t.shape.iter().product::<i64>() == len);
-    if !fits {
+    if t.shape != shape {
         return Err(Error::invalid(
             format!("{field}.tensor"),
             format!("shape {:?} differs from the point's {:?}", t.shape, shape),

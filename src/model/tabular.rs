@@ -534,7 +534,10 @@ mod tests {
         let missing = read_reference(&write("a,c\n1,2\n"), &features).unwrap_err();
         assert!(missing.to_string().contains("no column \"b\""), "{missing}");
         let text = read_reference(&write("a,b\n1,2\n1,two\n"), &features).unwrap_err();
-        assert!(text.to_string().contains("row 3: column \"b\" is \"two\""), "{text}");
+        assert!(
+            text.to_string().contains("row 3: column \"b\" is \"two\""),
+            "{text}"
+        );
         let empty = read_reference(&write("a,b\n"), &features).unwrap_err();
         assert!(empty.to_string().contains("no rows"), "{empty}");
     }

@@ -476,6 +476,36 @@ async fn should_average_over_reference_rows_and_attribute_at_any_layer() {
         f64::from(layer.convergence_delta) / f64::from(layer.score_input - layer.score_baseline);
     assert!(relative.abs() < 0.05, "{layer:?}");
 
+    // An explicit baseline at the embedding, in its shape: zeros as a tensor is the default.
+    let zeros = |shape: &[i64]| pb::Baseline {
+        kind: Some(pb::baseline::Kind::Tensor(pb::Tensor {
+            shape: shape.to_vec(),
+            dtype: pb::DataType::Float32 as i32,
+            data: vec![0; 4 * shape.iter().product::<i64>() as usize],
+        })),
+        samples: 0,
+    };
+    let with_baseline = |baseline: pb::Baseline| pb::ExplainRequest {
+        model: MODEL.into(),
+        input: Some(rows.features(0)),
+        baselines: HashMap::from([(EMBEDDING.to_string(), baseline)]),
+        ..Default::default()
+    };
+    let default = explain(&mut client, with_baseline(pb::Baseline::default()))
+        .await
+        .unwrap();
+    let explicit = explain(&mut client, with_baseline(zeros(&[2, 3])))
+        .await
+        .unwrap();
+    let attributions =
+        |r: &pb::Explanation| -> Vec<f32> { r.features.iter().map(|f| f.attribution).collect() };
+    assert_eq!(attributions(&explicit), attributions(&default));
+    let status = explain(&mut client, with_baseline(zeros(&[6])))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("[2, 3]"), "{status:?}");
+
     // Only the numeric input: the categorical ids are held fixed, so only four features.
     let numeric = explain(
         &mut client,
