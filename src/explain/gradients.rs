@@ -91,8 +91,10 @@ pub struct PointSet {
     /// Computes the inner points (embeddings, layers) from the model's inputs, one output
     /// each in `points` order; None when every point is a graph input.
     pub prefix: Option<Worker>,
-    /// The graph inputs the prefix model reads.
+    /// The graph inputs the prefix model reads, and whether they all have a dynamic batch
+    /// axis (so several instances' inputs can go in one run).
     pub prefix_inputs: Vec<String>,
+    pub prefix_batches: bool,
     workers: Vec<(Differentiated, Worker)>,
 }
 
@@ -393,6 +395,10 @@ fn build_set(
     Ok(PointSet {
         points,
         layout: layout.expect("at least one objective"),
+        prefix_batches: prefix_inputs.iter().all(|name| {
+            spec.input(name)
+                .is_some_and(|i| i.tensor.shape.first() == Some(&-1))
+        }),
         prefix,
         prefix_inputs,
         workers,

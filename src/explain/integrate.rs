@@ -374,7 +374,12 @@ impl ExplainJob {
             .inputs
             .iter()
             .any(|i| i.tensor.shape.first().is_some_and(|&d| d > 0));
-        let per_run = if fixed_batch { 1 } else { 64 };
+        let len = self.instances.first().map_or(1, |i| i.x.len());
+        let per_run = if fixed_batch {
+            1
+        } else {
+            super::shared_rows(len).clamp(16, 1024)
+        };
         let mut all = Vec::with_capacity(points.len());
         for run in points.chunks(per_run) {
             let feeds = run

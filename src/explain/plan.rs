@@ -17,7 +17,7 @@ use crate::error::{Error, Field};
 use crate::ig::{self, BaselineKind, Method};
 use crate::input::{tensor_error, PreparedInputs};
 use crate::model::config::TabularBaseline;
-use crate::model::{Head, ModelSpec, OutputKind, Point, SigmoidKind, TensorData, Values};
+use crate::model::{Head, Merge, ModelSpec, OutputKind, Point, SigmoidKind, TensorData, Values};
 use crate::proto::integrad::v1 as pb;
 use crate::wire;
 
@@ -208,14 +208,25 @@ async fn plan_instances(
     }
     let reference = baselines.reference_rows(&spec, limits)?;
 
-    let mut prepared = Vec::with_capacity(instances.len());
-    for (i, (instance, targets)) in instances.into_iter().zip(instance_targets).enumerate() {
-        let inputs = engine
-            .prepare_input(&model, instance.input, instance.inputs)
-            .await
-            .map_err(|e| in_instance(e, batched, i))?;
+    let mut inputs = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.into_iter().enumerate() {
+        inputs.push(
+            engine
+                .prepare_input(&model, instance.input, instance.inputs)
+                .await
+                .map_err(|e| in_instance(e, batched, i))?,
+        );
+    }
+    let inner = inner_points(&set, &inputs.iter().collect::<Vec<_>>()).await?;
+    let mut prepared = Vec::with_capacity(inputs.len());
+    for (i, ((inputs, inner), targets)) in inputs
+        .into_iter()
+        .zip(inner)
+        .zip(instance_targets)
+        .enumerate()
+    {
         let built = instance_of(
-            &spec, &set, &baselines, &reference, inputs, targets, i as u32,
+            &spec, &set, &baselines, &reference, inputs, inner, targets, i as u32,
         )
         .await
         .map_err(|e| in_instance(e, batched, i))?;
@@ -457,17 +468,18 @@ impl Baselines {
 }
 
 /// One instance, planned: the points at its inputs, its fixed inputs and its baselines.
+#[allow(clippy::too_many_arguments)]
 async fn instance_of(
     spec: &ModelSpec,
     set: &PointSet,
     baselines: &Baselines,
     reference_rows: &[usize],
     inputs: PreparedInputs,
+    inner: Vec<(String, TensorData)>,
     targets: Targets,
     index: u32,
 ) -> Result<Instance, Error> {
     let layout = &set.layout;
-    let inner = inner_points(set, &inputs).await?;
     let mut values: Vec<Vec<f32>> = Vec::with_capacity(set.points.len());
     let mut shapes = Vec::with_capacity(set.points.len());
     for point in &set.points {
@@ -566,39 +578,76 @@ async fn instance_of(
     })
 }
 
-/// The inner points (embeddings, layers) at `inputs`, from the set's prefix model.
+/// The inner points (embeddings, layers) at each of `inputs`, from the set's prefix model: as
+/// few runs as the prefix's batch axis allows (several instances' inputs stacked), so a batch
+/// of a thousand rows costs a few runs, not a thousand.
 async fn inner_points(
     set: &PointSet,
-    inputs: &PreparedInputs,
-) -> Result<Vec<(String, TensorData)>, Error> {
+    inputs: &[&PreparedInputs],
+) -> Result<Vec<Vec<(String, TensorData)>>, Error> {
     let Some(prefix) = &set.prefix else {
-        return Ok(Vec::new());
+        return Ok(vec![Vec::new(); inputs.len()]);
     };
     let names: Vec<String> = set.inner().map(|p| p.tensor().to_string()).collect();
-    let feeds = set
-        .prefix_inputs
+    let feeds = inputs
         .iter()
-        .map(|name| {
-            let mut t = inputs
-                .get(name)
-                .cloned()
-                .ok_or_else(|| Error::Internal(format!("no input {name:?}")))?;
-            t.shape.insert(0, 1);
-            Ok((name.clone(), t))
+        .map(|one| {
+            set.prefix_inputs
+                .iter()
+                .map(|name| {
+                    let mut t = one
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| Error::Internal(format!("no input {name:?}")))?;
+                    t.shape.insert(0, 1);
+                    Ok((name.clone(), t))
+                })
+                .collect::<Result<Vec<_>, Error>>()
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let outputs = prefix.run(feeds, names.clone()).await?;
-    Ok(names
-        .into_iter()
-        .zip(outputs)
-        .map(|(name, mut t)| {
-            if t.shape.first() == Some(&1) {
-                t.shape.remove(0);
-            }
-            (name, t)
-        })
-        .collect())
+    let mut all = Vec::with_capacity(inputs.len());
+    let mut at = 0;
+    while at < feeds.len() {
+        // Consecutive instances whose inputs stack (the same shapes), up to a bound.
+        let first = &feeds[at];
+        let mut end = at + 1;
+        while end < feeds.len()
+            && end - at < PREFIX_BATCH
+            && set.prefix_batches
+            && Merge::Forward.compatible((first, &names), (&feeds[end], &names))
+        {
+            end += 1;
+        }
+        let jobs: Vec<&[(String, TensorData)]> =
+            feeds[at..end].iter().map(|f| f.as_slice()).collect();
+        let merged = match jobs.as_slice() {
+            [one] => one.to_vec(),
+            many => Merge::Forward.merge(many),
+        };
+        let outputs = prefix.run(merged, names.clone()).await?;
+        let split = Merge::Forward
+            .split(&jobs, &names, outputs)
+            .ok_or_else(|| Error::Internal("prefix outputs do not split by instance".into()))?;
+        for outputs in split {
+            all.push(
+                names
+                    .iter()
+                    .cloned()
+                    .zip(outputs)
+                    .map(|(name, mut t)| {
+                        t.shape.remove(0);
+                        (name, t)
+                    })
+                    .collect(),
+            );
+        }
+        at = end;
+    }
+    Ok(all)
 }
+
+/// Instances per prefix run at most.
+const PREFIX_BATCH: usize = 1024;
 
 /// A point at one instance: its values and shape (without the batch axis).
 struct At<'a> {
@@ -741,47 +790,54 @@ async fn rows_at(
         let n = values.len() / reference.rows;
         Some(values[r * n..(r + 1) * n].to_vec())
     };
-    let mut out = Vec::with_capacity(rows.len());
-    for &r in rows {
-        match point {
-            Point::Input(name) => out.push(
+    if let Point::Input(name) = point {
+        return rows
+            .iter()
+            .map(|&r| {
                 row_of(name, r)
+                    .map(|row| row.iter().map(|&v| v as f32).collect())
                     .ok_or_else(|| {
                         Error::invalid(
                             "baseline",
                             format!("the reference rows have no columns for {name:?}"),
                         )
-                    })?
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect(),
-            ),
-            _ => {
-                // The request's inputs with every feature input replaced by the row's values.
-                let mut replaced = PreparedInputs {
-                    tensors: inputs.tensors.clone(),
-                    image: None,
-                    preprocess_ms: 0.0,
-                };
-                for (name, tensor) in replaced.tensors.iter_mut() {
-                    if let Some(row) = row_of(name, r) {
-                        tensor.values = match tensor.values {
-                            Values::F32(_) => Values::F32(row.iter().map(|&v| v as f32).collect()),
-                            Values::I64(_) => Values::I64(row.iter().map(|&v| v as i64).collect()),
-                        };
-                    }
-                }
-                let inner = inner_points(set, &replaced).await?;
-                let at = inner
-                    .into_iter()
-                    .find(|(n, _)| n == point.tensor())
-                    .and_then(|(_, t)| t.as_f32().map(|v| v.to_vec()))
-                    .ok_or_else(|| Error::Internal("no prefix output".into()))?;
-                out.push(at);
-            }
-        }
+                    })
+            })
+            .collect();
     }
-    Ok(out)
+    // The request's inputs with every feature input replaced by each row's values, through
+    // the prefix model together.
+    let replaced: Vec<PreparedInputs> = rows
+        .iter()
+        .map(|&r| {
+            let mut tensors = inputs.tensors.clone();
+            for (name, tensor) in tensors.iter_mut() {
+                if let Some(row) = row_of(name, r) {
+                    tensor.values = match tensor.values {
+                        Values::F32(_) => Values::F32(row.iter().map(|&v| v as f32).collect()),
+                        Values::I64(_) => Values::I64(row.iter().map(|&v| v as i64).collect()),
+                    };
+                }
+            }
+            PreparedInputs {
+                tensors,
+                image: None,
+                preprocess_ms: 0.0,
+            }
+        })
+        .collect();
+    let refs: Vec<&PreparedInputs> = replaced.iter().collect();
+    inner_points(set, &refs)
+        .await?
+        .into_iter()
+        .map(|inner| {
+            inner
+                .into_iter()
+                .find(|(n, _)| n == point.tensor())
+                .and_then(|(_, t)| t.as_f32().map(|v| v.to_vec()))
+                .ok_or_else(|| Error::Internal("no prefix output".into()))
+        })
+        .collect()
 }
 
 fn kind_name(kind: &pb::baseline::Kind) -> &'static str {
