@@ -540,6 +540,10 @@ async fn should_refuse_bad_inputs_by_name_and_keep_serving() {
             input,
             ..Default::default()
         };
+    let attributing = |name: &str| pb::ExplainRequest {
+        attribute_to: vec![name.into()],
+        ..explain_with(rows.tensors(0), None)
+    };
     let mut missing = rows.tensors(0);
     missing.remove("categorical");
     let mut unknown = rows.tensors(0);
@@ -631,28 +635,19 @@ async fn should_refuse_bad_inputs_by_name_and_keep_serving() {
         ),
         (
             "attribute_to unknown",
-            pb::ExplainRequest {
-                attribute_to: vec!["nope".into()],
-                ..explain_with(rows.tensors(0), None)
-            },
+            attributing("nope"),
             "attribute_to",
             &["\"nope\""],
         ),
         (
             "attribute_to ids",
-            pb::ExplainRequest {
-                attribute_to: vec!["categorical".into()],
-                ..explain_with(rows.tensors(0), None)
-            },
+            attributing("categorical"),
             "attribute_to",
             &["no gradient", EMBEDDING],
         ),
         (
             "attribute_to an int tensor",
-            pb::ExplainRequest {
-                attribute_to: vec!["/Add_output_0".into()],
-                ..explain_with(rows.tensors(0), None)
-            },
+            attributing("/Add_output_0"),
             "attribute_to",
             &["not a float"],
         ),
