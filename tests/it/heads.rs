@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{relative_l2, root, TestServer};
+use common::{first_explanation, relative_l2, root, TestServer};
 use integrad::proto::integrad::v1 as pb;
 use tonic::Code;
 
@@ -49,19 +49,6 @@ fn row(model: &str, r: usize) -> (Vec<f32>, pb::Input) {
         kind: Some(pb::input::Kind::Tensor(tensor(&[n], &values))),
     };
     (values, input)
-}
-
-async fn explain(
-    client: &mut pb::explainer_client::ExplainerClient<tonic::transport::Channel>,
-    request: pb::ExplainRequest,
-) -> Result<pb::Explanation, tonic::Status> {
-    let mut stream = client.explain(request).await?.into_inner();
-    while let Some(event) = stream.message().await? {
-        if let Some(pb::explain_event::Event::Result(r)) = event.event {
-            return Ok(r);
-        }
-    }
-    panic!("the stream ended without a result")
 }
 
 #[tokio::test]
@@ -164,7 +151,7 @@ async fn should_read_sigmoid_and_score_heads_and_match_captum() {
                 let n = shape[1];
                 let scores = &captum["models"][model]["cases"][&case];
                 for r in 0..4 {
-                    let explanation = explain(
+                    let explanation = first_explanation(
                         &mut client,
                         pb::ExplainRequest {
                             model: model.into(),
@@ -220,7 +207,7 @@ async fn should_read_sigmoid_and_score_heads_and_match_captum() {
     let refused = |model: &'static str, objective: pb::Objective| {
         let mut client = client.clone();
         async move {
-            explain(
+            first_explanation(
                 &mut client,
                 pb::ExplainRequest {
                     model: model.into(),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::common;
 
-use common::{relative_l2, root, TestServer};
+use common::{first_explanation, relative_l2, root, TestServer};
 use integrad::proto::integrad::v1 as pb;
 use tonic::Code;
 
@@ -144,19 +144,6 @@ async fn explain_batch(
         }
     }
     Ok((results, progress))
-}
-
-async fn explain(
-    client: &mut Client,
-    request: pb::ExplainRequest,
-) -> Result<pb::Explanation, tonic::Status> {
-    let mut stream = client.explain(request).await?.into_inner();
-    while let Some(event) = stream.message().await? {
-        if let Some(pb::explain_event::Event::Result(r)) = event.event {
-            return Ok(r);
-        }
-    }
-    panic!("the stream ended without a result")
 }
 
 fn feature(r: &pb::Explanation, name: &str) -> f32 {
@@ -429,7 +416,7 @@ async fn should_average_over_reference_rows_and_attribute_at_any_layer() {
     let rows = Rows::load("numeric.npy", "categorical.npy");
     // Expected gradients over 16 reference rows: F(x') is the mean over them, and the
     // attributions still add up to F(x) minus it (up to the quadrature error).
-    let rows16 = explain(
+    let rows16 = first_explanation(
         &mut client,
         pb::ExplainRequest {
             model: MODEL.into(),
@@ -457,7 +444,7 @@ async fn should_average_over_reference_rows_and_attribute_at_any_layer() {
 
     // Layer attribution at the Concat that feeds the MLP (Captum's LayerIntegratedGradients):
     // ten columns, zero baseline there, completeness at that layer.
-    let layer = explain(
+    let layer = first_explanation(
         &mut client,
         pb::ExplainRequest {
             model: MODEL.into(),
@@ -491,23 +478,23 @@ async fn should_average_over_reference_rows_and_attribute_at_any_layer() {
         baselines: HashMap::from([(EMBEDDING.to_string(), baseline)]),
         ..Default::default()
     };
-    let default = explain(&mut client, with_baseline(pb::Baseline::default()))
+    let default = first_explanation(&mut client, with_baseline(pb::Baseline::default()))
         .await
         .unwrap();
-    let explicit = explain(&mut client, with_baseline(zeros(&[2, 3])))
+    let explicit = first_explanation(&mut client, with_baseline(zeros(&[2, 3])))
         .await
         .unwrap();
     let attributions =
         |r: &pb::Explanation| -> Vec<f32> { r.features.iter().map(|f| f.attribution).collect() };
     assert_eq!(attributions(&explicit), attributions(&default));
-    let status = explain(&mut client, with_baseline(zeros(&[6])))
+    let status = first_explanation(&mut client, with_baseline(zeros(&[6])))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("[2, 3]"), "{status:?}");
 
     // Only the numeric input: the categorical ids are held fixed, so only four features.
-    let numeric = explain(
+    let numeric = first_explanation(
         &mut client,
         pb::ExplainRequest {
             model: MODEL.into(),
@@ -683,7 +670,9 @@ async fn should_refuse_bad_inputs_by_name_and_keep_serving() {
         ),
     ];
     for (what, request, field, words) in cases {
-        let status = explain(&mut client, request).await.expect_err(what);
+        let status = first_explanation(&mut client, request)
+            .await
+            .expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         let message = status.message();
         assert!(message.starts_with(field), "{what}: {message}");
@@ -1020,7 +1009,7 @@ async fn should_sum_feature_groups_and_refuse_a_group_of_unknown_features() {
     assert_eq!(info.feature_groups.len(), 2);
 
     let rows = Rows::load("numeric.npy", "categorical.npy");
-    let r = explain(
+    let r = first_explanation(
         &mut client,
         pb::ExplainRequest {
             model: "grouped".into(),

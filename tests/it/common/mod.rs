@@ -214,6 +214,20 @@ pub async fn explain_in_flight(url: &str, steps: u32) -> tonic::codec::Streaming
     stream
 }
 
+/// The first explanation of an Explain (its progress events skipped).
+pub async fn first_explanation(
+    client: &mut ExplainerClient<Channel>,
+    request: pb::ExplainRequest,
+) -> Result<pb::Explanation, tonic::Status> {
+    let mut stream = client.explain(request).await?.into_inner();
+    while let Some(event) = stream.message().await? {
+        if let Some(pb::explain_event::Event::Result(r)) = event.event {
+            return Ok(r);
+        }
+    }
+    panic!("the stream ended without a result")
+}
+
 /// Certificates made for one test: a CA, a server certificate for 127.0.0.1 and localhost,
 /// and a client certificate, all signed by the CA, plus a second CA that signed nothing.
 pub struct TestPki {
