@@ -81,6 +81,7 @@ impl ExplainJob {
                         baseline: score_baseline,
                     },
                     done: false,
+                    delta: None,
                 });
             }
         }
@@ -115,14 +116,15 @@ impl ExplainJob {
                 if path.integrator.remaining() > 0 {
                     continue;
                 }
-                let converged = self.tolerance <= 0.0
-                    || self.worst_delta(path).is_some_and(|d| d <= self.tolerance);
+                let converged =
+                    self.tolerance <= 0.0 || path.delta.is_some_and(|d| d <= self.tolerance);
                 if converged || path.integrator.steps().saturating_mul(2) > self.max_steps {
                     path.done = true;
                 } else {
                     path.integrator
                         .refine()
                         .map_err(|e| Error::Internal(e.to_string()))?;
+                    path.delta = self.worst_delta(path);
                 }
             }
             for (i, instance) in self.instances.iter().enumerate() {
@@ -160,7 +162,7 @@ impl ExplainJob {
                 .unwrap_or(0),
             relative_delta: paths
                 .iter()
-                .filter_map(|p| self.worst_delta(p))
+                .filter_map(|p| p.delta)
                 .reduce(f32::max)
                 .unwrap_or(f32::NAN),
             instances_done: if self.batched { instances_done } else { 0 },
@@ -234,6 +236,7 @@ impl ExplainJob {
         };
         for ((p, batch), outputs) in chunks.into_iter().zip(per_path) {
             self.feed(&mut paths[p], &batch, &outputs)?;
+            paths[p].delta = self.worst_delta(&paths[p]);
         }
         Ok(())
     }
@@ -529,6 +532,9 @@ struct Path {
     ends: Ends,
     /// Converged, or refined as far as allowed.
     done: bool,
+    /// [`ExplainJob::worst_delta`] as of the path's last change (a path that no run touched
+    /// keeps it, so a batch's progress doesn't recompute every path's attributions).
+    delta: Option<f32>,
 }
 
 /// F at x and at x' for every class: known before the path runs (a forward run), or taken
