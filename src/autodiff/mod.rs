@@ -433,7 +433,7 @@ fn assemble(
                 graph::value_info(w, info.dtype, &info.shape)
             })
             .collect();
-        prune(pg);
+        prune(pg, Inputs::Drop);
         prefix = Some(p);
     }
     g.input.push(
@@ -462,21 +462,56 @@ fn assemble(
     g.output = outputs;
     g.node.extend(bw_nodes);
     g.initializer.extend(bw_inits);
+    // What only fed a tensor that is now an input (the ids' arithmetic before an embedding's
+    // Gather) goes: ONNX Runtime would run it on every row for nothing. The inputs stay, so
+    // the gradient model is fed like the model.
+    prune(g, Inputs::Keep);
     Ok((out, prefix))
 }
 
-/// Drops nodes whose outputs nothing uses (the prefix model keeps only what computes its output).
-fn prune(g: &mut crate::proto::onnx::GraphProto) {
+/// What [`prune`] does with graph inputs nothing reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Inputs {
+    Keep,
+    Drop,
+}
+
+/// Drops nodes whose outputs nothing uses (the prefix model keeps only what computes its
+/// output), the initializers they alone read, and, with [`Inputs::Drop`], unread inputs.
+fn prune(g: &mut crate::proto::onnx::GraphProto, inputs: Inputs) {
     let mut needed: HashSet<String> = g.output.iter().map(|o| o.name().to_string()).collect();
     let mut keep = vec![false; g.node.len()];
     for (i, node) in g.node.iter().enumerate().rev() {
         if node.output.iter().any(|o| needed.contains(o)) {
             keep[i] = true;
-            needed.extend(node.input.iter().cloned());
+            reads(node, &mut needed);
         }
     }
     let mut it = keep.iter();
     g.node.retain(|_| *it.next().unwrap());
-    g.initializer.retain(|t| needed.contains(t.name()));
-    g.input.retain(|i| needed.contains(i.name()));
+    match inputs {
+        Inputs::Drop => {
+            g.initializer.retain(|t| needed.contains(t.name()));
+            g.input.retain(|i| needed.contains(i.name()));
+        }
+        // An initializer that is also an input is the input's default: it stays with it.
+        Inputs::Keep => {
+            let declared: HashSet<&str> = g.input.iter().map(|i| i.name()).collect();
+            g.initializer
+                .retain(|t| needed.contains(t.name()) || declared.contains(t.name()));
+        }
+    }
+}
+
+/// Adds to `names` every tensor `node` reads, its subgraphs' reads from the outer scope
+/// included (an If branch may read a tensor that no input of the If names).
+fn reads(node: &crate::proto::onnx::NodeProto, names: &mut HashSet<String>) {
+    names.extend(node.input.iter().cloned());
+    for attribute in &node.attribute {
+        for sub in attribute.g.iter().chain(&attribute.graphs) {
+            for n in &sub.node {
+                reads(n, names);
+            }
+        }
+    }
 }
