@@ -442,7 +442,7 @@ impl Baselines {
             return Ok(Vec::new());
         };
         let wanted = match rows {
-            0 => reference.rows.min(limits.max_baseline_samples as usize),
+            0 => reference.rows().min(limits.max_baseline_samples as usize),
             r => r as usize,
         };
         if wanted > limits.max_baseline_samples as usize {
@@ -454,16 +454,17 @@ impl Baselines {
                 ),
             ));
         }
-        if wanted > reference.rows {
+        if wanted > reference.rows() {
             return Err(Error::invalid(
                 "baseline.reference.rows",
                 format!(
                     "model {:?} has {} reference rows",
-                    spec.name, reference.rows
+                    spec.name,
+                    reference.rows()
                 ),
             ));
         }
-        Ok(ig::draw_without_replacement(reference.rows, wanted, seed))
+        Ok(ig::draw_without_replacement(reference.rows(), wanted, seed))
     }
 }
 
@@ -787,7 +788,7 @@ async fn rows_at(
     };
     let row_of = |input: &str, r: usize| -> Option<Vec<f64>> {
         let values = reference.of(input)?;
-        let n = values.len() / reference.rows;
+        let n = values.len() / reference.rows();
         Some(values[r * n..(r + 1) * n].to_vec())
     };
     if let Point::Input(name) = point {

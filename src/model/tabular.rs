@@ -37,46 +37,79 @@ impl Lookup {
     }
 }
 
-/// Reference rows: each feature input's values, row by row (`[rows, columns]`).
+/// Reference rows: each feature input's values, row by row (`[rows, columns]`), with each
+/// column's median and mean, computed once when the rows are read (every instance of a
+/// request with a median baseline reads them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reference {
-    pub rows: usize,
-    /// By graph input name, in the inputs' column order.
-    pub values: Vec<(String, Vec<f64>)>,
+    rows: usize,
+    /// By graph input name, in the inputs' column order: the values, the medians, the means.
+    inputs: Vec<ReferenceInput>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ReferenceInput {
+    name: String,
+    values: Vec<f64>,
+    medians: Vec<f64>,
+    means: Vec<f64>,
 }
 
 impl Reference {
+    /// `values` by graph input name, each `[rows, columns]` flat.
+    pub fn new(rows: usize, values: Vec<(String, Vec<f64>)>) -> Self {
+        let inputs = values
+            .into_iter()
+            .map(|(name, values)| {
+                let columns = values.len() / rows.max(1);
+                let column =
+                    |c: usize| -> Vec<f64> { (0..rows).map(|r| values[r * columns + c]).collect() };
+                let medians = (0..columns).map(|c| median(column(c))).collect();
+                let means = (0..columns)
+                    .map(|c| column(c).iter().sum::<f64>() / rows.max(1) as f64)
+                    .collect();
+                ReferenceInput {
+                    name,
+                    values,
+                    medians,
+                    means,
+                }
+            })
+            .collect();
+        Self { rows, inputs }
+    }
+
+    /// How many rows there are.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn input(&self, name: &str) -> Option<&ReferenceInput> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
     /// The values of `input`, `[rows, columns]` flat.
     pub fn of(&self, input: &str) -> Option<&[f64]> {
-        self.values
-            .iter()
-            .find(|(n, _)| n == input)
-            .map(|(_, v)| v.as_slice())
+        self.input(input).map(|i| i.values.as_slice())
     }
 
     /// Each column's median (the mean of the two middle values for an even count) or mean.
-    pub fn statistic(&self, input: &str, median: bool) -> Option<Vec<f64>> {
-        let values = self.of(input)?;
-        let columns = values.len() / self.rows.max(1);
-        Some(
-            (0..columns)
-                .map(|c| {
-                    let mut column: Vec<f64> =
-                        (0..self.rows).map(|r| values[r * columns + c]).collect();
-                    if median {
-                        column.sort_by(f64::total_cmp);
-                        let mid = column.len() / 2;
-                        if column.len() % 2 == 0 {
-                            (column[mid - 1] + column[mid]) / 2.0
-                        } else {
-                            column[mid]
-                        }
-                    } else {
-                        column.iter().sum::<f64>() / column.len() as f64
-                    }
-                })
-                .collect(),
-        )
+    pub fn statistic(&self, input: &str, median: bool) -> Option<&[f64]> {
+        self.input(input).map(|i| match median {
+            true => i.medians.as_slice(),
+            false => i.means.as_slice(),
+        })
+    }
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (values[mid - 1] + values[mid]) / 2.0,
+        _ => values[mid],
     }
 }
 
@@ -321,7 +354,7 @@ fn read_reference(
         values.push((input.clone(), v));
         offset += n;
     }
-    Ok(Reference { rows, values })
+    Ok(Reference::new(rows, values))
 }
 
 /// The embedding lookups of `model`: for every int64 graph input, the Gathers on float
@@ -507,16 +540,16 @@ mod tests {
 
     #[test]
     fn median_and_mean_per_column() {
-        let reference = Reference {
-            rows: 4,
-            values: vec![(
+        let reference = Reference::new(
+            4,
+            vec![(
                 "x".into(),
                 vec![1.0, 10.0, 3.0, 20.0, 2.0, 40.0, 100.0, 30.0],
             )],
-        };
+        );
         // Column 0: 1, 3, 2, 100 -> median (2 + 3) / 2; column 1: 10, 20, 40, 30 -> 25.
-        assert_eq!(reference.statistic("x", true), Some(vec![2.5, 25.0]));
-        assert_eq!(reference.statistic("x", false), Some(vec![26.5, 25.0]));
+        assert_eq!(reference.statistic("x", true), Some(&[2.5, 25.0][..]));
+        assert_eq!(reference.statistic("x", false), Some(&[26.5, 25.0][..]));
     }
 
     #[test]
