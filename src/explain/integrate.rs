@@ -17,6 +17,9 @@ use crate::ig::{self, Batch, Integrator};
 use crate::model::{Merge, TensorData};
 use crate::proto::integrad::v1 as pb;
 
+/// Values of one run's weights matrix at most when several paths share it (about 2 MB).
+const MAX_WEIGHTS: usize = 1 << 19;
+
 impl ExplainJob {
     /// Runs the job, sending events to `events`. Stops within one run when the receiver is
     /// gone (the client cancelled or its deadline passed), freeing the model for others.
@@ -94,6 +97,7 @@ impl ExplainJob {
         loop {
             // Fill one run from the paths in order, so that early instances finish early.
             let mut room = self.max_rows;
+            let (mut rows, mut sums) = (0, 0);
             let mut chunks: Vec<(usize, Batch)> = Vec::new();
             for (p, path) in paths.iter_mut().enumerate().filter(|(_, p)| !p.done) {
                 let t = path.targets.len();
@@ -101,8 +105,16 @@ impl ExplainJob {
                 if alphas == 0 {
                     break;
                 }
+                // The run's weights are [sums, rows], block-diagonal over its paths: bounded,
+                // or many short paths (few steps) would make them quadratic in the paths.
+                let bigger = (sums + 2 * t) * (rows + alphas * t);
+                if !chunks.is_empty() && bigger > MAX_WEIGHTS {
+                    break;
+                }
                 if let Some(batch) = path.integrator.next_batch(alphas) {
                     room -= batch.len() * t;
+                    rows += batch.len() * t;
+                    sums += 2 * t;
                     chunks.push((p, batch));
                 }
             }
