@@ -235,8 +235,14 @@ pub fn open_worker(
             placement,
             source,
         })?;
+    // Inputs kept bound save their copy to the device; on the CPU there is no copy to save,
+    // and binding would clone every input once more.
+    let keep_bound = worker
+        .keep_bound
+        .filter(|_| matches!(placement, Placement::Cuda(_)));
     let worker = WorkerOptions {
         batching: options.batching.on(placement),
+        keep_bound,
         ..worker
     };
     Ok(Worker::spawn(

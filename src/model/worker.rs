@@ -51,7 +51,8 @@ pub struct WorkerOptions {
     pub merge: Merge,
     pub batching: Batching,
     /// Run through ONNX Runtime I/O binding, keeping these inputs bound across runs while
-    /// they are unchanged (see `Binding`; Explain's step workers keep their paths bound).
+    /// they are unchanged (see `Binding`; Explain's step workers on a CUDA device keep their
+    /// paths bound).
     pub keep_bound: Option<&'static [&'static str]>,
 }
 
