@@ -235,9 +235,27 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.iter().map(|e| (e / sum) as f32).collect()
 }
 
+/// `softmax(logits)[class]` without the other classes' probabilities (the same arithmetic,
+/// so the same value).
+pub fn softmax_at(logits: &[f32], class: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    ((logits[class] as f64 - max).exp() / sum) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_at_is_softmax_of_one_class() {
+        // The same f64 arithmetic in the same order: bit-identical, not merely close.
+        let logits = [2.5f32, -1.0, 0.3, 7.25];
+        let all = softmax(&logits);
+        for (class, &p) in all.iter().enumerate() {
+            assert_eq!(softmax_at(&logits, class).to_bits(), p.to_bits());
+        }
+    }
 
     #[test]
     fn softmax_survives_large_logits() {

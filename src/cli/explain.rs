@@ -148,6 +148,7 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
                 }
             }
             Some(pb::explain_event::Event::Result(r)) => results.push(r),
+            Some(pb::explain_event::Event::Results(r)) => results.extend(r.explanations),
             None => {}
         }
     }

@@ -88,6 +88,7 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
         let request = pb::ExplainBatchRequest {
             request: Some(options.clone()),
             instances,
+            results_per_event: RESULTS_PER_EVENT,
         };
         let mut events = backend.explain_batch(request).await.map_err(|e| {
             // An instance's error names its place in this call; say which row that is.
@@ -101,11 +102,14 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
                     bar.set_position(done + u64::from(p.instances_done));
                 }
                 Some(pb::explain_event::Event::Result(r)) => {
-                    let mut json = super::json::explanation(&r, true);
-                    json["row"] = serde_json::json!(indices[r.instance as usize]);
-                    serde_json::to_writer(&mut out, &json)?;
-                    out.write_all(b"\n")?;
+                    write_row(&mut out, &r, &indices)?;
                     written += 1;
+                }
+                Some(pb::explain_event::Event::Results(r)) => {
+                    for r in &r.explanations {
+                        write_row(&mut out, r, &indices)?;
+                        written += 1;
+                    }
                 }
                 None => {}
             }
@@ -131,6 +135,19 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
 }
 
 /// `I/N` with I < N.
+/// Explanations per event asked of the server: those of a gradient run's completed rows
+/// arrive together, in a few messages instead of one each.
+const RESULTS_PER_EVENT: u32 = 256;
+
+/// One result as a line of the output, with the input row it explains.
+fn write_row(out: &mut impl Write, r: &pb::Explanation, indices: &[usize]) -> anyhow::Result<()> {
+    let mut json = super::json::explanation(r, true);
+    json["row"] = serde_json::json!(indices[r.instance as usize]);
+    serde_json::to_writer(&mut *out, &json)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
 fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
     let parsed = text
         .split_once('/')

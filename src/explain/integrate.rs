@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::response::{draw, explanation, send, Summary};
 use super::{step, ExplainItem, ExplainJob, Instance, Targets};
 use crate::autodiff::Objective;
-use crate::engine::{sigmoid, softmax};
+use crate::engine::{sigmoid, softmax, softmax_at};
 use crate::error::Error;
 use crate::ig::{self, Batch, Integrator};
 use crate::model::{Merge, TensorData};
@@ -55,7 +55,10 @@ impl ExplainJob {
         let mut known = self.scores(&first).await?.into_iter();
 
         let mut paths = Vec::new();
+        // Each instance's paths, which are pushed one instance after another.
+        let mut own = Vec::with_capacity(self.instances.len());
         for (i, instance) in self.instances.iter().enumerate() {
+            let from = paths.len();
             let score_input = if input_first[i] { known.next() } else { None };
             let targets: Vec<usize> = match (&instance.targets, &score_input) {
                 (Targets::Classes(c), _) => c.clone(),
@@ -87,6 +90,7 @@ impl ExplainJob {
                     delta: None,
                 });
             }
+            own.push(from..paths.len());
         }
 
         // While it integrates, this request counts as active on the gradient worker: its
@@ -107,8 +111,11 @@ impl ExplainJob {
                 }
                 // The run's weights are [sums, rows], block-diagonal over its paths: bounded,
                 // or many short paths (few steps) would make them quadratic in the paths.
+                // Once they would outgrow the rows' gradients the run asks for those instead
+                // (the step module's docs), and only the rows bound it.
+                let len = self.instances[path.instance].x.len();
                 let bigger = (sums + 2 * t) * (rows + alphas * t);
-                if !chunks.is_empty() && bigger > MAX_WEIGHTS {
+                if !chunks.is_empty() && !host_sums(sums + 2 * t, len) && bigger > MAX_WEIGHTS {
                     break;
                 }
                 if let Some(batch) = path.integrator.next_batch(alphas) {
@@ -139,16 +146,20 @@ impl ExplainJob {
                     path.delta = self.worst_delta(path);
                 }
             }
+            let mut ready = Vec::new();
             for (i, instance) in self.instances.iter().enumerate() {
-                let mine = || paths.iter().filter(|p| p.instance == i);
+                let mine = || paths[own[i].clone()].iter();
                 if reported[i] || !mine().all(|p| p.done) {
                     continue;
                 }
                 reported[i] = true;
                 instances_done += 1;
-                self.report(instance, &mine().collect::<Vec<_>>(), events)
-                    .await?;
+                ready.extend(
+                    self.explanations(instance, &mine().collect::<Vec<_>>())
+                        .await?,
+                );
             }
+            self.deliver(ready, events).await?;
             if instances_done as usize == self.instances.len() {
                 return Ok(());
             }
@@ -196,6 +207,16 @@ impl ExplainJob {
     ) -> Result<(), Error> {
         let spec = &self.model.spec;
         let layout = &self.set.layout;
+        let sums: usize = chunks
+            .iter()
+            .map(|(p, _)| 2 * paths[*p].targets.len())
+            .sum();
+        let len = chunks
+            .iter()
+            .map(|(p, _)| self.instances[paths[*p].instance].x.len())
+            .max()
+            .unwrap_or(0);
+        let on_host = host_sums(sums, len);
         let mut runs = Vec::with_capacity(chunks.len());
         for (p, batch) in &chunks {
             let path = &paths[*p];
@@ -209,7 +230,10 @@ impl ExplainJob {
                 alphas: batch.alphas(),
                 targets: &path.targets,
                 classes: self.classes,
-                weights: path.integrator.sum_weights(batch),
+                weights: match on_host {
+                    true => Vec::new(),
+                    false => path.integrator.sum_weights(batch),
+                },
             };
             runs.push(run.inputs(layout));
         }
@@ -218,11 +242,14 @@ impl ExplainJob {
             .map(|(p, b)| b.len() * paths[*p].targets.len())
             .sum();
         let steps: usize = chunks.iter().map(|(_, b)| b.len()).sum();
-        let requested = vec![
-            step::STEP_SUMS.to_string(),
-            step::STEP_ABS.to_string(),
-            self.scored.of.clone(),
-        ];
+        let requested = match on_host {
+            true => vec![step::STEP_GRADS.to_string(), self.scored.of.clone()],
+            false => vec![
+                step::STEP_SUMS.to_string(),
+                step::STEP_ABS.to_string(),
+                self.scored.of.clone(),
+            ],
+        };
         let batch_started = Instant::now();
         let merged = match runs.len() {
             1 => runs.pop().expect("one run"),
@@ -247,14 +274,21 @@ impl ExplainJob {
                 .ok_or_else(|| Error::Internal("IG step outputs do not split by path".into()))?
         };
         for ((p, batch), outputs) in chunks.into_iter().zip(per_path) {
-            self.feed(&mut paths[p], &batch, &outputs)?;
+            self.feed(&mut paths[p], &batch, &outputs, on_host)?;
             paths[p].delta = self.worst_delta(&paths[p]);
         }
         Ok(())
     }
 
-    /// One path's share of a run: its weighted sums, |gradient| sums and scores.
-    fn feed(&self, path: &mut Path, batch: &Batch, outputs: &[TensorData]) -> Result<(), Error> {
+    /// One path's share of a run: its weighted sums (or, `on_host`, its rows' gradients to
+    /// sum here), |gradient| sums and scores.
+    fn feed(
+        &self,
+        path: &mut Path,
+        batch: &Batch,
+        outputs: &[TensorData],
+        on_host: bool,
+    ) -> Result<(), Error> {
         let (classes, t) = (self.classes, path.targets.len());
         let rows = batch.len() * t;
         let float = |i: usize| {
@@ -263,7 +297,7 @@ impl ExplainJob {
                 .and_then(|o| o.as_f32())
                 .ok_or_else(|| Error::Internal("IG step output is not float32".into()))
         };
-        let (sums, abs_sums, out) = (float(0)?, float(1)?, float(2)?);
+        let out = float(outputs.len().saturating_sub(1))?;
         if out.len() != rows * classes {
             return Err(Error::Internal(format!(
                 "IG step output has {} scores for {rows} rows of {classes} classes",
@@ -272,29 +306,58 @@ impl ExplainJob {
         }
         let mut scores = Vec::with_capacity(rows);
         for (r, row) in out.chunks_exact(classes).enumerate() {
-            let all = self.objective_scores(row);
-            scores.push(all[path.targets[r % t]]);
+            scores.push(self.objective_score(row, path.targets[r % t]));
             // The ends of the path: F at exactly x' and x (any target's row).
             let end = match batch.alphas()[r / t] {
                 0.0 => &mut path.ends.baseline,
                 1.0 => &mut path.ends.input,
                 _ => continue,
             };
-            end.get_or_insert(all);
+            if end.is_none() {
+                *end = Some(self.objective_scores(row));
+            }
         }
-        path.integrator
-            .feed_sums(batch, sums, &scores, abs_sums)
-            .map_err(|e| Error::Internal(e.to_string()))
+        let fed = match on_host {
+            // The rows' gradients, summed here in f64 (the step module's docs).
+            true => path.integrator.feed(batch, float(0)?, &scores),
+            false => path
+                .integrator
+                .feed_sums(batch, float(0)?, &scores, float(1)?),
+        };
+        fed.map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Sends `explanations` (those of the instances that completed together): each its own
+    /// `result` event, or in `results` events of up to [`ExplainJob::results_per_event`].
+    async fn deliver(
+        &self,
+        explanations: Vec<pb::Explanation>,
+        events: &mpsc::Sender<ExplainItem>,
+    ) -> Result<(), Error> {
+        if self.results_per_event <= 1 {
+            for explanation in explanations {
+                send(events, pb::explain_event::Event::Result(explanation)).await?;
+            }
+            return Ok(());
+        }
+        let mut explanations = explanations.into_iter().peekable();
+        while explanations.peek().is_some() {
+            let group = explanations.by_ref().take(self.results_per_event).collect();
+            let results = pb::Explanations {
+                explanations: group,
+            };
+            send(events, pb::explain_event::Event::Results(results)).await?;
+        }
+        Ok(())
     }
 
     /// The explanations of one instance (one per target), its paths' attributions averaged
-    /// over the baseline samples.
-    async fn report(
+    /// over the baseline samples, with the pictures asked for.
+    async fn explanations(
         &self,
         instance: &Instance,
         paths: &[&Path],
-        events: &mpsc::Sender<ExplainItem>,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<pb::Explanation>, Error> {
         let first = paths[0];
         let samples = paths.len();
         let t = first.targets.len();
@@ -330,6 +393,7 @@ impl ExplainJob {
             steps = steps.max(path.integrator.estimate_steps().unwrap_or(0));
         }
         let score_input = score_input.ok_or_else(|| Error::Internal("no baseline".into()))?;
+        let mut out = Vec::with_capacity(t);
         for (j, &class) in first.targets.iter().enumerate() {
             let attributions: Vec<f32> = attribution_sums[j]
                 .iter()
@@ -357,9 +421,18 @@ impl ExplainJob {
                     .instrument(span)
                     .await?;
             }
-            send(events, pb::explain_event::Event::Result(explanation)).await?;
+            out.push(explanation);
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// [`objective_scores`](Self::objective_scores)' value for `class` alone.
+    fn objective_score(&self, row: &[f32], class: usize) -> f32 {
+        match self.scored.objective {
+            Objective::Probability => softmax_at(row, class),
+            Objective::Sigmoid => sigmoid(row[class]),
+            Objective::Logit => row[class],
+        }
     }
 
     /// The objective for every class at one input, from the scored tensor's row: its softmax,
@@ -482,7 +555,8 @@ impl ExplainJob {
                         alphas: &[1.0],
                         targets: &[0],
                         classes: self.classes,
-                        weights: vec![0.0],
+                        // No sums: only the scores are asked for.
+                        weights: Vec::new(),
                     }
                     .inputs(layout)
                 })
@@ -536,6 +610,13 @@ impl ExplainJob {
 }
 
 /// One path to integrate: an instance with one of its baselines.
+/// Whether a run of `sums` weighted sums over points of `len` values asks for its rows'
+/// gradients and sums them here: when its weights (`sums` per row) would be larger than the
+/// gradients (`len` per row).
+fn host_sums(sums: usize, len: usize) -> bool {
+    sums > len
+}
+
 struct Path {
     instance: usize,
     sample: usize,

@@ -75,7 +75,8 @@ impl Default for ExplainLimits {
 
 /// Rows of one gradient run at most when several paths (instances, baseline samples) share
 /// it: as many values as the default batch of a 224x224 RGB image, and no more than this.
-const MAX_SHARED_ROWS: usize = 4096;
+/// (8,192 rows of a small tabular model made the fewest, cheapest runs: docs/BENCHMARKS.md.)
+const MAX_SHARED_ROWS: usize = 8192;
 
 /// The rows a run of several paths may take for points of `input_len` values.
 pub fn shared_rows(input_len: usize) -> usize {
@@ -110,6 +111,9 @@ pub struct ExplainJob {
     max_rows: usize,
     /// Whether it answers ExplainBatch (progress then counts instances).
     batched: bool,
+    /// Explanations per event at most (ExplainBatchRequest.results_per_event; 1: each its
+    /// own `result` event).
+    results_per_event: usize,
     started: Instant,
 }
 
@@ -143,6 +147,31 @@ struct PictureRequest {
     input: String,
     preprocessing: crate::image::Preprocessing,
     picture: Arc<::image::RgbImage>,
+}
+
+/// Events a stream buffers for a slow reader at least, and the attribution values its
+/// buffered results may hold beyond that (32 MB of float32).
+const EVENTS_BUFFERED: usize = 16;
+const VALUES_BUFFERED: usize = 8 << 20;
+
+impl ExplainJob {
+    /// How many events its stream may hold for the client before the work waits for it:
+    /// a batch's results all (small ones: a tabular row's are a few dozen values), so that
+    /// the work never waits on a client that reads them one by one, up to a bound on their
+    /// attributions' size (an image's are 150,000 values: the 16 events of a single Explain).
+    pub fn events_buffered(&self) -> usize {
+        let len = self.instances.iter().map(|i| i.x.len()).max().unwrap_or(1);
+        let results: usize = self
+            .instances
+            .iter()
+            .map(|i| match &i.targets {
+                Targets::Classes(c) => c.len(),
+                Targets::TopK(k) => *k,
+            })
+            .sum();
+        let fit = VALUES_BUFFERED / len.max(1);
+        EVENTS_BUFFERED + results.min(fit)
+    }
 }
 
 /// What a stream of Explain events carries: an event, or the error that ended it.

@@ -51,7 +51,11 @@ pub async fn plan_batch(
             "{n} instances are more than this server takes in one call ({}, --max-instances); split them over several calls",
             limits.max_instances
         ))),
-        _ => plan_instances(engine, options, request.instances, true).await,
+        _ => {
+            let mut job = plan_instances(engine, options, request.instances, true).await?;
+            job.results_per_event = request.results_per_event.max(1) as usize;
+            Ok(job)
+        }
     }
 }
 
@@ -283,6 +287,7 @@ async fn plan_instances(
         batch,
         max_rows,
         batched,
+        results_per_event: 1,
         started,
     })
 }

@@ -17,7 +17,15 @@
 //!   the path);
 //! - outputs: [`STEP_SUMS`], `weights x grad` with the points' gradients packed like the
 //!   input (`[sums, L]`), then [`STEP_ABS`], the sum of |grad| of each row (`[rows, 1]`), then
-//!   the original outputs (`[rows, classes]`: the scores along the path).
+//!   [`STEP_GRADS`], each row's packed gradient (`[rows, L]`), then the original outputs
+//!   (`[rows, classes]`: the scores along the path).
+//!
+//! Which of the sums and the rows' gradients a run asks for is a matter of size: the weights
+//! are `sums x rows` values, the rows' gradients `rows x L`. One path of an image (2 sums per
+//! target, L in the hundreds of thousands) sends its weights and gets back 2 sums; a thousand
+//! tabular rows (L about 10, 2 sums per path) would need a weights matrix of paths x rows, so
+//! such a run sends empty weights (`[0, rows]`) and asks for the rows' gradients, and the
+//! caller sums each path's own rows.
 //!
 //! Row r evaluates the gradient at `(1 - alpha_r) * baseline_p + alpha_r * input_p` with
 //! `p = ig_path[r]`, exactly the baseline at alpha 0 and exactly the input at 1; each point's
@@ -59,6 +67,9 @@ pub const STEP_FIXED_I64: &str = "ig_fixed_i64";
 pub const STEP_SUMS: &str = "ig_sums";
 /// Sum of |grad| per row, `[rows, 1]`.
 pub const STEP_ABS: &str = "ig_abs_sums";
+/// Each row's gradient, the points packed like the input (`[rows, L]`): for runs of many
+/// short paths, whose sums the caller makes itself (module docs).
+pub const STEP_GRADS: &str = "ig_grads";
 /// Every input a step model may have: the six above, the cotangent, and the fixed inputs.
 const ALL_INPUTS: [&str; 9] = [
     STEP_INPUT,
@@ -320,7 +331,7 @@ pub fn build_step_model(
     }
     // The step model's own names (the cotangent is the gradient model's already).
     let own_inputs = INPUTS_BOTH.iter().filter(|n| **n != COTANGENT);
-    for &reserved in own_inputs.chain(&[STEP_SUMS, STEP_ABS]) {
+    for &reserved in own_inputs.chain(&[STEP_SUMS, STEP_ABS, STEP_GRADS]) {
         if g.input
             .iter()
             .chain(&g.output)
@@ -499,6 +510,7 @@ pub fn build_step_model(
         "ig/flat".to_string()
     };
     nodes.push(node("MatMul", &[STEP_WEIGHTS, &flat], STEP_SUMS, vec![]));
+    nodes.push(node("Identity", &[&flat], STEP_GRADS, vec![]));
     nodes.push(node("Abs", &[&flat], "ig/abs", vec![]));
     if opset >= 13 {
         nodes.initializers.push(int64s("ig/axis1", &[1]));
@@ -530,8 +542,9 @@ pub fn build_step_model(
         .sum::<Option<usize>>();
     let flat_len = len.map_or(Dim::DimParam("values".into()), |l| Dim::DimValue(l as i64));
     let mut outputs = vec![
-        typed(STEP_SUMS, &[sums, flat_len]),
-        typed(STEP_ABS, &[rows, one]),
+        typed(STEP_SUMS, &[sums, flat_len.clone()]),
+        typed(STEP_ABS, &[rows.clone(), one]),
+        typed(STEP_GRADS, &[rows, flat_len]),
     ];
     outputs.extend(g.output.drain(grads.len()..));
     g.output = outputs;

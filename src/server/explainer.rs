@@ -129,7 +129,7 @@ impl ExplainerService {
         slot: super::limits::ExplainSlot,
         deadline: Option<tokio::time::Instant>,
     ) -> ExplainStream {
-        let (events, stream) = tokio::sync::mpsc::channel(16);
+        let (events, stream) = tokio::sync::mpsc::channel(job.events_buffered());
         let shutdown = self.shutdown.clone();
         let grace_s = self.grace_s;
         // In the RPC's span, so the job's spans (gradient batches, render) are its children.

@@ -28,6 +28,7 @@ async fn explain(
                 progress.push(p);
             }
             pb::explain_event::Event::Result(r) => results.push(r),
+            pb::explain_event::Event::Results(_) => panic!("Explain sends each result alone"),
         }
     }
     Ok((progress, results))

@@ -139,6 +139,7 @@ async fn explain_batch(
     while let Some(event) = stream.message().await? {
         match event.event {
             Some(pb::explain_event::Event::Result(r)) => results.push(r),
+            Some(pb::explain_event::Event::Results(r)) => results.extend(r.explanations),
             Some(pb::explain_event::Event::Progress(p)) => progress.push(p),
             None => {}
         }
@@ -271,6 +272,7 @@ async fn should_match_captum_on_the_one_hot_equivalent() {
             pb::ExplainBatchRequest {
                 request: Some(request),
                 instances,
+                ..Default::default()
             },
         )
         .await
@@ -354,6 +356,7 @@ async fn should_give_the_same_answer_alone_and_in_a_batch_of_64() {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         },
     )
     .await
@@ -395,9 +398,9 @@ async fn should_give_the_same_answer_alone_and_in_a_batch_of_64() {
                     values(&b.tensor_attributions[name]),
                 );
                 for (p, q) in x.iter().zip(&y) {
-                    // The same rows through the same graph; only the order of float32 sums
-                    // in a larger weighted MatMul may differ (measured: bit-identical or a
-                    // few ulps).
+                    // The same rows through the same graph; alone, a row's gradients are
+                    // summed by the step model's float32 MatMul, in the batch here in f64
+                    // (measured: a few ulps apart).
                     assert!(
                         (p - q).abs() <= 1e-5 * p.abs().max(1.0),
                         "row {r} {name}: {x:?} vs {y:?}"
@@ -406,6 +409,72 @@ async fn should_give_the_same_answer_alone_and_in_a_batch_of_64() {
             }
             assert!((a.score_input - b.score_input).abs() < 1e-6);
         }
+    }
+}
+
+#[tokio::test]
+async fn should_send_the_same_results_grouped_per_event() {
+    let server = server().await;
+    let mut client = server.client().await;
+    let rows = Rows::load("rows64_numeric.npy", "rows64_categorical.npy");
+    let request = |per_event: u32| pb::ExplainBatchRequest {
+        request: Some(pb::ExplainRequest {
+            model: MODEL.into(),
+            ..Default::default()
+        }),
+        instances: (0..rows.count)
+            .map(|r| pb::Instance {
+                input: Some(rows.features(r)),
+                ..Default::default()
+            })
+            .collect(),
+        results_per_event: per_event,
+    };
+    let (mut one_by_one, _) = explain_batch(&mut client, request(0)).await.unwrap();
+    let mut stream = client
+        .explain_batch(request(10))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut grouped, mut sizes) = (Vec::new(), Vec::new());
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event {
+            Some(pb::explain_event::Event::Results(r)) => {
+                sizes.push(r.explanations.len());
+                grouped.extend(r.explanations);
+            }
+            Some(pb::explain_event::Event::Result(_)) => panic!("a lone result"),
+            _ => {}
+        }
+    }
+    assert!(sizes.iter().all(|&n| (1..=10).contains(&n)), "{sizes:?}");
+    assert_eq!(grouped.len(), rows.count);
+    assert!(sizes.len() < rows.count, "{sizes:?}");
+    one_by_one.sort_by_key(|r| r.instance);
+    grouped.sort_by_key(|r| r.instance);
+    for (a, b) in one_by_one.iter().zip(&grouped) {
+        assert_eq!(a.instance, b.instance);
+        // The same runs in the same order: only how the results travel differs, so every
+        // number is bit-identical (elapsed_ms aside).
+        assert_eq!(
+            a.tensor_attributions, b.tensor_attributions,
+            "row {}",
+            a.instance
+        );
+        let bits = |r: &pb::Explanation| -> Vec<(String, u64, u64, u32)> {
+            // As bits: an embedded column's baseline is NaN, which equals nothing.
+            r.features
+                .iter()
+                .map(|f| {
+                    let (v, b, a) = (f.value.to_bits(), f.baseline.to_bits(), f.attribution);
+                    (f.name.clone(), v, b, a.to_bits())
+                })
+                .collect()
+        };
+        assert_eq!(bits(a), bits(b));
+        assert_eq!(a.path, b.path);
+        assert_eq!(a.score_input.to_bits(), b.score_input.to_bits());
+        assert_eq!(a.score_baseline.to_bits(), b.score_baseline.to_bits());
     }
 }
 
@@ -703,6 +772,7 @@ async fn should_refuse_bad_inputs_by_name_and_keep_serving() {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     };
     let status = explain_batch(&mut client, batch(5)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");

@@ -264,6 +264,7 @@ async fn should_export_spans_and_metrics_of_real_requests() {
             // One progress event per gradient batch.
             pb::explain_event::Event::Progress(_) => batches += 1,
             pb::explain_event::Event::Result(r) => results.push(r),
+            pb::explain_event::Event::Results(_) => panic!("Explain sends each result alone"),
         }
     }
     assert_eq!(results.len(), 1);
