@@ -12,7 +12,11 @@ reference.csv for `numeric` and the zero vector at the embedding's output.
 
 integrad: `integrad serve --intra-threads THREADS --max-instances max(ROWS, 1024)`, ONE ExplainBatch call
 carrying every row as a FeatureRow instance (feature name -> value); the time is from sending
-the request to the last Explanation; rows per second = rows / that time.
+the request to the last Explanation; rows per second = rows / that time. Two ways of
+receiving are timed: `results_per_event` --results-per-event (default: all rows; the
+Explanations completed by one gradient run then travel in one event), and 0 (each Explanation
+its own event, the default of the API; a Python gRPC client spends about 20-30 us per
+message).
 
 Captum: IntegratedGradients on the same function, taken at the two tensors integrad
 attributes to: the `numeric` input and the embedding's output (the lookup done once, before
@@ -137,6 +141,9 @@ def main():
     ap.add_argument("--probe", type=int, default=2,
                     help="timed runs of each Captum configuration when choosing the fastest")
     ap.add_argument("--check", type=int, default=16, help="rows checked for agreement")
+    ap.add_argument("--results-per-event", type=int, default=0,
+                    help="ExplainBatchRequest.results_per_event of the grouped runs "
+                         "(0: --rows)")
     args = ap.parse_args()
     torch.set_num_threads(args.captum_threads or args.threads)
 
@@ -170,18 +177,26 @@ def run(args, pb, rpc, target, num, cat, median, process=None):
 
     wait_ready(stub, pb.PredictRequest(model=MODEL, input=features(0)), process)
     instances = [pb.Instance(input=features(i)) for i in range(len(num))]
-    batch_request = pb.ExplainBatchRequest(
-        request=pb.ExplainRequest(model=MODEL, method=pb.METHOD_TRAPEZOID, steps=args.steps,
-                                  batch_size=args.batch_size),
-        instances=instances)
+    per_event = args.results_per_event or len(num)
 
-    def explain_batch():
+    def batch_request(per_event):
+        return pb.ExplainBatchRequest(
+            request=pb.ExplainRequest(model=MODEL, method=pb.METHOD_TRAPEZOID,
+                                      steps=args.steps, batch_size=args.batch_size),
+            instances=instances, results_per_event=per_event)
+
+    requests = {per_event: batch_request(per_event), 0: batch_request(0)}
+
+    def explain_batch(per_event=per_event):
         t = time.perf_counter()
         results, progress = {}, 0
-        for event in stub.ExplainBatch(batch_request, timeout=3600):
+        for event in stub.ExplainBatch(requests[per_event], timeout=3600):
             kind = event.WhichOneof("event")
             if kind == "result":
                 results[event.result.instance] = event.result
+            elif kind == "results":
+                for r in event.results.explanations:
+                    results[r.instance] = r
             elif kind == "progress":
                 progress += 1
         elapsed = time.perf_counter() - t
@@ -275,26 +290,34 @@ def run(args, pb, rpc, target, num, cat, median, process=None):
           f"{len(num)} rows vs integrad: relative L2 max {rel_all.max():.2e}", flush=True)
 
     # ---- alternate -----------------------------------------------------------------------
-    e_times, c_times = [], []
+    explain_batch(0)  # warm-up, one result per event
+    e_times, o_times, c_times = [], [], []
     for i in range(args.runs):
         time.sleep(args.settle)
         t, _, _ = explain_batch()
         e_times.append(t)
         time.sleep(args.settle)
+        o, _, _ = explain_batch(0)
+        o_times.append(o)
+        time.sleep(args.settle)
         c, _ = captum(best)
         c_times.append(c)
-        print(f"run {i + 1}: ExplainBatch {t:.3f} s ({len(num) / t:.0f} rows/s), Captum "
+        print(f"run {i + 1}: ExplainBatch {t:.3f} s ({len(num) / t:.0f} rows/s), one result "
+              f"per event {o:.3f} s ({len(num) / o:.0f} rows/s), Captum "
               f"{c:.3f} s ({len(num) / c:.0f} rows/s)", flush=True)
 
-    e, c = statistics.median(e_times), statistics.median(c_times)
+    e, o, c = (statistics.median(x) for x in (e_times, o_times, c_times))
     rows = len(num)
     print(f"\nthreads {args.threads} (server --intra-threads), torch.set_num_threads "
           f"{torch.get_num_threads()}, "
           f"{args.runs} alternating runs, {rows} rows, {args.steps} trapezoid steps "
           f"({n_steps} alphas per row), batch_size {args.batch_size or 'server default'}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"  integrad ExplainBatch (one call, {rows} instances): median {e:.3f} s "
-          f"({min(e_times):.3f} - {max(e_times):.3f}), {rows / e:.0f} rows/s")
+    print(f"  integrad ExplainBatch (one call, {rows} instances, results_per_event "
+          f"{per_event}): median {e:.3f} s ({min(e_times):.3f} - {max(e_times):.3f}), "
+          f"{rows / e:.0f} rows/s")
+    print(f"  the same, one result per event: median {o:.3f} s ({min(o_times):.3f} - "
+          f"{max(o_times):.3f}), {rows / o:.0f} rows/s, ratio to Captum {c / o:.2f}")
     print(f"  Captum IG ({describe(best, n_steps, rows)}): median {c:.3f} s "
           f"({min(c_times):.3f} - {max(c_times):.3f}), {rows / c:.0f} rows/s")
     print(f"  ratio integrad rows/s / Captum rows/s: {c / e:.2f} (goal: at least 10)")
