@@ -98,6 +98,8 @@ impl ExplainJob {
         let gradient = self.gradient.caller();
         let mut reported = vec![false; self.instances.len()];
         let mut instances_done = 0;
+        let mut in_flight: Option<InFlight> = None;
+        let mut last_answer = Instant::now();
         loop {
             // Fill one run from the paths in order, so that early instances finish early.
             let mut room = self.max_rows;
@@ -125,10 +127,24 @@ impl ExplainJob {
                     chunks.push((p, batch));
                 }
             }
-            if !chunks.is_empty() {
-                self.run_chunks(&gradient, &mut paths, chunks).await?;
-                let progress = self.progress(&paths, instances_done);
-                send(events, pb::explain_event::Event::Progress(progress)).await?;
+            // The next run is queued before the one in flight is taken back, so that the
+            // worker computes while this side feeds, reports and prepares.
+            let next = match chunks.is_empty() {
+                true => None,
+                false => Some(self.submit(&gradient, &paths, chunks).await?),
+            };
+            match std::mem::replace(&mut in_flight, next) {
+                Some(run) => {
+                    // The worker began it when the run before it ended, or when it came.
+                    let began = run.started.max(last_answer);
+                    self.complete(run, began, &mut paths).await?;
+                    last_answer = Instant::now();
+                    let progress = self.progress(&paths, instances_done);
+                    send(events, pb::explain_event::Event::Progress(progress)).await?;
+                }
+                // The first run: prepare its successor before waiting for it.
+                None if in_flight.is_some() => continue,
+                None => {}
             }
             // Paths whose round is complete: refine them, or they are done.
             for path in paths.iter_mut().filter(|p| !p.done) {
@@ -197,15 +213,13 @@ impl ExplainJob {
         }
     }
 
-    /// One gradient run over the chunks (one batch of alphas of one path each), fed back to
-    /// their paths.
-    async fn run_chunks(
+    /// Queues one gradient run over the chunks (one batch of alphas of one path each).
+    async fn submit(
         &self,
         gradient: &crate::model::Caller,
-        paths: &mut [Path],
+        paths: &[Path],
         chunks: Vec<(usize, Batch)>,
-    ) -> Result<(), Error> {
-        let spec = &self.model.spec;
+    ) -> Result<InFlight, Error> {
         let layout = &self.set.layout;
         let sums: usize = chunks
             .iter()
@@ -241,7 +255,6 @@ impl ExplainJob {
             .iter()
             .map(|(p, b)| b.len() * paths[*p].targets.len())
             .sum();
-        let steps: usize = chunks.iter().map(|(_, b)| b.len()).sum();
         let requested = match on_host {
             true => vec![step::STEP_GRADS.to_string(), self.scored.of.clone()],
             false => vec![
@@ -250,26 +263,59 @@ impl ExplainJob {
                 self.scored.of.clone(),
             ],
         };
-        let batch_started = Instant::now();
+        let started = Instant::now();
         let merged = match runs.len() {
             1 => runs.pop().expect("one run"),
             _ => step::merge_runs(layout, &runs),
         };
-        let outputs = gradient
-            .run(merged, requested.clone())
-            .instrument(tracing::info_span!(
-                "gradient_batch",
-                ig.steps = steps as i64,
-                ig.rows = rows as i64,
-                ig.paths = chunks.len() as i64
-            ))
+        let steps: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+        let span = tracing::info_span!(
+            "gradient_batch",
+            ig.steps = steps as i64,
+            ig.rows = rows as i64,
+            ig.paths = chunks.len() as i64
+        );
+        let submitted = gradient
+            .submit(merged, requested.clone())
+            .instrument(span.clone())
             .await?;
-        crate::telemetry::record_gradient_batch(&spec.name, steps, batch_started.elapsed());
+        Ok(InFlight {
+            chunks,
+            runs,
+            requested,
+            on_host,
+            steps,
+            started,
+            span,
+            submitted,
+        })
+    }
+
+    /// Waits for a queued run (which the worker `began`) and feeds its outputs back to their
+    /// paths.
+    async fn complete(
+        &self,
+        run: InFlight,
+        began: Instant,
+        paths: &mut [Path],
+    ) -> Result<(), Error> {
+        let InFlight {
+            chunks,
+            runs,
+            requested,
+            on_host,
+            steps,
+            span,
+            submitted,
+            ..
+        } = run;
+        let outputs = submitted.answer().instrument(span).await?;
+        crate::telemetry::record_gradient_batch(&self.model.spec.name, steps, began.elapsed());
         let per_path = if runs.is_empty() {
             vec![outputs]
         } else {
             let jobs: Vec<&[(String, TensorData)]> = runs.iter().map(|r| r.as_slice()).collect();
-            Merge::Paths(layout.rules())
+            Merge::Paths(self.set.layout.rules())
                 .split(&jobs, &requested, outputs)
                 .ok_or_else(|| Error::Internal("IG step outputs do not split by path".into()))?
         };
@@ -610,6 +656,20 @@ impl ExplainJob {
 }
 
 /// One path to integrate: an instance with one of its baselines.
+/// A gradient run queued on the worker, and what taking it back needs.
+struct InFlight {
+    /// The path and batch of alphas of each of its parts.
+    chunks: Vec<(usize, Batch)>,
+    /// Each part's inputs when it has several (empty: one), to split the outputs by.
+    runs: Vec<Vec<(String, TensorData)>>,
+    requested: Vec<String>,
+    on_host: bool,
+    steps: usize,
+    started: Instant,
+    span: tracing::Span,
+    submitted: crate::model::Submitted,
+}
+
 /// Whether a run of `sums` weighted sums over points of `len` values asks for its rows'
 /// gradients and sums them here: when its weights (`sums` per row) would be larger than the
 /// gradients (`len` per row).

@@ -19,7 +19,7 @@ pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, open_worker, LoadError, LoadOptions};
 pub use repository::{ModelEntry, Repository};
 pub use tabular::{Lookup, Reference, Tabular};
-pub use worker::{Caller, Worker, WorkerOptions};
+pub use worker::{Caller, Submitted, Worker, WorkerOptions};
 
 use crate::image::Preprocessing;
 

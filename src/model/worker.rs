@@ -5,8 +5,9 @@
 //! waiting in its queue into one run (src/model/batch.rs says which jobs can merge and how):
 //! FIFO, up to `--batch-max-rows`; a job that does not fit goes first in the next run. When
 //! more than one request is using the worker it waits up to `--batch-max-delay-us` for their
-//! jobs; a lone request never waits. Each Explain has at most one job queued at a time, so
-//! concurrent Explains take turns run by run whatever their step counts.
+//! jobs; a lone request never waits. Each Explain has at most two jobs queued at a time (one
+//! running, its next one prepared meanwhile: [`Caller::submit`]), so concurrent Explains take
+//! turns run by run whatever their step counts.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,10 +138,36 @@ impl Worker {
 impl Caller {
     /// Like [`Worker::run`], as one run of this request.
     pub async fn run(&self, inputs: Vec<(String, TensorData)>, outputs: Vec<String>) -> Reply {
+        self.submit(inputs, outputs).await?.answer().await
+    }
+
+    /// Queues a run and returns without waiting for it, so that the caller can prepare its
+    /// next run while this one computes.
+    pub async fn submit(
+        &self,
+        inputs: Vec<(String, TensorData)>,
+        outputs: Vec<String>,
+    ) -> Result<Submitted, ModelError> {
         let worker = &self.worker;
         let (job, answer) = Job::new(inputs, outputs);
         worker.tx.send(job).await.map_err(|_| worker.gone())?;
-        answer.await.map_err(|_| worker.gone())?
+        Ok(Submitted {
+            answer,
+            gone: worker.gone(),
+        })
+    }
+}
+
+/// A run queued by [`Caller::submit`].
+pub struct Submitted {
+    answer: oneshot::Receiver<Reply>,
+    gone: ModelError,
+}
+
+impl Submitted {
+    /// The run's outputs, once it has run.
+    pub async fn answer(self) -> Reply {
+        self.answer.await.map_err(|_| self.gone)?
     }
 }
 
