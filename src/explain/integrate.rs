@@ -493,17 +493,38 @@ impl ExplainJob {
 
     /// The objective for every class at each of `points` (an instance, and its points packed),
     /// in as few forward runs as the model allows (one per point where its batch axis is
-    /// fixed). Points at inner tensors, or a scored tensor that is no output of the forward
-    /// model (a final Sigmoid's logits), go through the step worker instead.
+    /// fixed). A scored tensor that is no output of the forward model (a final Sigmoid's
+    /// logits) goes through the step worker, as do points at inner tensors other than an
+    /// instance's own (a baseline embedding has no ids to feed the model).
     async fn scores(&self, points: &[(usize, &[f32])]) -> Result<Vec<Vec<f32>>, Error> {
+        let spec = &self.model.spec;
+        if !spec.outputs.iter().any(|o| o.name == self.scored.of) {
+            return self.scores_on_step_worker(points).await;
+        }
+        let all_inputs = self.set.points.iter().all(|p| p.is_input());
+        let own =
+            |&(i, packed): &(usize, &[f32])| std::ptr::eq(packed, self.instances[i].x.as_slice());
+        let forward = |p: &(usize, &[f32])| all_inputs || own(p);
+        let (ahead, inner): (Vec<_>, Vec<_>) = points.iter().partition(|p| forward(p));
+        let mut ahead = self.scores_forward(&ahead).await?.into_iter();
+        let mut inner = self.scores_on_step_worker(&inner).await?.into_iter();
+        points
+            .iter()
+            .map(|p| match forward(p) {
+                true => ahead.next(),
+                false => inner.next(),
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal("fewer scores than points".into()))
+    }
+
+    /// [`Self::scores`] through the forward model: `points` at graph inputs, or an instance's
+    /// own (whose graph inputs are the instance's).
+    async fn scores_forward(&self, points: &[(usize, &[f32])]) -> Result<Vec<Vec<f32>>, Error> {
         if points.is_empty() {
             return Ok(Vec::new());
         }
         let spec = &self.model.spec;
-        let all_inputs = self.set.points.iter().all(|p| p.is_input());
-        if !all_inputs || !spec.outputs.iter().any(|o| o.name == self.scored.of) {
-            return self.scores_on_step_worker(points).await;
-        }
         let fixed_batch = spec
             .inputs
             .iter()
@@ -585,6 +606,9 @@ impl ExplainJob {
         &self,
         points: &[(usize, &[f32])],
     ) -> Result<Vec<Vec<f32>>, Error> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
         let layout = &self.set.layout;
         let mut all = Vec::with_capacity(points.len());
         for run in points.chunks(crate::explain::MAX_ROWS as usize) {
