@@ -153,6 +153,15 @@ async fn should_refuse_bad_input_and_keep_serving() {
         Code::InvalidArgument,
         "decode",
     );
+    // A JPEG cut short: its decoder would fill the missing rows with grey and predict.
+    let rocket = sample("rocket.jpg");
+    assert_status(
+        client
+            .predict(image_request(GOOD, rocket[..5000].to_vec(), 1))
+            .await,
+        Code::InvalidArgument,
+        "cut short",
+    );
     let noise: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
