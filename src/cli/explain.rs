@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 use tokio_stream::StreamExt;
 
@@ -77,6 +78,8 @@ pub struct ExplainOptions {
 }
 
 pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
+    // Before any work: a bad --out fails at once, naming the path, not after the integration.
+    output_dir(&args.out)?;
     let mut request = request(&args)?;
     let mut events: std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = anyhow::Result<pb::ExplainEvent>> + Send>,
@@ -295,13 +298,28 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
     })
 }
 
+/// Makes `out` (the folder explain writes its files into) and checks that files can be
+/// written there.
+fn output_dir(out: &Path) -> anyhow::Result<()> {
+    let shown = out.display();
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {shown} is a file; explain writes a folder of files: name a folder");
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {shown}: cannot make the folder"))?;
+    let probe = out.join(".integrad-write-check");
+    std::fs::write(&probe, b"").with_context(|| format!("--out {shown}: cannot write there"))?;
+    std::fs::remove_file(&probe).with_context(|| format!("--out {shown}: cannot write there"))?;
+    Ok(())
+}
+
 fn write_files(dir: &Path, r: &pb::Explanation) -> anyhow::Result<()> {
     let objective = match pb::Objective::try_from(r.objective) {
         Ok(pb::Objective::Logit) => "logit",
         Ok(pb::Objective::Value) => "value",
         _ => "probability",
     };
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
     let attributions = r
         .attributions
         .as_ref()

@@ -94,6 +94,41 @@ fn should_refuse_a_model_file_that_is_not_onnx() {
 }
 
 #[test]
+fn should_refuse_a_bad_out_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"not a folder").unwrap();
+    for (out, says) in [
+        (file.to_str().unwrap(), "is a file"),
+        ("/proc/nope", "cannot make the folder"),
+    ] {
+        // --steps past the server's maximum: had the work started, that would be the error.
+        let run = run(
+            &[
+                "explain",
+                "samples/coffee.png",
+                "--steps",
+                "999999",
+                "--out",
+                out,
+            ],
+            &[],
+        );
+        assert!(!run.status.success());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains(out) && stderr.contains(says),
+            "{out}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("steps"),
+            "{out}: checked after the request: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+}
+
+#[test]
 fn should_name_a_tensor_file_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("int32.npy");
