@@ -74,6 +74,28 @@ pub struct RuntimeArgs {
     pub intra_spin: bool,
 }
 
+/// An address to listen on: an IP address and port, or a host name and port resolved to the
+/// name's first IPv4 address (else its first), so that `localhost:50051` works.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let hint =
+        "write HOST:PORT, such as 127.0.0.1:50051, 0.0.0.0:50051, [::]:50051 or localhost:50051";
+    if text.contains("://") {
+        return Err(format!("{text:?} is a URL; {hint}, without a scheme"));
+    }
+    let addresses: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text:?}: {e}; {hint}"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {hint}"))
+}
+
 fn parse_device(text: &str) -> Result<Device, String> {
     text.parse()
 }
@@ -152,13 +174,14 @@ pub fn default_models_dir() -> PathBuf {
 pub struct ServeArgs {
     #[command(flatten)]
     pub models: ModelArgs,
-    /// Address to listen on.
-    #[arg(long, env = "INTEGRAD_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address to listen on: IP:PORT, or HOST:PORT (a host name listens on its first IPv4
+    /// address, else its first).
+    #[arg(long, env = "INTEGRAD_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Also serve grpc.health.v1.Health, and nothing else, on this address: plaintext, no
     /// token, the same status as --listen. For probes that cannot pass TLS or mutual TLS,
     /// such as the kubelet's gRPC probe [default: off].
-    #[arg(long, env = "INTEGRAD_HEALTH_LISTEN")]
+    #[arg(long, env = "INTEGRAD_HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
     /// The model for requests that name none [default: the only model, if there is one].
     #[arg(long, env = "INTEGRAD_DEFAULT_MODEL")]

@@ -59,6 +59,15 @@ pub type Client = ExplainerClient<InterceptedService<Channel, BearerToken>>;
 
 /// A client of the server at `url`, with TLS and a token as `args` say.
 pub async fn connect(url: &str, args: &ConnectArgs) -> anyhow::Result<Client> {
+    // HOST:PORT alone means plaintext, as for grpcurl -plaintext.
+    let url = match url.split_once("://") {
+        Some(("http" | "https", _)) => url.to_string(),
+        Some((scheme, _)) => anyhow::bail!(
+            "--server {url}: {scheme}:// is not a gRPC scheme; write http://HOST:PORT, https://HOST:PORT or HOST:PORT"
+        ),
+        None => format!("http://{url}"),
+    };
+    let url = url.as_str();
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| anyhow::anyhow!("--server {url}: {e}"))?;
     let https = url.starts_with("https://");

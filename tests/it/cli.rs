@@ -175,8 +175,9 @@ async fn should_serve_predict_over_grpc_and_stop_on_sigterm() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
+    // A host name, as people write it (it listens on localhost's IPv4 address).
     let mut server = Command::new(binary())
-        .args(["serve", "--listen", &listen])
+        .args(["serve", "--listen", &format!("localhost:{port}")])
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -221,6 +222,29 @@ async fn should_serve_predict_over_grpc_and_stop_on_sigterm() {
     .await
     .unwrap();
     assert!([281, 282, 285].contains(&top1(&out)), "a cat class");
+    // HOST:PORT without a scheme is plaintext gRPC, like the URL.
+    let plain = tokio::task::spawn_blocking({
+        let listen = listen.clone();
+        move || {
+            run(
+                &[
+                    "predict",
+                    "samples/chelsea.png",
+                    "--server",
+                    &listen,
+                    "--json",
+                ],
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(top1(&plain), top1(&out));
+    let refused = run(&["serve", "--listen", "http://127.0.0.1:1"], &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("HOST:PORT"), "{stderr}");
 
     let pid = server.id().to_string();
     assert!(Command::new("kill")
