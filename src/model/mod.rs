@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub use batch::{Batching, BatchingMode, Merge, PathRules};
 pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, open_worker, LoadError, LoadOptions};
-pub use repository::{ModelEntry, Repository};
+pub use repository::{check_dir, ModelEntry, Repository};
 pub use tabular::{Lookup, Reference, Tabular};
 pub use worker::{Caller, Submitted, Worker, WorkerOptions};
 

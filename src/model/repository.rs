@@ -34,6 +34,36 @@ pub struct Repository {
     default: Option<String>,
 }
 
+/// Why `dir` cannot be a model repository although it can be read: it is one model's folder,
+/// or it holds no folders at all. Checked before anything loads, so that a server given the
+/// wrong folder stops at once, saying what to pass, instead of serving nothing.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    let holds = [MODEL_FILE, CONFIG_FILE, "config.pbtxt"]
+        .into_iter()
+        .find(|f| dir.join(f).is_file());
+    if let Some(file) = holds.or(triton::is_triton_layout(dir).then_some("version folders")) {
+        let parent = dir.parent().map_or(".".into(), |p| p.display().to_string());
+        return Err(format!(
+            "{shown} is one model's folder (it holds {file}), not a repository of model folders: pass its parent (--models {parent}) or the model itself (--model-file {})",
+            dir.join(MODEL_FILE).display()
+        ));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // the loader reports an unreadable folder with its cause
+    };
+    let folders = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    match folders {
+        0 => Err(format!(
+            "{shown} holds no model folders (a repository has one folder per model, each with a {MODEL_FILE} or Triton's <version>/{MODEL_FILE}): pass the folder that holds them, or --model-file FILE.onnx"
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Repository {
     /// Loads every model under `dir`. Only an unreadable `dir` itself is an error.
     pub fn load_dir(dir: &Path, env: &Environment, options: &LoadOptions) -> std::io::Result<Self> {

@@ -48,6 +48,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     DefaultModel(String),
+    #[error("--models {0}")]
+    NotARepository(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("TLS: {0}")]
@@ -75,6 +77,9 @@ pub fn load_repository(
     load: &LoadOptions,
     default_model: Option<&str>,
 ) -> Result<(Repository, Explainers), ServeError> {
+    if let ModelSource::Repository(dir) = source {
+        crate::model::check_dir(dir).map_err(ServeError::NotARepository)?;
+    }
     let env = runtime::environment(runtime)?;
     // The server's device is proved once, before any model: CUDA that cannot run stops the
     // start here with the cause; `auto` settles on CUDA or the CPU for every model.

@@ -129,6 +129,31 @@ fn should_refuse_a_bad_out_before_any_work() {
 }
 
 #[test]
+fn should_refuse_a_models_folder_that_holds_no_models() {
+    let empty = tempfile::tempdir().unwrap();
+    let model_folder = root().join("models/efficientnet-lite0");
+    for (dir, says) in [
+        (model_folder.to_str().unwrap(), "one model's folder"),
+        (empty.path().to_str().unwrap(), "holds no model folders"),
+    ] {
+        // serve stops at once instead of running NOT_SERVING forever; in-process commands
+        // say the same instead of "no default model; models: ".
+        for args in [
+            vec!["serve", "--listen", "127.0.0.1:0", "--models", dir],
+            vec!["predict", "samples/coffee.png", "--models", dir],
+        ] {
+            let out = run(&args, &[]);
+            assert!(!out.status.success(), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(says) && stderr.contains(dir),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn should_name_a_tensor_file_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("int32.npy");
