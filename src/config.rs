@@ -68,9 +68,11 @@ pub struct RuntimeArgs {
     /// (sequential execution); above 1, independent branches run in parallel.
     #[arg(long, env = "INTEGRAD_INTER_THREADS", default_value_t = 1)]
     pub inter_threads: usize,
-    /// Let idle ONNX Runtime threads spin briefly before sleeping while a run is in progress
-    /// (lower latency); false gives the cores back to neighbours at once on a crowded node.
-    #[arg(long, env = "INTEGRAD_INTRA_SPIN", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Let idle ONNX Runtime threads spin briefly before sleeping while a run is in progress.
+    /// Off by default: the spinning threads take the cores that integrad's own work between
+    /// runs (preparing the next gradient run, encoding results) and a model server beside it
+    /// need; true can shave a little off large single runs on an otherwise idle machine.
+    #[arg(long, env = "INTEGRAD_INTRA_SPIN", default_value_t = false, action = clap::ArgAction::Set)]
     pub intra_spin: bool,
 }
 

@@ -433,7 +433,7 @@ impl Backend {
             }
             Backend::Local(engine) => {
                 let job = engine.plan_explain_batch(request).await?;
-                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                let (tx, rx) = tokio::sync::mpsc::channel(job.events_buffered());
                 tokio::spawn(job.run(tx));
                 let engine = engine.clone();
                 Box::pin(

@@ -679,7 +679,6 @@ impl ExplainJob {
     }
 }
 
-/// One path to integrate: an instance with one of its baselines.
 /// A gradient run queued on the worker, and what taking it back needs.
 struct InFlight {
     /// The path and batch of alphas of each of its parts.
@@ -701,6 +700,7 @@ fn host_sums(sums: usize, len: usize) -> bool {
     sums > len
 }
 
+/// One path to integrate: an instance with one of its baselines.
 struct Path {
     instance: usize,
     sample: usize,

@@ -47,7 +47,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             intra_threads: cores,
             inter_threads: 1,
-            intra_spin: true,
+            intra_spin: false,
             batching: Batching::default(),
         }
     }
