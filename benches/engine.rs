@@ -243,6 +243,8 @@ fn step_inputs(input: &[f32], baseline: &[f32], alphas: &[f64], weights: &[f32])
         shape: &[3, 224, 224],
         fixed_f32: &[],
         fixed_i64: &[],
+        fixed_f32_shape: &[],
+        fixed_i64_shape: &[],
         alphas,
         targets: &[TARGET],
         classes: CLASSES,
@@ -255,6 +257,8 @@ fn step_inputs(input: &[f32], baseline: &[f32], alphas: &[f64], weights: &[f32])
         }],
         fixed_f32: Vec::new(),
         fixed_i64: Vec::new(),
+        stacked_f32: false,
+        stacked_i64: false,
     };
     run.inputs(&layout)
         .into_iter()

@@ -23,6 +23,7 @@ pub mod npy;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod text;
 pub mod wire;
 
 /// Generated code for our API, the Open Inference Protocol and ONNX's protobuf format.

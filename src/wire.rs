@@ -285,6 +285,13 @@ fn ready_info(spec: &ModelSpec) -> pb::ModelInfo {
             .flatten()
             .map(|point| attribution_point(spec, point))
             .collect(),
+        text: spec.text.as_ref().map(|t| pb::TextInfo {
+            ids: t.ids.clone(),
+            attention_mask: t.mask.clone().unwrap_or_default(),
+            token_type_ids: t.type_ids.clone().unwrap_or_default(),
+            max_length: t.max_length as u32,
+            pad_token: t.pad.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        }),
         feature_groups: spec
             .tabular
             .groups

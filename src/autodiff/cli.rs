@@ -19,8 +19,11 @@ pub fn run_autodiff_cli(
     objective: Objective,
 ) -> anyhow::Result<String> {
     let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
-    let proto = ModelProto::decode(bytes.as_slice())
+    let mut proto = ModelProto::decode(bytes.as_slice())
         .with_context(|| format!("{} is not an ONNX model", model.display()))?;
+    // The gradient model is written as one file: external values are read into it.
+    let folder = model.parent().unwrap_or(Path::new("."));
+    crate::model::external::inline(&mut proto, folder)?;
     let started = std::time::Instant::now();
     let grad = build_gradient(
         &proto,

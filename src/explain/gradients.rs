@@ -36,6 +36,8 @@ pub enum GradientError {
         source: prost::DecodeError,
     },
     #[error(transparent)]
+    ExternalData(#[from] crate::model::external::ExternalDataError),
+    #[error(transparent)]
     Autodiff(#[from] crate::autodiff::AutodiffError),
     #[error(transparent)]
     Step(#[from] step::StepModelError),
@@ -296,11 +298,15 @@ fn build(
         path: spec.path.clone(),
         source,
     })?;
-    let graph = ModelProto::decode(bytes.as_slice()).map_err(|source| GradientError::Decode {
-        path: spec.path.clone(),
-        source,
-    })?;
+    let mut graph =
+        ModelProto::decode(bytes.as_slice()).map_err(|source| GradientError::Decode {
+            path: spec.path.clone(),
+            source,
+        })?;
     drop(bytes);
+    // The gradient models are opened from memory, where external data has no folder.
+    let folder = spec.path.parent().unwrap_or(std::path::Path::new("."));
+    crate::model::external::inline(&mut graph, folder)?;
     let set = build_set(
         spec,
         &graph,
@@ -456,6 +462,8 @@ fn warm_up(model: &Model, set: &PointSet, batching: &Batching) -> Result<(), Gra
                 baseline: &zeros,
                 fixed_f32: &fixed,
                 fixed_i64: &ids,
+                fixed_f32_shape: &[],
+                fixed_i64_shape: &[],
                 alphas: &alphas,
                 targets: &[0],
                 classes: classes as usize,

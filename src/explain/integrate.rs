@@ -105,7 +105,13 @@ impl ExplainJob {
             let mut room = self.max_rows;
             let (mut rows, mut sums) = (0, 0);
             let mut chunks: Vec<(usize, Batch)> = Vec::new();
+            // Paths share a run only with paths of the same shapes (texts of one length).
+            let mut shape_of_run = None;
             for (p, path) in paths.iter_mut().enumerate().filter(|(_, p)| !p.done) {
+                let shapes = self.instances[path.instance].shapes_key();
+                if *shape_of_run.get_or_insert(shapes) != shapes {
+                    continue;
+                }
                 let t = path.targets.len();
                 let alphas = (room / t).min(self.batch as usize);
                 if alphas == 0 {
@@ -241,6 +247,8 @@ impl ExplainJob {
                 baseline: &instance.baselines[path.sample],
                 fixed_f32: &instance.fixed_f32,
                 fixed_i64: &instance.fixed_i64,
+                fixed_f32_shape: &instance.fixed_f32_shape,
+                fixed_i64_shape: &instance.fixed_i64_shape,
                 alphas: batch.alphas(),
                 targets: &path.targets,
                 classes: self.classes,
@@ -536,7 +544,7 @@ impl ExplainJob {
             super::shared_rows(len).clamp(16, 1024)
         };
         let mut all = Vec::with_capacity(points.len());
-        for run in points.chunks(per_run) {
+        for run in same_shapes(points, per_run, |&(i, _)| &self.instances[i]) {
             let feeds = run
                 .iter()
                 .map(|&(i, packed)| self.feeds(&self.instances[i], packed))
@@ -611,7 +619,8 @@ impl ExplainJob {
         }
         let layout = &self.set.layout;
         let mut all = Vec::with_capacity(points.len());
-        for run in points.chunks(crate::explain::MAX_ROWS as usize) {
+        let per_run = crate::explain::MAX_ROWS as usize;
+        for run in same_shapes(points, per_run, |&(i, _)| &self.instances[i]) {
             let runs: Vec<_> = run
                 .iter()
                 .map(|&(i, point)| {
@@ -622,6 +631,8 @@ impl ExplainJob {
                         baseline: point,
                         fixed_f32: &instance.fixed_f32,
                         fixed_i64: &instance.fixed_i64,
+                        fixed_f32_shape: &instance.fixed_f32_shape,
+                        fixed_i64_shape: &instance.fixed_i64_shape,
                         alphas: &[1.0],
                         targets: &[0],
                         classes: self.classes,
@@ -677,6 +688,27 @@ impl ExplainJob {
         }
         Some(worst as f32)
     }
+}
+
+/// `items` cut into runs of consecutive items whose instances have the same shapes, of at most
+/// `per_run` each.
+fn same_shapes<'a, T>(
+    items: &'a [T],
+    per_run: usize,
+    instance: impl Fn(&T) -> &'a Instance,
+) -> Vec<&'a [T]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for end in 1..=items.len() {
+        let cut = end == items.len()
+            || end - start == per_run.max(1)
+            || instance(&items[end]).shapes_key() != instance(&items[start]).shapes_key();
+        if cut {
+            runs.push(&items[start..end]);
+            start = end;
+        }
+    }
+    runs
 }
 
 /// A gradient run queued on the worker, and what taking it back needs.

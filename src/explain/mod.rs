@@ -114,6 +114,8 @@ pub struct ExplainJob {
     /// Explanations per event at most (ExplainBatchRequest.results_per_event; 1: each its
     /// own `result` event).
     results_per_event: usize,
+    /// The scaling of a text's token and word attributions.
+    token_normalization: pb::TokenNormalization,
     started: Instant,
 }
 
@@ -132,10 +134,25 @@ struct Instance {
     /// The inputs held fixed along the path, packed.
     fixed_f32: Vec<f32>,
     fixed_i64: Vec<i64>,
+    /// Their shapes in the step model's inputs, without the paths axis.
+    fixed_f32_shape: Vec<i64>,
+    fixed_i64_shape: Vec<i64>,
     /// One baseline, or several samples whose IG is averaged (expected gradients), packed.
     baselines: Vec<Vec<f32>>,
     targets: Targets,
     pictures: Option<PictureRequest>,
+}
+
+impl Instance {
+    /// What must be equal for instances to share a run: the shapes of the step model's
+    /// inputs (a text's length).
+    fn shapes_key(&self) -> (&[i64], &[i64], &[i64]) {
+        (
+            &self.input_shape,
+            &self.fixed_f32_shape,
+            &self.fixed_i64_shape,
+        )
+    }
 }
 
 /// Which pictures to draw, how, and over what.

@@ -103,6 +103,13 @@ async fn plan_instances(
 
     let (objective, what) = objective(&spec, request.objective)?;
     let method = wire::method(request.method).map_err(|e| Error::invalid("method", e))?;
+    let token_normalization = pb::TokenNormalization::try_from(request.token_normalization)
+        .map_err(|_| {
+            Error::invalid(
+                "token_normalization",
+                format!("unknown value {}", request.token_normalization),
+            )
+        })?;
     let steps = match request.steps.unwrap_or(DEFAULT_STEPS) {
         0 => {
             return Err(Error::invalid(
@@ -288,6 +295,7 @@ async fn plan_instances(
         max_rows,
         batched,
         results_per_event: 1,
+        token_normalization,
         started,
     })
 }
@@ -523,17 +531,46 @@ async fn instance_of(
             })
             .collect()
     };
-    let fixed_f32: Vec<f32> = pack(&layout.fixed_f32)?
+    let (fixed_f32s, fixed_i64s) = (pack(&layout.fixed_f32)?, pack(&layout.fixed_i64)?);
+    let fixed_f32: Vec<f32> = fixed_f32s
         .iter()
         .flat_map(|t| t.as_f32().unwrap_or_default().iter().copied())
         .collect();
-    let fixed_i64: Vec<i64> = pack(&layout.fixed_i64)?
+    let fixed_i64: Vec<i64> = fixed_i64s
         .iter()
         .flat_map(|t| match &t.values {
             Values::I64(v) => v.clone(),
             Values::F32(_) => Vec::new(),
         })
         .collect();
+    // Stacked fixed inputs (module docs of step) must have one shape at run time too.
+    let fixed_shape = |tensors: &[TensorData], int64: bool| -> Result<Vec<i64>, Error> {
+        let shapes: Vec<&[i64]> = tensors.iter().map(|t| t.shape.as_slice()).collect();
+        let (stacked, slots) = match int64 {
+            true => (layout.stacked_i64, &layout.fixed_i64),
+            false => (layout.stacked_f32, &layout.fixed_f32),
+        };
+        if stacked && shapes.iter().any(|s| *s != shapes[0]) {
+            let given: Vec<String> = slots
+                .iter()
+                .zip(&shapes)
+                .map(|(slot, shape)| format!("{:?} {shape:?}", slot.name))
+                .collect();
+            return Err(Error::invalid(
+                "inputs",
+                format!(
+                    "the model declares these inputs with one shape, so they must have one: {}",
+                    given.join(", ")
+                ),
+            ));
+        }
+        Ok(match stacked {
+            true => layout.fixed_shape(int64, &shapes),
+            false => Vec::new(),
+        })
+    };
+    let fixed_f32_shape = fixed_shape(&fixed_f32s, false)?;
+    let fixed_i64_shape = fixed_shape(&fixed_i64s, true)?;
 
     // Every point's baselines; the number of samples is the largest, and points with one
     // baseline keep it in every sample.
@@ -578,6 +615,8 @@ async fn instance_of(
         input_shape,
         fixed_f32,
         fixed_i64,
+        fixed_f32_shape,
+        fixed_i64_shape,
         baselines: packed,
         targets,
         pictures: None,
@@ -729,6 +768,13 @@ async fn point_baselines(
     };
     let rows_baselines = || rows_at(spec, set, point, reference_rows, inputs);
     match kind {
+        // A text: the pad token at every position but the special ones, through the layers.
+        None if inputs.text.is_some() && !point.is_input() => {
+            Ok(vec![text_baseline(spec, set, point, inputs, None, &field).await?])
+        }
+        Some(pb::baseline::Kind::Text(t)) => {
+            Ok(vec![text_baseline(spec, set, point, inputs, Some(&t), &field).await?])
+        }
         None => match default()? {
             empty if empty.is_empty() => rows_baselines().await,
             some => Ok(some),
@@ -828,6 +874,7 @@ async fn rows_at(
             PreparedInputs {
                 tensors,
                 image: None,
+                text: None,
                 preprocess_ms: 0.0,
             }
         })
@@ -846,6 +893,96 @@ async fn rows_at(
         .collect()
 }
 
+/// A text baseline at `point`: the text's ids with every token that is not special replaced
+/// (by the pad token unless `asked` says otherwise), or `asked`'s own ids, through the prefix
+/// model with the text's mask and token types, as Captum's LayerIntegratedGradients takes a
+/// layer's baseline.
+async fn text_baseline(
+    spec: &ModelSpec,
+    set: &PointSet,
+    point: &Point,
+    inputs: &PreparedInputs,
+    asked: Option<&pb::TextBaseline>,
+    field: &Field,
+) -> Result<Vec<f32>, Error> {
+    let (Some(text), Some(tokenized)) = (&spec.text, &inputs.text) else {
+        return Err(Error::invalid(
+            format!("{field}.text"),
+            "a text baseline needs a text input (Input.text) of a text model",
+        ));
+    };
+    if point.is_input() {
+        return Err(Error::invalid(
+            format!("{field}.text"),
+            format!(
+                "{:?} is a graph input, not a tensor computed from the token ids",
+                point.tensor()
+            ),
+        ));
+    }
+    let ids = match asked {
+        Some(t) if !t.ids.is_empty() => {
+            if t.ids.len() != tokenized.ids.len() {
+                return Err(Error::invalid(
+                    format!("{field}.text.ids"),
+                    format!(
+                        "{} ids for a text of {} tokens (special tokens included); give one per token",
+                        t.ids.len(),
+                        tokenized.ids.len()
+                    ),
+                ));
+            }
+            t.ids.clone()
+        }
+        _ => {
+            use pb::TextBaselineToken as Token;
+            let token = asked.map_or(Token::Unspecified, |t| t.token());
+            let (which, chosen) = match token {
+                Token::Unk => ("unknown", &text.unk),
+                Token::Mask => ("mask", &text.mask_token),
+                Token::Unspecified | Token::Pad => ("pad", &text.pad),
+            };
+            let Some((_, id)) = chosen else {
+                return Err(Error::invalid(
+                    format!("{field}.text.token"),
+                    format!("the tokenizer of model {:?} has no {which} token; give ids, or name the pad token in [text] pad_token", spec.name),
+                ));
+            };
+            crate::text::TextSpec::replaced(tokenized, *id)
+        }
+    };
+    if let Some(lookup) = spec.lookups.iter().find(|l| l.input == text.ids) {
+        if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= lookup.rows) {
+            return Err(Error::invalid(
+                format!("{field}.text.ids"),
+                format!(
+                    "id {bad} is outside the vocabulary (0 to {})",
+                    lookup.rows - 1
+                ),
+            ));
+        }
+    }
+    let mut tensors = inputs.tensors.clone();
+    for (name, tensor) in tensors.iter_mut() {
+        if *name == text.ids {
+            tensor.values = Values::I64(ids.clone());
+        }
+    }
+    let replaced = PreparedInputs {
+        tensors,
+        image: None,
+        text: None,
+        preprocess_ms: 0.0,
+    };
+    inner_points(set, &[&replaced])
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|inner| inner.into_iter().find(|(n, _)| n == point.tensor()))
+        .and_then(|(_, t)| t.as_f32().map(|v| v.to_vec()))
+        .ok_or_else(|| Error::Internal("no prefix output for the text baseline".into()))
+}
+
 fn kind_name(kind: &pb::baseline::Kind) -> &'static str {
     match kind {
         pb::baseline::Kind::Zeros(_) => "zeros",
@@ -855,6 +992,7 @@ fn kind_name(kind: &pb::baseline::Kind) -> &'static str {
         pb::baseline::Kind::Uniform(_) => "uniform",
         pb::baseline::Kind::Blur(_) => "blur",
         pb::baseline::Kind::Reference(_) => "reference",
+        pb::baseline::Kind::Text(_) => "text",
     }
 }
 

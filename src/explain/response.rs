@@ -100,6 +100,10 @@ pub(super) fn explanation(
         })
         .collect::<std::collections::HashMap<_, _>>();
     let first = slices.first().map(|(p, _, _)| p.tensor().to_string());
+    let (tokens, words) = match &instance.inputs.text {
+        Some(text) => text_attributions(text, &slices, &attributions, job.token_normalization),
+        None => (Vec::new(), Vec::new()),
+    };
     Ok(pb::Explanation {
         attributions: first
             .as_ref()
@@ -126,7 +130,87 @@ pub(super) fn explanation(
         features,
         feature_groups: groups,
         instance: instance.index,
+        truncated: instance.inputs.text.as_ref().is_some_and(|t| t.truncated),
+        token_normalization: match instance.inputs.text {
+            Some(_) => job.token_normalization as i32,
+            None => 0,
+        },
+        tokens,
+        words,
     })
+}
+
+/// A text's tokens and words with their attributions: each token's the sum over the hidden
+/// axis of its row of the first attributed tensor with one row per token (`[tokens, ...]`),
+/// each word's the sum of its tokens, both scaled as `normalization` asks. None when no
+/// attributed tensor has a row per token.
+fn text_attributions(
+    text: &crate::text::Tokenized,
+    slices: &[Slice<'_>],
+    attributions: &[f32],
+    normalization: pb::TokenNormalization,
+) -> (Vec<pb::TokenAttribution>, Vec<pb::WordAttribution>) {
+    let n = text.ids.len();
+    let Some((_, _, range)) = slices
+        .iter()
+        .find(|(_, shape, _)| shape.first() == Some(&(n as i64)) && n > 0)
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let values = &attributions[range.clone()];
+    let per_token = values.len() / n;
+    let mut sums: Vec<f64> = values
+        .chunks_exact(per_token.max(1))
+        .map(|row| row.iter().map(|&v| f64::from(v)).sum())
+        .collect();
+    let scale = match normalization {
+        pb::TokenNormalization::None => 1.0,
+        pb::TokenNormalization::L1 => sums.iter().map(|s| s.abs()).sum::<f64>(),
+        pb::TokenNormalization::L2 => sums.iter().map(|s| s * s).sum::<f64>().sqrt(),
+    };
+    if scale > 0.0 {
+        sums.iter_mut().for_each(|s| *s /= scale);
+    }
+    let tokens = (0..n)
+        .map(|i| pb::TokenAttribution {
+            token: text.tokens[i].clone(),
+            id: text.ids[i],
+            start: text.offsets[i].0,
+            end: text.offsets[i].1,
+            attribution: sums[i] as f32,
+            special: text.special[i],
+            pair: text.sequence[i] == Some(1),
+        })
+        .collect();
+    // Words: consecutive tokens of one pre-tokenized word of one sequence.
+    let mut words: Vec<pb::WordAttribution> = Vec::new();
+    let mut last: Option<(Option<usize>, u32)> = None;
+    for (i, &sum) in sums.iter().enumerate() {
+        let (Some(word), false) = (text.words[i], text.special[i]) else {
+            last = None;
+            continue;
+        };
+        let key = (text.sequence[i], word);
+        let (start, end) = text.offsets[i];
+        match words.last_mut() {
+            Some(w) if last == Some(key) => {
+                w.end = w.end.max(end);
+                w.attribution += sum as f32;
+            }
+            _ => words.push(pb::WordAttribution {
+                word: String::new(),
+                start,
+                end,
+                attribution: sum as f32,
+                pair: text.sequence[i] == Some(1),
+            }),
+        }
+        last = Some(key);
+    }
+    for w in &mut words {
+        w.word = crate::text::TextSpec::cut(text, w.pair, (w.start, w.end));
+    }
+    (tokens, words)
 }
 
 type Slice<'a> = (&'a Point, &'a Vec<i64>, std::ops::Range<usize>);

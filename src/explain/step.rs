@@ -129,6 +129,11 @@ pub struct StepLayout {
     /// Graph inputs held fixed along the path, packed by element type.
     pub fixed_f32: Vec<Slot>,
     pub fixed_i64: Vec<Slot>,
+    /// Fixed inputs of one type whose shapes have unknown dimensions but are all the same
+    /// (a text's ids, mask and token types, `[sequence]`) are stacked, not packed flat: that
+    /// input is `[paths, slots, shape...]` ([`StepLayout::fixed_shape`]).
+    pub stacked_f32: bool,
+    pub stacked_i64: bool,
 }
 
 impl StepLayout {
@@ -143,6 +148,22 @@ impl StepLayout {
         match shapes {
             [one] if !self.packed() => one.to_vec(),
             many => vec![many.iter().map(|s| s.iter().product::<i64>()).sum()],
+        }
+    }
+
+    /// The shape of one path's fixed input of a type (without the paths axis) whose slots'
+    /// tensors have `shapes`: `[values]` packed flat, or `[slots, shape...]` stacked.
+    pub fn fixed_shape(&self, int64: bool, shapes: &[&[i64]]) -> Vec<i64> {
+        let stacked = if int64 {
+            self.stacked_i64
+        } else {
+            self.stacked_f32
+        };
+        match (stacked, shapes.first()) {
+            (true, Some(first)) => std::iter::once(shapes.len() as i64)
+                .chain(first.iter().copied())
+                .collect(),
+            _ => vec![shapes.iter().map(|s| s.iter().product::<i64>()).sum()],
         }
     }
 
@@ -180,9 +201,12 @@ pub struct StepRun<'a> {
     pub shape: &'a [i64],
     /// The baseline x', as long as `input`.
     pub baseline: &'a [f32],
-    /// The inputs held fixed, packed ([`StepLayout::fixed_f32`], [`StepLayout::fixed_i64`]).
+    /// The inputs held fixed, packed ([`StepLayout::fixed_f32`], [`StepLayout::fixed_i64`]),
+    /// and their shapes without the paths axis ([`StepLayout::fixed_shape`]; empty: flat).
     pub fixed_f32: &'a [f32],
     pub fixed_i64: &'a [i64],
+    pub fixed_f32_shape: &'a [i64],
+    pub fixed_i64_shape: &'a [i64],
     pub alphas: &'a [f64],
     /// The target class of each row within an alpha.
     pub targets: &'a [usize],
@@ -211,7 +235,10 @@ impl StepRun<'_> {
                 cotangent[(a * t + j) * self.classes + class] = 1.0;
             }
         }
-        let flat = |len: usize| vec![1, len as i64];
+        let fixed = |len: usize, shape: &[i64]| match shape {
+            [] => vec![1, len as i64],
+            given => std::iter::once(1).chain(given.iter().copied()).collect(),
+        };
         let single: Vec<i64> = std::iter::once(1)
             .chain(self.shape.iter().copied())
             .collect();
@@ -254,14 +281,17 @@ impl StepRun<'_> {
         if !layout.fixed_f32.is_empty() {
             inputs.push((
                 STEP_FIXED_F32.into(),
-                TensorData::f32(flat(self.fixed_f32.len()), self.fixed_f32.to_vec()),
+                TensorData::f32(
+                    fixed(self.fixed_f32.len(), self.fixed_f32_shape),
+                    self.fixed_f32.to_vec(),
+                ),
             ));
         }
         if !layout.fixed_i64.is_empty() {
             inputs.push((
                 STEP_FIXED_I64.into(),
                 TensorData {
-                    shape: flat(self.fixed_i64.len()),
+                    shape: fixed(self.fixed_i64.len(), self.fixed_i64_shape),
                     values: Values::I64(self.fixed_i64.to_vec()),
                 },
             ));
@@ -353,6 +383,8 @@ pub fn build_step_model(
         points: Vec::new(),
         fixed_f32: Vec::new(),
         fixed_i64: Vec::new(),
+        stacked_f32: false,
+        stacked_i64: false,
     };
     let mut moved = Vec::new();
     for point in points {
@@ -401,15 +433,23 @@ pub fn build_step_model(
     }
     g.input = kept;
     // Packed tensors need their sizes: known, or for a lone one at most one unknown dimension.
+    // Fixed inputs of one shape with unknown dimensions are stacked instead.
+    let unknown = |s: &Slot| s.shape.iter().filter(|&&d| d < 0).count();
+    let stackable = |group: &[Slot]| {
+        group.len() > 1
+            && group.iter().any(|s| unknown(s) > 0)
+            && group.iter().all(|s| s.shape == group[0].shape)
+    };
+    layout.stacked_f32 = stackable(&layout.fixed_f32);
+    layout.stacked_i64 = stackable(&layout.fixed_i64);
     for (group, packed) in [
         (&layout.points, layout.packed()),
-        (&layout.fixed_f32, true),
-        (&layout.fixed_i64, true),
+        (&layout.fixed_f32, !layout.stacked_f32),
+        (&layout.fixed_i64, !layout.stacked_i64),
     ] {
-        let unknown = |s: &Slot| s.shape.iter().filter(|&&d| d < 0).count();
         let bad = match group.len() {
             1 => group.iter().find(|s| packed && unknown(s) > 1),
-            _ => group.iter().find(|s| unknown(s) > 0),
+            _ => group.iter().find(|s| packed && unknown(s) > 0),
         };
         if let Some(dynamic) = bad {
             return Err(StepModelError::Dynamic(dynamic.name.clone()));
@@ -478,17 +518,50 @@ pub fn build_step_model(
             vec![],
         ));
     }
-    for (group, input, elem) in [
-        (&layout.fixed_f32, STEP_FIXED_F32, graph::FLOAT),
-        (&layout.fixed_i64, STEP_FIXED_I64, graph::INT64),
+    for (group, input, elem, stacked) in [
+        (
+            &layout.fixed_f32,
+            STEP_FIXED_F32,
+            graph::FLOAT,
+            layout.stacked_f32,
+        ),
+        (
+            &layout.fixed_i64,
+            STEP_FIXED_I64,
+            graph::INT64,
+            layout.stacked_i64,
+        ),
     ] {
         if group.is_empty() {
             continue;
         }
-        g.input.push(typed_as(input, elem, &per_path(group)));
         let rows_of = format!("{input}/rows");
-        nodes.gather(input, &rows_of);
-        nodes.unpack(&rows_of, group);
+        if stacked {
+            // [paths, slots, shape...]: the unknown dimensions get names of their own.
+            let dims: Vec<Dim> = [
+                Dim::DimParam("paths".into()),
+                Dim::DimValue(group.len() as i64),
+            ]
+            .into_iter()
+            .chain(
+                group[0]
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &size)| match size {
+                        s if s >= 0 => Dim::DimValue(s),
+                        _ => Dim::DimParam(format!("{input}_{d}")),
+                    }),
+            )
+            .collect();
+            g.input.push(typed_as(input, elem, &dims));
+            nodes.gather(input, &rows_of);
+            nodes.unstack(&rows_of, group);
+        } else {
+            g.input.push(typed_as(input, elem, &per_path(group)));
+            nodes.gather(input, &rows_of);
+            nodes.unpack(&rows_of, group);
+        }
     }
     let interpolation = std::mem::take(&mut nodes.nodes);
     // Each point's gradient flattened, with 0 for the batch axis so it keeps the rows'
@@ -585,6 +658,27 @@ impl Nodes {
             output,
             vec![attr_i("axis", 0)],
         ));
+    }
+
+    /// `[rows, slots, shape...]` taken apart on axis 1, each slot's `[rows, shape...]` under
+    /// its name.
+    fn unstack(&mut self, stacked: &str, slots: &[Slot]) {
+        for (i, slot) in slots.iter().enumerate() {
+            let index = format!("ig/index/{}", slot.name);
+            self.initializers.push(TensorProto {
+                name: Some(index.clone()),
+                dims: Vec::new(),
+                data_type: Some(graph::INT64),
+                int64_data: vec![i as i64],
+                ..Default::default()
+            });
+            self.push(node(
+                "Gather",
+                &[stacked, &index],
+                &slot.name,
+                vec![attr_i("axis", 1)],
+            ));
+        }
     }
 
     /// `[rows, n]` cut into the slots, each reshaped to `[rows, shape...]` under its name.

@@ -17,6 +17,8 @@ pub struct PreparedInputs {
     pub tensors: Vec<(String, TensorData)>,
     /// The decoded picture, when the image input came as an image.
     pub image: Option<::image::RgbImage>,
+    /// The tokenized text, when a text model's input came as text.
+    pub text: Option<crate::text::Tokenized>,
     pub preprocess_ms: f32,
 }
 
@@ -54,9 +56,60 @@ pub async fn prepare(
             ),
         ));
     }
+    // A text fills the inputs of its tokenizer: as the shorthand, or keyed by the ids input.
+    let mut input = input.and_then(|i| i.kind);
+    let keyed_text = spec.text.as_ref().and_then(|t| {
+        matches!(
+            inputs.get(&t.ids).and_then(|i| i.kind.as_ref()),
+            Some(pb::input::Kind::Text(_))
+        )
+        .then(|| t.ids.clone())
+    });
+    if let Some(ids) = keyed_text {
+        if input.is_some() {
+            return Err(Error::invalid(
+                "input",
+                format!("input {ids:?} is given twice (input and inputs); give one"),
+            ));
+        }
+        input = inputs.remove(&ids).and_then(|i| i.kind);
+    }
+    let mut text = None;
+    let mut filled: Vec<(String, TensorData)> = Vec::new();
+    if let Some(pb::input::Kind::Text(given)) = &input {
+        let tokenized = tokenize(spec, given)?;
+        let spec_text = spec.text.as_ref().expect("tokenize checked");
+        filled = spec_text.tensors(&tokenized, &tokenized.ids);
+        if let Some((name, _)) = filled.iter().find(|(n, _)| inputs.contains_key(n)) {
+            return Err(Error::invalid(
+                format!("inputs[{name:?}]"),
+                format!("input {name:?} is filled by the text; leave it out of inputs"),
+            ));
+        }
+        text = Some(tokenized);
+        input = None;
+    }
+    if let Some((name, _)) = inputs
+        .iter()
+        .find(|(_, i)| matches!(i.kind, Some(pb::input::Kind::Text(_))))
+    {
+        return Err(Error::invalid(
+            format!("inputs[{name:?}].text"),
+            match &spec.text {
+                Some(t) => format!(
+                    "a text goes in input, or in inputs[{:?}] (the token ids)",
+                    t.ids
+                ),
+                None => format!(
+                    "model {:?} is not a text model (it has no tokenizer.json); send tensors",
+                    spec.name
+                ),
+            },
+        ));
+    }
     // The shorthand: one input, or a feature row for every named-column input.
     let mut row = None;
-    match input.and_then(|i| i.kind) {
+    match input {
         None => {}
         Some(pb::input::Kind::Features(r)) => {
             if spec.inputs.iter().all(|i| i.features().is_none()) {
@@ -125,6 +178,12 @@ pub async fn prepare(
                 format!("input{part}").into()
             }
         };
+        if let Some(at) = filled.iter().position(|(n, _)| n == name) {
+            let (name, tensor) = filled.swap_remove(at);
+            check_ids(spec, fed, &tensor, "input.text".into())?;
+            tensors.push((name, tensor));
+            continue;
+        }
         let given = inputs.remove(name).and_then(|i| i.kind);
         let part = match &given {
             Some(pb::input::Kind::Tensor(_)) => ".tensor",
@@ -165,6 +224,9 @@ pub async fn prepare(
                 picture = Some(decoded);
                 tensor
             }
+            (Some(pb::input::Kind::Text(_)), _) => {
+                return Err(Error::Internal("a text left in inputs".into()))
+            }
             (Some(pb::input::Kind::Tensor(tensor)), _) => tracing::info_span!(
                 "decode",
                 input.kind = "tensor",
@@ -178,8 +240,37 @@ pub async fn prepare(
     Ok(PreparedInputs {
         tensors,
         image: picture,
+        text,
         preprocess_ms: started.elapsed().as_secs_f32() * 1e3,
     })
+}
+
+/// A text for a text model, tokenized: not empty, and at least one token besides the special
+/// ones (a text of spaces has none, and nothing to attribute).
+fn tokenize(spec: &ModelSpec, given: &pb::Text) -> Result<crate::text::Tokenized, Error> {
+    let Some(text_spec) = &spec.text else {
+        return Err(Error::invalid(
+            "input.text",
+            format!(
+                "model {:?} is not a text model (it has no tokenizer.json); send tensors",
+                spec.name
+            ),
+        ));
+    };
+    if given.text.is_empty() {
+        return Err(Error::invalid("input.text.text", "the text is empty"));
+    }
+    let pair = (!given.pair.is_empty()).then_some(given.pair.as_str());
+    let tokenized = text_spec
+        .encode(&given.text, pair)
+        .map_err(|e| Error::invalid("input.text", format!("the tokenizer failed: {e}")))?;
+    if tokenized.special.iter().all(|&s| s) {
+        return Err(Error::invalid(
+            "input.text.text",
+            "the text has no tokens besides the special ones (only spaces or characters the tokenizer drops)",
+        ));
+    }
+    Ok(tokenized)
 }
 
 /// An encoded picture for image input `fed`, decoded and preprocessed off the async threads.

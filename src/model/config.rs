@@ -82,6 +82,8 @@ pub struct ModelConfig {
     pub output: OutputSection,
     #[serde(default)]
     pub features: FeaturesSection,
+    /// For a text model: its tokenizer and the inputs a text fills.
+    pub text: Option<crate::text::TextSection>,
     /// For a model in a Triton layout: its `config.pbtxt` and the version served.
     #[serde(skip)]
     pub triton: Option<super::triton::TritonModel>,

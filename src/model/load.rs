@@ -74,6 +74,10 @@ pub enum LoadError {
     #[error(transparent)]
     Config(#[from] super::config::ConfigError),
     #[error(transparent)]
+    ExternalData(#[from] super::external::ExternalDataError),
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
+    #[error(transparent)]
     Features(#[from] super::tabular::FeaturesError),
     /// The config (`integrad.toml`, `config.pbtxt`, labels) does not fit the graph.
     #[error("{0}")]
@@ -105,6 +109,7 @@ pub fn load_model(
     if graph.graph.is_none() {
         return Err(not_onnx("it has no graph".into()));
     }
+    super::external::check(&graph, file.parent().unwrap_or(Path::new(".")))?;
     let sha256 = {
         use sha2::Digest;
         sha2::Sha256::digest(&bytes)
@@ -157,9 +162,27 @@ pub fn load_model(
     let head = head(&graph, &output, config.output.kind, labels);
     let tabular = super::tabular::read(&config.features, base_dir, &inputs)?;
     let lookups = super::tabular::lookups(&graph, &inputs);
+    // A tokenizer.json beside the model (or [text] in its config) makes it a text model.
+    let text_dir = file.parent().unwrap_or(base_dir);
+    let text_dir = match text_dir.join("tokenizer.json").exists() {
+        true => text_dir,
+        false => base_dir,
+    };
+    let text = crate::text::TextSpec::load(text_dir, config.text.as_ref(), &inputs)?;
     // Explain checks these points when it builds its gradient models; a model that can't be
-    // differentiated still serves Predict, and GetModel says why.
-    let attribution = default_points(&graph, &inputs, &lookups, head.output());
+    // differentiated still serves Predict, and GetModel says why. A text model's default is
+    // the lookup of its token ids alone (not the token types' or positions').
+    let attribution = match &text {
+        Some(text) => {
+            let ids: Vec<_> = lookups
+                .iter()
+                .filter(|l| l.input == text.ids)
+                .cloned()
+                .collect();
+            default_points(&graph, &inputs, &ids, head.output())
+        }
+        None => default_points(&graph, &inputs, &lookups, head.output()),
+    };
     let inputs = inputs
         .into_iter()
         .map(|tensor| {
@@ -202,6 +225,7 @@ pub fn load_model(
         head,
         lookups,
         tabular,
+        text,
         attribution,
         triton: config.triton.as_ref().map(|t| super::TritonServing {
             version: t.version,

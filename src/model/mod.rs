@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod external;
 mod load;
 mod repository;
 pub mod tabular;
@@ -210,6 +211,8 @@ pub struct ModelSpec {
     pub lookups: Vec<Lookup>,
     /// Named columns, reference rows and groups of tabular inputs.
     pub tabular: Tabular,
+    /// The tokenizer of a text model, and the inputs a text fills.
+    pub text: Option<crate::text::TextSpec>,
     /// Where Explain attributes by default, or why the model can't be explained.
     pub attribution: Result<Vec<Point>, String>,
     /// Set for a model from a Triton layout.

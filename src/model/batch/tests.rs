@@ -11,6 +11,8 @@ fn layout() -> StepLayout {
         }],
         fixed_f32: Vec::new(),
         fixed_i64: Vec::new(),
+        stacked_f32: false,
+        stacked_i64: false,
     }
 }
 
@@ -44,6 +46,8 @@ fn step_job(
         shape: &[2, 3],
         fixed_f32: &[],
         fixed_i64: &[],
+        fixed_f32_shape: &[],
+        fixed_i64_shape: &[],
         alphas,
         targets,
         classes: 4,
