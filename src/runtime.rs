@@ -207,8 +207,20 @@ fn existing(path: &Path, source_of_path: &'static str) -> Result<PathBuf, Runtim
     }
 }
 
+/// The cache directory of this process: the one ONNX Runtime was provisioned with (the
+/// options'), else the default of the environment.
+pub fn cache_dir_in_use() -> PathBuf {
+    CACHE_DIR
+        .get()
+        .cloned()
+        .unwrap_or_else(|| cache_dir(&RuntimeOptions::default()))
+}
+
+static CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
 fn cache_dir(options: &RuntimeOptions) -> PathBuf {
     if let Some(dir) = &options.cache_dir {
+        let _ = CACHE_DIR.set(dir.clone());
         return dir.clone();
     }
     if let Some(dir) = std::env::var_os("INTEGRAD_CACHE_DIR").filter(|d| !d.is_empty()) {
@@ -239,43 +251,54 @@ fn fetch(pinned: &PinnedWheel, dir: &Path) -> Result<(), RuntimeError> {
     result
 }
 
-fn fetch_into(pinned: &PinnedWheel, dir: &Path, scratch: &Path) -> Result<(), RuntimeError> {
+/// `pip download` of one wheel (`requirement`, no dependencies, binary only, `extra` flags)
+/// into `dest`, with `$INTEGRAD_PYTHON` or python3; Err is (the command, why it failed).
+pub fn pip_download(
+    requirement: &str,
+    extra: &[&str],
+    dest: &Path,
+) -> Result<(), (String, String)> {
     let python = std::env::var("INTEGRAD_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let requirement = format!("{}=={ORT_VERSION}", pinned.package);
-    let args = [
+    let mut args = vec![
         "-m",
         "pip",
         "download",
         "--quiet",
         "--no-deps",
         "--only-binary=:all:",
+    ];
+    args.extend(extra);
+    args.push("--dest");
+    let command = format!(
+        "{python} {} {} {requirement}",
+        args.join(" "),
+        dest.display()
+    );
+    tracing::info!(%command, "fetching a pinned wheel (first run only)");
+    let output = Command::new(&python)
+        .args(&args)
+        .arg(dest)
+        .arg(requirement)
+        .output()
+        .map_err(|e| (command.clone(), e.to_string()))?;
+    if !output.status.success() {
+        let reason = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err((command, reason));
+    }
+    Ok(())
+}
+
+fn fetch_into(pinned: &PinnedWheel, dir: &Path, scratch: &Path) -> Result<(), RuntimeError> {
+    let requirement = format!("{}=={ORT_VERSION}", pinned.package);
+    let platform = [
         "--python-version",
         pinned.python_version,
         "--platform",
         pinned.platform,
-        "--dest",
     ];
-    let command = format!(
-        "{python} {} {} {requirement}",
-        args.join(" "),
-        scratch.display()
-    );
-    tracing::info!(%command, "fetching ONNX Runtime (first run only)");
-    let output = Command::new(&python)
-        .args(args)
-        .arg(scratch)
-        .arg(&requirement)
-        .output()
-        .map_err(|e| RuntimeError::Fetch {
-            command: command.clone(),
-            reason: e.to_string(),
-        })?;
-    if !output.status.success() {
-        return Err(RuntimeError::Fetch {
-            command,
-            reason: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
+    pip_download(&requirement, &platform, scratch)
+        .map_err(|(command, reason)| RuntimeError::Fetch { command, reason })?;
+    let command = format!("pip download {requirement}");
     let wheel = scratch.join(pinned.file_name);
     verify(&wheel, pinned.wheel_sha256, "downloaded wheel")?;
 

@@ -11,6 +11,7 @@ mod load;
 mod repository;
 pub mod tabular;
 pub mod triton;
+pub mod weights;
 mod worker;
 
 use std::path::PathBuf;

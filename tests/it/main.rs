@@ -32,4 +32,5 @@ mod shutdown;
 mod tabular;
 mod telemetry;
 mod tensor_models;
+mod text;
 mod triton_repo;

@@ -29,7 +29,7 @@ pub fn demo_models() -> PathBuf {
 }
 
 /// The models of the demo repository, in ListModels' (name) order.
-pub const DEMO_MODELS: [&str; 2] = ["efficientnet-lite0", "penguins"];
+pub const DEMO_MODELS: [&str; 3] = ["efficientnet-lite0", "penguins", "sentiment"];
 
 /// The names of the models a ListModels answer lists.
 pub fn names(list: &integrad::proto::integrad::v1::ListModelsResponse) -> Vec<&str> {
