@@ -281,6 +281,7 @@ pub fn build_gradient(
         let reason = match class(node) {
             Some(Class::Rule(_)) | Some(Class::NoGradient) => continue,
             Some(Class::Refused(reason)) => reason.to_string(),
+            None if node.domain() == "com.microsoft" => "an ONNX Runtime contrib op (the fused ops of onnxruntime.transformers.optimizer and of offline graph optimization have no gradient rules); explain the graph as exported (torch.onnx.export, before the optimizer): ONNX Runtime still fuses it in memory when it runs".to_string(),
             None => "no gradient rule for this op type".to_string(),
         };
         let domain = node.domain();

@@ -75,6 +75,13 @@ pub struct ExplainOptions {
     /// [default: the model's attribution points].
     #[arg(long, value_delimiter = ',')]
     pub attribute_to: Vec<String>,
+    /// Text models: the token of the baseline at every position but the special ones: pad,
+    /// unk or mask [default: pad].
+    #[arg(long)]
+    pub text_baseline: Option<String>,
+    /// Text models: none, l1 or l2 scaling of the token and word attributions.
+    #[arg(long, default_value = "none")]
+    pub token_normalization: String,
 }
 
 pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
@@ -164,7 +171,17 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
         } else {
             args.out.join(format!("{}-{}", rank + 1, r.target_class))
         };
-        write_files(&dir, r)?;
+        let text = args
+            .client
+            .input
+            .text
+            .as_deref()
+            .map(|text| crate::text::show::Shown {
+                text,
+                pair: args.client.input.pair.as_deref().unwrap_or_default(),
+                explanation: r,
+            });
+        write_files(&dir, r, text.as_ref())?;
         println!(
             "class {} {:?}: F(input) {:.4}, F(baseline) {:.4}, sum of attributions {:.4}, delta {:.2e} ({:.2} %), {} steps, {:.0} ms -> {}",
             r.target_class,
@@ -179,6 +196,13 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
             dir.display()
         );
         print_features(r);
+        if let Some(text) = &text {
+            use std::io::IsTerminal;
+            println!("  {}", text.terminal(std::io::stdout().is_terminal()));
+            if r.truncated {
+                println!("  (the text was truncated to the model's length)");
+            }
+        }
     }
     Ok(())
 }
@@ -256,6 +280,25 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
             "--baseline {other:?}: expected zeros, black, white, uniform, blur, median, mean, rows or a .npy file"
         ),
     };
+    let baseline = match (args.text_baseline.as_deref(), baseline) {
+        (None, baseline) => baseline,
+        (Some(token), None) => Some(pb::baseline::Kind::Text(pb::TextBaseline {
+            token: match token {
+                "pad" => pb::TextBaselineToken::Pad,
+                "unk" => pb::TextBaselineToken::Unk,
+                "mask" => pb::TextBaselineToken::Mask,
+                other => anyhow::bail!("--text-baseline {other:?}: expected pad, unk or mask"),
+            } as i32,
+            ids: Vec::new(),
+        })),
+        (Some(_), Some(_)) => anyhow::bail!("give --baseline or --text-baseline, not both"),
+    };
+    let token_normalization = match args.token_normalization.as_str() {
+        "none" => pb::TokenNormalization::None,
+        "l1" => pb::TokenNormalization::L1,
+        "l2" => pb::TokenNormalization::L2,
+        other => anyhow::bail!("--token-normalization {other:?}: expected none, l1 or l2"),
+    };
     let objective = match args.objective.as_deref() {
         None => pb::Objective::Unspecified,
         Some("probability") => pb::Objective::Probability,
@@ -294,6 +337,7 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
             overlay_alpha: None,
         }),
         attribute_to: args.attribute_to.clone(),
+        token_normalization: token_normalization as i32,
         ..Default::default()
     })
 }
@@ -313,7 +357,11 @@ fn output_dir(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_files(dir: &Path, r: &pb::Explanation) -> anyhow::Result<()> {
+fn write_files(
+    dir: &Path,
+    r: &pb::Explanation,
+    text: Option<&crate::text::show::Shown<'_>>,
+) -> anyhow::Result<()> {
     let objective = match pb::Objective::try_from(r.objective) {
         Ok(pb::Objective::Logit) => "logit",
         Ok(pb::Objective::Value) => "value",
@@ -373,6 +421,17 @@ fn write_files(dir: &Path, r: &pb::Explanation) -> anyhow::Result<()> {
         std::fs::write(
             dir.join("features.png"),
             crate::image::features_png(&bars, &title)?,
+        )?;
+    }
+    if let Some(text) = text {
+        std::fs::write(dir.join("tokens.html"), text.html())?;
+        let title = format!(
+            "{objective} of {:?}: F(x) {:.4}, F(x') {:.4}, sum {:.4} (red: for, blue: against)",
+            r.label, r.score_input, r.score_baseline, r.attribution_sum
+        );
+        std::fs::write(
+            dir.join("tokens.png"),
+            crate::image::tokens_png(&title, &text.coloured_pieces())?,
         )?;
     }
     std::fs::write(

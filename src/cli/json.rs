@@ -52,6 +52,26 @@ pub fn explanation(r: &pb::Explanation, values: bool) -> Value {
             "name": g.name,
             "attribution": g.attribution,
         })).collect::<Vec<_>>(),
+        "tokens": r.tokens.iter().map(|t| json!({
+            "token": t.token,
+            "id": t.id,
+            "start": t.start,
+            "end": t.end,
+            "attribution": t.attribution,
+            "special": t.special,
+            "pair": t.pair,
+        })).collect::<Vec<_>>(),
+        "words": r.words.iter().map(|w| json!({
+            "word": w.word,
+            "start": w.start,
+            "end": w.end,
+            "attribution": w.attribution,
+            "pair": w.pair,
+        })).collect::<Vec<_>>(),
+        "truncated": r.truncated,
+        "token_normalization": pb::TokenNormalization::try_from(r.token_normalization)
+            .map(|n| n.as_str_name())
+            .unwrap_or("TOKEN_NORMALIZATION_NONE"),
         "path": r.path.iter().map(|p| json!({
             "alpha": p.alpha,
             "score": p.score,

@@ -33,12 +33,18 @@ pub struct ClientArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct InputArgs {
     /// An image file (PNG, JPEG, WebP, BMP, GIF).
-    #[arg(required_unless_present_any = ["tensor", "features", "features_json", "inputs"],
-          conflicts_with_all = ["tensor", "features", "features_json"])]
+    #[arg(required_unless_present_any = ["tensor", "features", "features_json", "inputs", "text"],
+          conflicts_with_all = ["tensor", "features", "features_json", "text"])]
     pub image: Option<std::path::PathBuf>,
     /// A preprocessed input tensor (.npy, without the batch dimension).
-    #[arg(long, conflicts_with_all = ["features", "features_json"])]
+    #[arg(long, conflicts_with_all = ["features", "features_json", "text"])]
     pub tensor: Option<std::path::PathBuf>,
+    /// A text, for a text model (one with a tokenizer.json).
+    #[arg(long, conflicts_with_all = ["features", "features_json"])]
+    pub text: Option<String>,
+    /// A second text for the same model input (a question's context, say).
+    #[arg(long, requires = "text")]
+    pub pair: Option<String>,
     /// A tabular row: NAME=VALUE,NAME=VALUE,... (every feature of the model, once).
     #[arg(long, conflicts_with = "features_json")]
     pub features: Option<String>,
@@ -86,6 +92,15 @@ impl InputArgs {
             (None, Some(json)) => Some(parse_feature_json(json)?),
             (None, None) => None,
         };
+        if let Some(text) = &self.text {
+            let input = pb::Input {
+                kind: Some(pb::input::Kind::Text(pb::Text {
+                    text: text.clone(),
+                    pair: self.pair.clone().unwrap_or_default(),
+                })),
+            };
+            return Ok((Some(input), inputs));
+        }
         let input = match (row, &self.image, &self.tensor) {
             (Some(values), _, _) => Some(pb::Input {
                 kind: Some(pb::input::Kind::Features(pb::FeatureRow { values })),

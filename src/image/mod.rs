@@ -8,7 +8,9 @@ mod preprocess;
 mod render;
 
 pub use decode::{decode, DecodeLimits};
-pub use plot::{features_png, saturation_png, FeatureBar, PathSample, PlotError};
+pub use plot::{
+    features_png, saturation_png, tokens_png, FeatureBar, Highlight, PathSample, PlotError,
+};
 pub use preprocess::{preprocess, Geometry, Layout, Preprocessing, ResizePolicy};
 pub use render::{
     channel_sum_abs, picture_from_input, png, render, Colormap, Pictures, RenderOptions,

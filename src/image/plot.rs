@@ -194,9 +194,89 @@ pub fn features_png(bars: &[FeatureBar], title: &str) -> Result<Vec<u8>, PlotErr
     Ok(super::png(&image))
 }
 
+/// A word's background: red, green, blue, and the strength in [0, 1] blended over white.
+pub type Highlight = (u8, u8, u8, f32);
+
+/// PNG bytes of a text with each word's background coloured: `pieces` in order, each a piece
+/// of text and, for a word, its colour (r, g, b, strength in [0, 1], blended over white).
+/// Lines wrap at word pieces; `title` goes on top. Text the font lacks (CJK, emoji) shows as
+/// boxes: the HTML page shows it as sent.
+pub fn tokens_png(
+    title: &str,
+    pieces: &[(String, Option<Highlight>)],
+) -> Result<Vec<u8>, PlotError> {
+    register();
+    const WIDTH: u32 = 1000;
+    const MARGIN: i32 = 20;
+    const LINE: i32 = 34;
+    let style = ("sans-serif", 22).into_font();
+    let title_style = ("sans-serif", 18).into_font();
+    // Lay out first (the height follows from the lines).
+    let measure = |text: &str| -> i32 {
+        style
+            .box_size(text)
+            .map(|(w, _)| w as i32)
+            .unwrap_or(12 * text.chars().count() as i32)
+    };
+    let mut placed = Vec::with_capacity(pieces.len());
+    let (mut x, mut y) = (MARGIN, MARGIN + 40);
+    for (text, colour) in pieces {
+        for (i, part) in text.split('\n').enumerate() {
+            if i > 0 {
+                (x, y) = (MARGIN, y + LINE);
+            }
+            let width = measure(part);
+            if x + width > WIDTH as i32 - MARGIN && x > MARGIN {
+                (x, y) = (MARGIN, y + LINE);
+            }
+            let shown = if x == MARGIN { part.trim_start() } else { part };
+            placed.push((x, y, shown.to_string(), *colour, measure(shown)));
+            x += measure(shown);
+        }
+    }
+    let height = (y + LINE + MARGIN).clamp(120, 4000) as u32;
+    let mut buffer = vec![0u8; (WIDTH * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, height)).into_drawing_area();
+        let err = |e: DrawingAreaErrorKind<_>| PlotError(e.to_string());
+        root.fill(&WHITE).map_err(err)?;
+        root.draw(&Text::new(title.to_string(), (MARGIN, MARGIN), title_style))
+            .map_err(err)?;
+        for (x, y, text, colour, width) in placed {
+            if let Some((r, g, b, s)) = colour {
+                let mix = |c: u8| (255.0 - s * (255.0 - f32::from(c))).round() as u8;
+                root.draw(&Rectangle::new(
+                    [(x - 1, y - 4), (x + width + 1, y + LINE - 11)],
+                    RGBColor(mix(r), mix(g), mix(b)).filled(),
+                ))
+                .map_err(err)?;
+            }
+            root.draw(&Text::new(text, (x, y), style.clone()))
+                .map_err(err)?;
+        }
+        root.present().map_err(|e| PlotError(e.to_string()))?;
+    }
+    let image = image::RgbImage::from_raw(WIDTH, height, buffer)
+        .ok_or_else(|| PlotError("plot buffer size".into()))?;
+    Ok(super::png(&image))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_drawn_on_their_colours() {
+        let pieces = vec![
+            ("good".to_string(), Some((214, 39, 40, 1.0))),
+            (" and ".to_string(), None),
+            ("bad".to_string(), Some((31, 119, 180, 1.0))),
+        ];
+        let png = tokens_png("test", &pieces).unwrap();
+        let image = image::load_from_memory(&png).unwrap().to_rgb8();
+        let has = |c: [u8; 3]| image.pixels().any(|p| p.0 == c);
+        assert!(has([214, 39, 40]) && has([31, 119, 180]));
+    }
 
     #[test]
     fn feature_bars_are_drawn_in_both_colours() {

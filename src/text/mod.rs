@@ -16,6 +16,8 @@ use tokenizers::{EncodeInput, Tokenizer, TruncationParams};
 
 use crate::model::{DType, TensorData, TensorSpec, Values};
 
+pub mod show;
+
 /// Where the texts go, from `[text]` in `integrad.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -205,3 +205,116 @@ fn should_diff_models_from_the_dynamo_exporter() {
     let input = fixture_input("tests/data/autodiff/transformer_input.npy");
     check_model("transformer", &model, input, 1e-5, 0.999_999);
 }
+
+/// A tiny BERT classifier (BertForSequenceClassification: its pooler takes `hidden[:, 0]`,
+/// a Gather along the dynamic sequence axis; attention-mask and position subgraphs of Shape,
+/// Slice, Range, Expand, Where, ConstantOfShape) as both torch exporters write it
+/// (`scripts/make_bert_graphs.py`, tests/data/autodiff/bert/README.md): the gradient of the
+/// target logit at the word-embedding output, through the prefix model and the gradient
+/// model, against PyTorch autograd in float64, row by row (one row padded). Tolerance:
+/// float32 through two layers, measured about 1e-6 relative; 1e-4 leaves room, while a
+/// dropped mask or a wrong pooler position is off by tens of percents.
+#[test]
+fn should_diff_bert_classifiers_from_both_exporters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/autodiff/bert");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("graphs.json")).unwrap()).unwrap();
+    let inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("inputs.json")).unwrap()).unwrap();
+    let ints = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    for (file, wrt) in [
+        (
+            "bert_cls_script.onnx",
+            "/m/bert/embeddings/word_embeddings/Gather_output_0",
+        ),
+        ("bert_cls_dynamo.onnx", "embedding"),
+    ] {
+        let model = load(&format!("tests/data/autodiff/bert/{file}"));
+        let grad = build_gradient(
+            &model,
+            &GradOptions {
+                wrt: vec![wrt.to_string()],
+                objective: Objective::Logit,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let prefix = grad
+            .prefix
+            .as_ref()
+            .expect("an inner point has a prefix model");
+        for (row, target) in ints(&meta["targets"]).iter().enumerate() {
+            let r = &inputs["rows"][row];
+            let ids = ints(&r["input_ids"]);
+            let len = ids.len() as i64;
+            let t = |name: &str| T::ints(&[1, len], &ints(&r[name]));
+            let (ids, mask, types) = (t("input_ids"), t("attention_mask"), t("token_type_ids"));
+            let feeds = [
+                ("input_ids", &ids),
+                ("attention_mask", &mask),
+                ("token_type_ids", &types),
+            ];
+            let reads = |m: &ModelProto, name: &str| {
+                m.graph
+                    .as_ref()
+                    .unwrap()
+                    .input
+                    .iter()
+                    .any(|i| i.name() == name)
+            };
+            let prefix_feeds: Vec<_> = feeds
+                .iter()
+                .copied()
+                .filter(|(n, _)| reads(prefix, n))
+                .collect();
+            let embedding = run(prefix, &prefix_feeds)[wrt].clone();
+            let mut c = vec![0.0; 3];
+            c[*target as usize] = 1.0;
+            let c = T::new(F32, &[1, 3], c);
+            let mut all = feeds.to_vec();
+            all.push((wrt, &embedding));
+            all.push((COTANGENT, &c));
+            // Each model takes only the inputs it reads.
+            all.retain(|(n, _)| reads(&grad.model, n));
+            let out = run(&grad.model, &all);
+            let (_, want) = read(&format!("tests/data/autodiff/bert/grad_{row}.npy"));
+            let [(rel, corr)] = compare(&out[GRAD].data, &want, 1)[..] else {
+                unreachable!()
+            };
+            println!("{file} row {row}: relative L2 {rel:.2e}, correlation {corr:.8}");
+            assert!(rel < 1e-4, "{file} row {row}: relative L2 {rel}");
+            assert!(corr > 0.999_99, "{file} row {row}: correlation {corr}");
+        }
+    }
+}
+
+/// ONNX Runtime's transformer optimizer fuses the same model into com.microsoft ops
+/// (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu): refused, naming
+/// each op and how to get a graph integrad can differentiate.
+#[test]
+fn should_refuse_fused_transformer_ops_saying_what_to_export() {
+    let model = load("tests/data/autodiff/bert/bert_cls_optimized.onnx");
+    let err = build_gradient(
+        &model,
+        &GradOptions {
+            wrt: vec!["EmbedLayerNormalization_0_output".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    for op in [
+        "com.microsoft.Attention",
+        "com.microsoft.SkipLayerNormalization",
+        "com.microsoft.BiasGelu",
+    ] {
+        assert!(err.contains(op), "{op} not named: {err}");
+    }
+    assert!(err.contains("before the optimizer"), "{err}");
+}

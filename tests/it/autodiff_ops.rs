@@ -1237,3 +1237,27 @@ fn should_diff_strided_conv_after_relu6_expansion() {
         check(&m, "x", &[("x", &x)], 4e-3, F32_TOL);
     }
 }
+
+/// Gather along a dynamic axis with constant indices (a transformer pooler's `hidden[:, 0]`):
+/// a scalar index, distinct indices with a negative one, and a repeated index (whose
+/// gradients add up), the axis declared with unknown size. (The builder probes the graph at
+/// size 2 for unknown dimensions, so the indices stay within [-2, 1].)
+#[test]
+fn should_diff_gather_along_a_dynamic_axis() {
+    let mut r = Rng::new(61);
+    // Both unknown dimensions share the test models' one symbol: equal sizes.
+    let x = T::random(F64, &[5, 5, 4], &mut r);
+    for (shape, indices) in [
+        (vec![], vec![0]),
+        (vec![3], vec![1, 0, -1]),
+        (vec![3], vec![1, 1, 0]),
+    ] {
+        let m = Tiny::new(17)
+            .input("x", F64, &[-1, -1, 4])
+            .init("i", &T::ints(&shape, &indices))
+            .node("Gather", &["x", "i"], &["y"], vec![ai("axis", 1)])
+            .output("y", F64)
+            .build();
+        check(&m, "x", &[("x", &x)], F64_EPS, F64_TOL);
+    }
+}

@@ -201,7 +201,9 @@ async fn should_match_captum_layer_integrated_gradients() {
     };
     // One ExplainBatch per (layer, objective, method), every sentence in it.
     let sentences = fixtures["sentences"].as_array().unwrap();
-    let mut groups: HashMap<(String, String, String), Vec<(usize, &Value)>> = HashMap::new();
+    // (layer, objective, method) -> (sentence, case).
+    type Key = (String, String, String);
+    let mut groups: HashMap<Key, Vec<(usize, &Value)>> = HashMap::new();
     for (s, sentence) in sentences.iter().enumerate() {
         for case in sentence["cases"].as_array().unwrap() {
             let key = |k: &str| case[k].as_str().unwrap().to_string();

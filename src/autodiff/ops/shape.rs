@@ -1,7 +1,7 @@
 //! Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice, Pad
 //! (constant), Expand, Gather.
 
-use super::super::builder::{attr_i, attr_ints, Builder};
+use super::super::builder::{attr_i, attr_ints, attr_s, Builder};
 use super::super::graph::{
     self, attr_i as node_i, attr_ints as node_ints, attr_s as node_s, DYNAMIC,
 };
@@ -112,6 +112,43 @@ fn unselect(b: &mut Builder, dy: &str, rank: usize, ax: usize, idx: &[i64], dim:
     let padded = b.op("Pad", &[dy, &pads], vec![]);
     let inv = b.const_i64(&inv);
     b.op("Gather", &[&padded, &inv], vec![attr_i("axis", ax as i64)])
+}
+
+/// `unselect` for an axis whose size is known only at run time: dY (with the axis put back
+/// for a scalar index) scattered into zeros shaped like X at the constant indices `idx`
+/// (negative ones count from the end, as Gather's), repeated indices adding up.
+fn unselect_dynamic(
+    b: &mut Builder,
+    dy: &str,
+    x: &str,
+    ax: usize,
+    idx: &[i64],
+    idx_shape: &[i64],
+) -> Result<String, String> {
+    let rank = b.info(x)?.shape.len();
+    let g = match idx_shape.len() {
+        0 => {
+            let a = b.const_i64(&[ax as i64]);
+            b.op("Unsqueeze", &[dy, &a], vec![])
+        }
+        1 => dy.to_string(),
+        _ => return Err(
+            "gathering along a dynamic dimension with indices of rank 2 or more is not supported"
+                .into(),
+        ),
+    };
+    let mut shape = vec![1i64; rank];
+    shape[ax] = idx.len() as i64;
+    let values: Vec<f64> = idx.iter().map(|&i| i as f64).collect();
+    let indices = b.const_tensor(graph::INT64, &shape, &values);
+    let g_shape = b.op("Shape", &[&g], vec![]);
+    let indices = b.op("Expand", &[&indices, &g_shape], vec![]);
+    let zeros = b.zeros_like(x)?;
+    Ok(b.op(
+        "ScatterElements",
+        &[&zeros, &indices, &g],
+        vec![attr_i("axis", ax as i64), attr_s("reduction", "add")],
+    ))
 }
 
 /// Y = X[starts:ends:steps] along axes. Step-1 axes: dX = Pad(dY, start before,
@@ -254,7 +291,8 @@ fn expand(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
 }
 
 /// Y = Gather(X, I, axis), Y[p, i, s] = X[p, I[i], s] (w.r.t. the data X).
-/// Constant, distinct I: `unselect`. Otherwise, for axis 0 (embedding lookups):
+/// Constant, distinct I: `unselect`. Along a dynamic axis (a transformer's pooler taking
+/// `hidden[:, 0]`), constant I: `unselect_dynamic`. Otherwise, for axis 0 (embedding lookups):
 /// dX = OneHot(I)^T @ dY, with I flattened to m rows and dY to [m, rest]; repeated indices
 /// add up.
 fn gather(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
@@ -264,10 +302,20 @@ fn gather(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let rank = xs.len();
     let ax = axis(node_i(node, "axis").unwrap_or(0), rank);
     let dim = xs[ax];
-    if dim == DYNAMIC {
-        return Err("gathering along a dynamic dimension is not supported".into());
-    }
     let is_shape = b.info(ind)?.shape.clone();
+    if dim == DYNAMIC {
+        let Some(v) = b.const_input(node, 1) else {
+            return Err("gathering along a dynamic dimension needs constant indices".into());
+        };
+        return Ok(vec![Some(unselect_dynamic(
+            b,
+            &dy,
+            x,
+            ax,
+            &v.ints(),
+            &is_shape,
+        )?)]);
+    }
     if let Some(v) = b.const_input(node, 1) {
         let idx: Vec<i64> = v
             .ints()
