@@ -170,10 +170,31 @@ fn name_rows(message: &str, indices: &[usize]) -> String {
     out
 }
 
-/// One row: feature values, or tensors by input name.
+/// One row: feature values, tensors by input name, or a text (and its pair) for a text model.
 enum Row {
     Features(HashMap<String, f64>),
     Tensors(serde_json::Map<String, serde_json::Value>),
+    Text { text: String, pair: String },
+}
+
+/// A text row from its fields: `text`, optionally `pair`, nothing else.
+fn text_row<'a>(
+    mut fields: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> anyhow::Result<Row> {
+    let (mut text, mut pair) = (None, String::new());
+    fields.try_for_each(|(name, value)| {
+        match (name, value) {
+            ("text", Some(v)) => text = Some(v.to_string()),
+            ("pair", Some(v)) => pair = v.to_string(),
+            ("text" | "pair", None) => anyhow::bail!("{name:?} must be a string"),
+            (other, _) => anyhow::bail!(
+                "a text row takes \"text\" and \"pair\" only, not {other:?} (--exclude {other} leaves it out)"
+            ),
+        }
+        Ok(())
+    })?;
+    let text = text.ok_or_else(|| anyhow::anyhow!("a text row needs \"text\""))?;
+    Ok(Row::Text { text, pair })
 }
 
 /// An ExplainBatch instance of a row.
@@ -182,6 +203,12 @@ fn instance(row: Row, dtypes: &HashMap<String, pb::DataType>) -> anyhow::Result<
         Row::Features(values) => pb::Instance {
             input: Some(pb::Input {
                 kind: Some(pb::input::Kind::Features(pb::FeatureRow { values })),
+            }),
+            ..Default::default()
+        },
+        Row::Text { text, pair } => pb::Instance {
+            input: Some(pb::Input {
+                kind: Some(pb::input::Kind::Text(pb::Text { text, pair })),
             }),
             ..Default::default()
         },
@@ -322,6 +349,15 @@ impl Iterator for Rows {
                     Ok(record) => record,
                     Err(e) => return Some(Err(e.into())),
                 };
+                // A "text" column makes a text row.
+                if header.iter().any(|h| h.trim() == "text") {
+                    let fields = header
+                        .iter()
+                        .zip(record.iter())
+                        .map(|(name, value)| (name.trim(), Some(value)))
+                        .filter(|(name, _)| !exclude.iter().any(|e| e == name));
+                    return Some(text_row(fields));
+                }
                 let mut values = HashMap::new();
                 for (name, text) in header.iter().zip(record.iter()) {
                     let name = name.trim();
@@ -353,6 +389,9 @@ fn json_row(line: &str, exclude: &[String]) -> anyhow::Result<Row> {
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("expected a JSON object"))?;
     object.retain(|k, _| !exclude.contains(k));
+    if object.get("text").is_some_and(|t| t.is_string()) {
+        return text_row(object.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
     if object.values().all(|v| v.is_number()) {
         super::feature_values(&serde_json::Value::Object(object))
             .map(Row::Features)
@@ -469,5 +508,20 @@ mod tests {
         assert!(nested_tensor(&ragged, pb::DataType::Float32).is_err());
         let half: serde_json::Value = serde_json::from_str("[1.5]").unwrap();
         assert!(nested_tensor(&half, pb::DataType::Int64).is_err());
+    }
+
+    #[test]
+    fn text_rows_take_text_and_pair_only() {
+        let row = json_row(
+            r#"{"text": "fine", "pair": "really", "label": 1}"#,
+            &["label".into()],
+        );
+        assert!(
+            matches!(row, Ok(Row::Text { ref text, ref pair }) if text == "fine" && pair == "really")
+        );
+        let error = json_row(r#"{"text": "fine", "label": 1}"#, &[])
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("--exclude label"), "{error}");
     }
 }

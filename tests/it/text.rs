@@ -538,3 +538,107 @@ fn should_tokenize_as_python_tokenizers_does() {
         );
     }
 }
+
+async fn integrad(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::binary())
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `integrad explain --text` against a server: the words with their attributions on stdout
+/// (plain, not a terminal), explanation.json with tokens and words, tokens.html and
+/// tokens.png; `explain-batch` of text rows (JSON lines, a label left out) to results.
+#[tokio::test]
+async fn should_explain_texts_from_the_cli() {
+    let (server, _repo) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("one");
+    let sentence = "The food was cold & the staff <rude>.";
+    let run = integrad(&[
+        "explain",
+        "--server",
+        &server.url,
+        "--model",
+        MODEL,
+        "--text",
+        sentence,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("\"negative\""), "{stdout}");
+    assert!(stdout.contains("cold["), "{stdout}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
+            .unwrap();
+    let words: Vec<&str> = json["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["word"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        words,
+        ["The", "food", "was", "cold", "&", "the", "staff", "<", "rude", ">", "."]
+    );
+    assert_eq!(json["tokens"][0]["token"], "[CLS]");
+    let html = std::fs::read_to_string(out.join("tokens.html")).unwrap();
+    assert!(
+        html.contains("&lt;</mark>") && html.contains(">rude</mark>"),
+        "escaped and marked"
+    );
+    assert!(html.contains("negative"));
+    let png = image::open(out.join("tokens.png")).unwrap().to_rgb8();
+    // Some word is on a strong red or blue background.
+    let strong = png
+        .pixels()
+        .any(|p| p.0 == [214, 39, 40] || p.0 == [31, 119, 180]);
+    assert!(strong, "no word coloured at full strength");
+
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(
+        &rows,
+        "{\"text\": \"I loved this movie\", \"label\": 1}\n{\"text\": \"Terrible service.\", \"label\": 0}\n",
+    )
+    .unwrap();
+    let results = dir.path().join("results.jsonl");
+    let run = integrad(&[
+        "explain-batch",
+        "--server",
+        &server.url,
+        "--model",
+        MODEL,
+        "--exclude",
+        "label",
+        "--input",
+        rows.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let labels: Vec<&str> = lines.iter().map(|l| l["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["positive", "negative"]);
+    assert_eq!(lines[0]["words"][1]["word"], "loved");
+}
