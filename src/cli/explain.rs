@@ -90,52 +90,54 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
     let mut request = request(&args)?;
     let mut events: std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = anyhow::Result<pb::ExplainEvent>> + Send>,
-    > = match &args.client.endpoint.server {
-        Some(url) => {
-            let client = super::connect(url, &args.client.endpoint.connect).await?;
-            let mut client = client
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(64 << 20);
-            // Pictures only where there is a picture to draw on (an image input).
-            let info = client
-                .get_model(pb::GetModelRequest {
-                    model: request.model.clone(),
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-                .into_inner();
-            if info.preprocessing.is_none() {
-                request.render = None;
-            }
-            let stream = client
-                .explain(request)
-                .await
-                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
-                .into_inner();
-            Box::pin(
-                stream.map(|item| {
+    > =
+        match &args.client.endpoint.server {
+            Some(url) => {
+                let client = super::connect(url, &args.client.endpoint.connect).await?;
+                let mut client = client
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(64 << 20);
+                // Pictures only where there is a picture to draw on (an image input).
+                let info = client
+                    .get_model(pb::GetModelRequest {
+                        model: request.model.clone(),
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                if info.preprocessing.is_none() {
+                    request.render = None;
+                }
+                let stream = client
+                    .explain(request)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                Box::pin(stream.map(|item| {
                     item.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
-                }),
-            )
-        }
-        None => {
-            let engine =
-                super::local_engine(&args.client.endpoint.models, &args.client.endpoint.runtime)
-                    .await?;
-            if engine.model(&request.model)?.spec.image().is_none() {
-                request.render = None;
+                }))
             }
-            let job = engine.plan_explain(request).await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            tokio::spawn(job.run(tx));
-            Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
-                    let _keep_models_alive = &engine;
-                    item.map_err(anyhow::Error::from)
-                }),
-            )
-        }
-    };
+            None => {
+                let engine = super::local_engine(
+                    &args.client.endpoint.models,
+                    &args.client.endpoint.runtime,
+                    Some(&request.model),
+                )
+                .await?;
+                if engine.model(&request.model)?.spec.image().is_none() {
+                    request.render = None;
+                }
+                let job = engine.plan_explain(request).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                tokio::spawn(job.run(tx));
+                Box::pin(
+                    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+                        let _keep_models_alive = &engine;
+                        item.map_err(anyhow::Error::from)
+                    }),
+                )
+            }
+        };
 
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(

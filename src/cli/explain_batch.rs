@@ -421,7 +421,14 @@ impl Backend {
                         .max_encoding_message_size(64 << 20),
                 )
             }
-            None => Backend::Local(super::local_engine(&endpoint.models, &endpoint.runtime).await?),
+            None => Backend::Local(
+                super::local_engine(
+                    &endpoint.models,
+                    &endpoint.runtime,
+                    Some(endpoint.model.as_deref().unwrap_or_default()),
+                )
+                .await?,
+            ),
         })
     }
 

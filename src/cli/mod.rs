@@ -187,18 +187,27 @@ pub fn read_input(image: Option<&Path>, tensor: Option<&Path>) -> anyhow::Result
 }
 
 /// An engine over the models of `models`, in this process (for commands without --server).
+/// The models in this process, with gradient models for `explained` only: `Some(model)` (""
+/// for the default), or None for a command that only predicts.
 pub async fn local_engine(
     models: &crate::config::ModelArgs,
     runtime: &crate::config::RuntimeArgs,
+    explained: Option<&str>,
 ) -> anyhow::Result<std::sync::Arc<crate::engine::Engine>> {
     let source = models.source();
     let runtime = runtime.clone();
+    let explained = explained.map(|m| (!m.is_empty()).then(|| m.to_string()));
     let (repository, explainers) = tokio::task::spawn_blocking(move || {
+        use crate::explain::gradients::Explained;
         crate::server::load_repository(
             &source,
             &runtime.runtime_options(),
             &runtime.load_options(),
             None,
+            match &explained {
+                Some(model) => Explained::Only(model.as_deref()),
+                None => Explained::None,
+            },
         )
     })
     .await??;

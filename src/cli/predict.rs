@@ -41,7 +41,7 @@ pub async fn run_predict(args: PredictArgs) -> anyhow::Result<()> {
                 .into_inner()
         }
         None => {
-            super::local_engine(&args.models, &args.runtime)
+            super::local_engine(&args.models, &args.runtime, None)
                 .await?
                 .predict(request)
                 .await?

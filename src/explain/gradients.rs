@@ -252,18 +252,42 @@ impl Explainers {
     }
 }
 
-/// Builds and warms up the gradient models of every ready model in `repository`. A model
-/// whose gradients can't be built has its attribution set to the reason (GetModel shows it).
+/// Which models get gradient models: a server's all; an in-process command's only the model
+/// it explains (None: the default), or none for a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explained<'a> {
+    All,
+    Only(Option<&'a str>),
+    None,
+}
+
+/// Builds and warms up the gradient models of the ready models of `repository` that `which`
+/// names. A model whose gradients can't be built has its attribution set to the reason
+/// (GetModel shows it).
 pub fn prepare(
     repository: &mut Repository,
     env: &Environment,
     options: &LoadOptions,
+    which: Explained<'_>,
 ) -> Explainers {
+    let wanted = match which {
+        Explained::All | Explained::None => None,
+        Explained::Only(Some(name)) => Some(name.to_string()),
+        Explained::Only(None) => repository.default_model().map(str::to_string),
+    };
     let mut models = HashMap::new();
     for (name, entry) in repository.iter_mut() {
         let ModelEntry::Ready(model) = entry else {
             continue;
         };
+        let skipped = match which {
+            Explained::All => false,
+            Explained::None => true,
+            Explained::Only(_) => wanted.as_deref() != Some(name.as_str()),
+        };
+        if skipped {
+            continue;
+        }
         if let Err(reason) = &model.spec.attribution {
             tracing::warn!(model = %name, %reason, "model is not explainable");
             continue;

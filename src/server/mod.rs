@@ -76,6 +76,7 @@ pub fn load_repository(
     runtime: &RuntimeOptions,
     load: &LoadOptions,
     default_model: Option<&str>,
+    explained: crate::explain::gradients::Explained<'_>,
 ) -> Result<(Repository, Explainers), ServeError> {
     if let ModelSource::Repository(dir) = source {
         crate::model::check_dir(dir).map_err(ServeError::NotARepository)?;
@@ -101,7 +102,7 @@ pub fn load_repository(
             .set_default(name)
             .map_err(ServeError::DefaultModel)?;
     }
-    let explainers = crate::explain::gradients::prepare(&mut repository, &env, load);
+    let explainers = crate::explain::gradients::prepare(&mut repository, &env, load, explained);
     Ok((repository, explainers))
 }
 
@@ -162,6 +163,7 @@ pub async fn serve(
                 &runtime_options,
                 &args.load_options(),
                 args.default_model.as_deref(),
+                crate::explain::gradients::Explained::All,
             )?;
             let ready = repository.len() - repository.failures().count();
             tracing::info!(

@@ -440,3 +440,93 @@ fn should_write_gradient_models_from_the_command_line() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// A model with no image settings (any ONNX file without an integrad.toml) explains into
+/// files: attributions.npy and explanation.json, and no pictures it has nothing to draw on.
+#[test]
+fn should_explain_a_model_without_image_settings_into_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.onnx");
+    std::fs::write(&model, tiny_classifier("Softmax")).unwrap();
+    let x = dir.path().join("x.npy");
+    integrad::npy::write_f32(&x, &[2], &[0.5, 1.5]).unwrap();
+    let out = dir.path().join("out");
+    let run = run(
+        &[
+            "explain",
+            "--model-file",
+            model.to_str().unwrap(),
+            "--tensor",
+            x.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.join("attributions.npy").exists());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["attributions_shape"], serde_json::json!([2]));
+    assert!(!out.join("mask.png").exists() && !out.join("overlay.png").exists());
+}
+
+/// In-process commands build gradient models only where they explain: none for predict, the
+/// explained model's alone for explain (each demo model's took about a second or more).
+#[test]
+fn should_build_gradient_models_only_for_the_model_explained() {
+    let predicted = run(&["predict", "samples/coffee.png"], &[]);
+    assert_eq!(
+        top1(&run(&["predict", "samples/coffee.png", "--json"], &[])),
+        top1_of(&predicted)
+    );
+    let log = String::from_utf8_lossy(&predicted.stderr);
+    assert!(!log.contains("gradient models built"), "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let explained = run(
+        &[
+            "explain",
+            "--model",
+            "penguins",
+            "--features",
+            "bill_length_mm=39.1,bill_depth_mm=18.7,flipper_length_mm=181,body_mass_g=3750,island=2,sex=1",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        explained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explained.stderr)
+    );
+    let log = String::from_utf8_lossy(&explained.stderr);
+    let built: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("gradient models built"))
+        .collect();
+    assert_eq!(built.len(), 1, "{log}");
+    assert!(built[0].contains("penguins"), "{log}");
+}
+
+/// The class index a plain (not --json) predict printed first.
+fn top1_of(output: &Output) -> i64 {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1."))
+        .unwrap();
+    let after = line.split("class").nth(1).unwrap();
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
