@@ -143,19 +143,29 @@ pub struct ModelArgs {
     /// integrad.toml beside it, if present).
     #[arg(long, env = "INTEGRAD_MODEL_FILE")]
     pub model_file: Option<PathBuf>,
+    /// With --model-file: a tokenizer.json that makes it a text model [default: a
+    /// tokenizer.json beside the file].
+    #[arg(long, env = "INTEGRAD_TOKENIZER", requires = "model_file")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Where the models come from, resolved.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     Repository(PathBuf),
-    File(PathBuf),
+    /// One file, and the tokenizer given for it.
+    File(PathBuf, Option<PathBuf>),
 }
 
 impl ModelArgs {
     pub fn source(&self) -> ModelSource {
         match (&self.model_file, &self.models) {
-            (Some(file), _) => ModelSource::File(file.clone()),
+            (Some(file), _) => ModelSource::File(
+                file.clone(),
+                self.tokenizer
+                    .as_ref()
+                    .map(|t| std::path::absolute(t).unwrap_or_else(|_| t.clone())),
+            ),
             (None, Some(dir)) => ModelSource::Repository(dir.clone()),
             (None, None) => ModelSource::Repository(default_models_dir()),
         }

@@ -116,8 +116,13 @@ impl Repository {
     }
 
     /// One model from a file, named after the file's stem; `PATH.toml` or an `integrad.toml`
-    /// beside it configures it when present.
-    pub fn load_file(file: &Path, env: &Environment, options: &LoadOptions) -> Self {
+    /// beside it configures it when present; `tokenizer` makes it a text model.
+    pub fn load_file(
+        file: &Path,
+        tokenizer: Option<&Path>,
+        env: &Environment,
+        options: &LoadOptions,
+    ) -> Self {
         let name = file
             .file_stem()
             .and_then(|s| s.to_str())
@@ -130,7 +135,16 @@ impl Repository {
         } else {
             base.join(CONFIG_FILE)
         };
-        let entry = load_entry(&name, file, &config, base, env, options);
+        let entry = match ModelConfig::load(&config) {
+            Ok(mut config) => {
+                if let Some(tokenizer) = tokenizer {
+                    let text = config.text.get_or_insert_with(Default::default);
+                    text.tokenizer = Some(tokenizer.display().to_string());
+                }
+                load_configured(&name, file, config, base, env, options)
+            }
+            Err(error) => failed(&name, error.to_string()),
+        };
         Self::new(BTreeMap::from([(name, entry)]))
     }
 

@@ -95,7 +95,9 @@ pub fn load_repository(
                 source,
             })?
         }
-        ModelSource::File(file) => Repository::load_file(file, &env, load),
+        ModelSource::File(file, tokenizer) => {
+            Repository::load_file(file, tokenizer.as_deref(), &env, load)
+        }
     };
     if let Some(name) = default_model {
         repository

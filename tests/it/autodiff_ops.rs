@@ -1261,3 +1261,36 @@ fn should_diff_gather_along_a_dynamic_axis() {
         check(&m, "x", &[("x", &x)], F64_EPS, F64_TOL);
     }
 }
+
+/// Slice with sizes known only at run time: ends from Shape (`x[:, 1:len - 1]`, as exporters
+/// write `position_ids[:, :seq_len]`), and constant starts and ends on an axis of unknown
+/// size (negative, and past the end).
+#[test]
+fn should_diff_slice_with_run_time_sizes() {
+    let mut r = Rng::new(62);
+    // Both unknown dimensions share the test models' one symbol: equal sizes.
+    let x = T::random(F64, &[5, 5, 4], &mut r);
+    let from_shape = Tiny::new(17)
+        .input("x", F64, &[-1, -1, 4])
+        .init("one", &T::ints(&[1], &[1]))
+        .init("two", &T::ints(&[1], &[2]))
+        .init("axes", &T::ints(&[1], &[1]))
+        .node("Shape", &["x"], &["shape"], vec![])
+        .node("Slice", &["shape", "one", "two"], &["len"], vec![])
+        .node("Sub", &["len", "one"], &["end"], vec![])
+        .node("Slice", &["x", "one", "end", "axes"], &["y"], vec![])
+        .output("y", F64)
+        .build();
+    check(&from_shape, "x", &[("x", &x)], F64_EPS, F64_TOL);
+    for (starts, ends) in [(-3, i64::MAX), (1, -1), (0, 2)] {
+        let m = Tiny::new(17)
+            .input("x", F64, &[-1, -1, 4])
+            .init("starts", &T::ints(&[1], &[starts]))
+            .init("ends", &T::ints(&[1], &[ends]))
+            .init("axes", &T::ints(&[1], &[1]))
+            .node("Slice", &["x", "starts", "ends", "axes"], &["y"], vec![])
+            .output("y", F64)
+            .build();
+        check(&m, "x", &[("x", &x)], F64_EPS, F64_TOL);
+    }
+}

@@ -642,3 +642,57 @@ async fn should_explain_texts_from_the_cli() {
     assert_eq!(labels, ["positive", "negative"]);
     assert_eq!(lines[0]["words"][1]["word"], "loved");
 }
+
+/// `--model-file M.onnx --tokenizer FILE` makes an ad-hoc text model (here the demo's graph
+/// and weights without its folder's tokenizer.json or integrad.toml); without it, a text is
+/// refused as for any model that is not a text model.
+#[tokio::test]
+async fn should_take_a_tokenizer_for_a_model_file() {
+    integrad::model::weights::provision(
+        &root().join("models/sentiment"),
+        &integrad::runtime::cache_dir_in_use(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["model.onnx", "minilm.bin"] {
+        std::os::unix::fs::symlink(
+            root().join("models/sentiment").join(file),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
+    let model = dir.path().join("model.onnx");
+    let tokenizer = root().join("models/sentiment/tokenizer.json");
+    let with = integrad(&[
+        "predict",
+        "--model-file",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--text",
+        "I loved this movie",
+        "--json",
+    ])
+    .await;
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let json: Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert_eq!(
+        json["top"][0]["class_index"], 1,
+        "positive, as the served demo says"
+    );
+    let without = integrad(&[
+        "predict",
+        "--model-file",
+        model.to_str().unwrap(),
+        "--text",
+        "I loved this movie",
+    ])
+    .await;
+    assert!(!without.status.success());
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("not a text model"), "{stderr}");
+}

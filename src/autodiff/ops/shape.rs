@@ -114,6 +114,72 @@ fn unselect(b: &mut Builder, dy: &str, rank: usize, ax: usize, idx: &[i64], dim:
     b.op("Gather", &[&padded, &inv], vec![attr_i("axis", ax as i64)])
 }
 
+/// Slice's gradient with sizes known at run time (step 1 on every axis): dX = Pad(dY) with
+/// pads computed in the graph from Shape(X) and the starts and ends as Slice clamps them
+/// (negative counts from the end, then clamped to [0, dim], the end at least the start).
+fn slice_dynamic(
+    b: &mut Builder,
+    node: &NodeProto,
+    dy: &str,
+    x: &str,
+    rank: usize,
+) -> Result<String, String> {
+    let count = b
+        .info(&node.input[1])?
+        .shape
+        .first()
+        .copied()
+        .filter(|&n| n != DYNAMIC)
+        .ok_or("the starts of a slice with run-time sizes need a known length")?
+        as usize;
+    let axes: Vec<i64> = match node.input.get(3).filter(|s| !s.is_empty()) {
+        Some(_) => b
+            .const_input(node, 3)
+            .map(|v| v.ints())
+            .ok_or("axes is not a constant")?,
+        None => (0..count as i64).collect(),
+    };
+    if node.input.get(4).is_some_and(|s| !s.is_empty()) {
+        let steps = b.const_input(node, 4).map(|v| v.ints());
+        if steps.is_none_or(|s| s.iter().any(|&k| k != 1)) {
+            return Err("a slice with run-time sizes is differentiated for steps of 1 only".into());
+        }
+    }
+    let shape = b.op("Shape", &[x], vec![]);
+    let zero = b.const_i64(&[0]);
+    let mut begins: Vec<String> = vec![zero.clone(); rank];
+    let mut ends_after: Vec<String> = vec![zero.clone(); rank];
+    for (k, &a) in axes.iter().enumerate() {
+        let ax = axis(a, rank);
+        let pick = |b: &mut Builder, t: &str, i: usize| {
+            let (from, to) = (b.const_i64(&[i as i64]), b.const_i64(&[i as i64 + 1]));
+            b.op("Slice", &[t, &from, &to], vec![])
+        };
+        let dim = pick(b, &shape, ax);
+        let clamp = |b: &mut Builder, v: String, dim: &str| {
+            let negative = b.op("Less", &[&v, &zero], vec![]);
+            let shifted = b.op("Add", &[&v, dim], vec![]);
+            let v = b.op("Where", &[&negative, &shifted, &v], vec![]);
+            let v = b.op("Max", &[&v, &zero], vec![]);
+            b.op("Min", &[&v, dim], vec![])
+        };
+        let start = pick(b, &node.input[1], k);
+        let start = clamp(b, start, &dim);
+        let end = pick(b, &node.input[2], k);
+        let end = clamp(b, end, &dim);
+        let end = b.op("Max", &[&end, &start], vec![]);
+        begins[ax] = start;
+        ends_after[ax] = b.op("Sub", &[&dim, &end], vec![]);
+    }
+    let parts: Vec<&str> = begins
+        .iter()
+        .chain(&ends_after)
+        .map(|s| s.as_str())
+        .collect();
+    let pads = b.op("Concat", &parts, vec![attr_i("axis", 0)]);
+    Ok(b.op("Pad", &[dy, &pads], vec![]))
+}
+
 /// `unselect` for an axis whose size is known only at run time: dY (with the axis put back
 /// for a scalar index) scattered into zeros shaped like X at the constant indices `idx`
 /// (negative ones count from the end, as Gather's), repeated indices adding up.
@@ -152,13 +218,17 @@ fn unselect_dynamic(
 }
 
 /// Y = X[starts:ends:steps] along axes. Step-1 axes: dX = Pad(dY, start before,
-/// dim - end after). Other steps: `unselect` with the positions taken.
+/// dim - end after). Other steps: `unselect` with the positions taken. Starts or ends known
+/// only at run time (`x[:, :Shape(y)[1]]`), or a dynamic axis cut: `slice_dynamic`.
 fn slice(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
     let dy = b.only_first(dys)?.to_string();
     let x = &node.input[0];
     let xs = b.info(x)?.shape.clone();
     let rank = xs.len();
     let get = |i: usize| b.const_input(node, i).map(|v| v.ints());
+    if node.input.len() >= 3 && (get(1).is_none() || get(2).is_none()) {
+        return Ok(vec![Some(slice_dynamic(b, node, &dy, x, rank)?)]);
+    }
     let (starts, ends) = if node.input.len() >= 3 {
         (
             get(1).ok_or("starts is not a constant")?,
@@ -185,13 +255,15 @@ fn slice(b: &mut Builder, node: &NodeProto, dys: &[Option<String>]) -> Grads {
         let dim = xs[ax];
         let step = steps[k];
         if dim == DYNAMIC {
-            // Slicing a dynamic axis is only supported when it keeps everything.
             let whole =
                 step == 1 && (starts[k] == 0 || starts[k] <= -(1 << 31)) && ends[k] >= (1 << 31);
             if whole {
                 continue;
             }
-            return Err("slicing a dynamic dimension is not supported".into());
+            if node.input.len() >= 3 {
+                return Ok(vec![Some(slice_dynamic(b, node, &dy, x, rank)?)]);
+            }
+            return Err("slicing a dynamic dimension needs opset 10's input form".into());
         }
         let norm = |v: i64| if v < 0 { v + dim } else { v };
         if step > 0 {
