@@ -3,7 +3,27 @@
 use integrad::config::{Cli, Command, ConfigError, ServeArgs};
 use integrad::telemetry::{self, LogFormat};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(error) = run() {
+        // A user's mistake is not a crash: the error and its causes, never a backtrace (which
+        // anyhow would print under RUST_BACKTRACE=1).
+        eprintln!("Error: {error}");
+        let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
+        match causes.as_slice() {
+            [] => {}
+            [one] => eprintln!("\nCaused by:\n    {one}"),
+            many => {
+                eprintln!("\nCaused by:");
+                for (i, cause) in many.iter().enumerate() {
+                    eprintln!("    {i}: {cause}");
+                }
+            }
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = match Cli::parse_with_config(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ConfigError::Clap(e)) => e.exit(),

@@ -181,7 +181,9 @@ fn subscriber(format: LogFormat, tracer: Option<&SdkTracerProvider>) -> Result<(
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,ort=warn".into());
     let logs = match format {
+        // Colours only for a terminal: a file or a pipe gets plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

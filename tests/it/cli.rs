@@ -530,3 +530,29 @@ fn top1_of(output: &Output) -> i64 {
     let after = line.split("class").nth(1).unwrap();
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
+
+/// A user's mistake prints the error and its causes, with no backtrace even under
+/// RUST_BACKTRACE=1, and logs written to a pipe carry no colour codes.
+#[test]
+fn should_print_user_errors_plainly() {
+    let run = run(
+        &[
+            "explain",
+            "samples/coffee.png",
+            "--target",
+            "no-such-label",
+            "--out",
+            "/proc/nope",
+        ],
+        &[("RUST_BACKTRACE", "1")],
+    );
+    assert!(!run.status.success());
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("Error: "), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    let logged = self::run(&["predict", "samples/coffee.png"], &[]);
+    let log = String::from_utf8_lossy(&logged.stderr);
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a pipe: {log:?}");
+}
