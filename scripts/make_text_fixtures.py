@@ -63,7 +63,6 @@ Run from the repository root:
 """
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -83,7 +82,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_text_model import LABELS, load_model  # noqa: E402  (the module model.onnx came from)
+from make_text_model import LABELS, load_model, sha256_file  # noqa: E402  (the module model.onnx came from)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "tests", "data", "text")
@@ -142,14 +141,6 @@ LONG_TOKENS = 60  # the last sentence's length, [CLS]/[SEP] included
 
 
 # --- files ------------------------------------------------------------------------------
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_model_dir():
