@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::common;
 
-use common::{first_explanation, relative_l2, root, TestServer};
+use common::{first_explanation, integrad, relative_l2, root, strings, TestServer};
 use integrad::proto::integrad::v1 as pb;
 use tonic::Code;
 
@@ -791,22 +791,6 @@ async fn should_refuse_bad_inputs_by_name_and_keep_serving() {
     // And the server kept serving.
     let (results, _) = explain_batch(&mut client, batch(4)).await.unwrap();
     assert_eq!(results.len(), 4);
-}
-
-/// Runs the integrad binary off the test's runtime thread (which also serves the server).
-async fn integrad(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::binary())
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// `integrad explain-batch` of the demo's test rows (its label column left out) to `out`,

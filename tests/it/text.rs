@@ -45,10 +45,7 @@ fn request(sentence: &str) -> pb::ExplainRequest {
 }
 
 fn values(t: &pb::Tensor) -> Vec<f32> {
-    t.data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    integrad::wire::f32s(&t.data)
 }
 
 fn json(name: &str) -> Value {
@@ -540,15 +537,7 @@ fn should_tokenize_as_python_tokenizers_does() {
 }
 
 async fn integrad(args: &[&str]) -> std::process::Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::binary())
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    common::integrad(common::strings(args)).await
 }
 
 /// `integrad explain --text` against a server: the words with their attributions on stdout

@@ -350,6 +350,22 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_integrad"))
 }
 
+/// Runs the integrad binary off the test's runtime thread (which also serves the server).
+pub async fn integrad(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary())
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 pub fn value_info(name: &str, dims: &[Option<i64>]) -> onnx::ValueInfoProto {
     typed_value_info(name, dims, onnx::tensor_proto::DataType::Float)
 }
