@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -42,7 +43,8 @@ impl HealthPort {
         let server = tonic::transport::Server::builder()
             .layer(crate::telemetry::RpcLayer)
             .add_service(health)
-            .serve_with_incoming_shutdown(super::incoming(listener), async {
+            // A probe's close need not be waited for: nothing is lost if it is cut short.
+            .serve_with_incoming_shutdown(super::incoming(listener, TaskTracker::new()), async {
                 let _ = stopped.await;
             });
         let task = tokio::spawn(async move {

@@ -8,13 +8,15 @@
 //!
 //! Every service shares the port, the message-size limit, TLS (`tls`) and the bearer-token
 //! layer (`auth`, which leaves only health open). Shutdown (`shutdown`) drains in-flight
-//! Explains for a grace period, then cancels them. With `--health-listen`, a second port
+//! Explains for a grace period, then cancels them; connections close by lingering (`linger`),
+//! so a client still reading gets the end of its stream. With `--health-listen`, a second port
 //! serves the same health status alone, in plaintext and without a token (`health`).
 
 pub mod auth;
 mod explainer;
 mod health;
 pub mod limits;
+mod linger;
 mod oip;
 pub mod shutdown;
 mod status;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::task::TaskTracker;
 
 pub use explainer::ExplainerService;
 pub use oip::InferenceService;
@@ -36,6 +39,7 @@ use crate::model::{LoadOptions, Repository};
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::integrad::v1::explainer_server::ExplainerServer;
 use crate::runtime::{self, RuntimeOptions};
+use linger::LingeringStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -108,16 +112,18 @@ pub fn load_repository(
     Ok((repository, explainers))
 }
 
-/// Accepted connections with Nagle's algorithm off: a reply written in pieces would otherwise
-/// wait for the client's delayed ACK (about 40 ms on Linux) before its last piece leaves.
+/// Accepted connections with Nagle's algorithm off (a reply written in pieces would otherwise
+/// wait for the client's delayed ACK, about 40 ms on Linux, before its last piece leaves) that
+/// close by lingering (`linger`), tracked by `closes`.
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    closes: TaskTracker,
+) -> impl tokio_stream::Stream<Item = std::io::Result<LingeringStream>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|stream| {
+    TcpListenerStream::new(listener).map(move |stream| {
         let stream = stream?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(LingeringStream::new(stream, closes.clone()))
     })
 }
 
@@ -259,6 +265,7 @@ pub async fn serve(
             .map_err(|e| ServeError::Tls(format!("{e} (check --tls-cert and --tls-key)")))?;
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let closes = TaskTracker::new();
     let grace = std::time::Duration::from_secs(args.shutdown_grace);
     let control = Arc::new(control);
     let stopping = {
@@ -305,7 +312,7 @@ pub async fn serve(
         .add_service(inference)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener), stopping);
+        .serve_with_incoming_shutdown(incoming(listener, closes.clone()), stopping);
     let mut server = tokio::spawn(server);
     let health_port =
         health_listener.map(|listener| health::HealthPort::start(listener, health_only));
@@ -336,6 +343,9 @@ pub async fn serve(
         Ok(())
     }
     .await;
+    // The last connections' clients may still be reading what they were sent.
+    closes.close();
+    let _ = tokio::time::timeout(linger::LINGER, closes.wait()).await;
     // Only now: probes read NOT_SERVING on the health port for the whole drain.
     if let Some(port) = health_port {
         port.stop().await;
