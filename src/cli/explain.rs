@@ -28,7 +28,8 @@ pub struct ExplainOptions {
     /// The class to explain: an index or a label [default: the top-1 prediction].
     #[arg(long, conflicts_with = "top_k")]
     pub target: Option<String>,
-    /// Explain the top K classes, in the same gradient passes.
+    /// Explain the top K classes (at most 16), in the same gradient passes; each one's files
+    /// go to a folder RANK-CLASS under --out (1-285, 2-281, ...).
     #[arg(long)]
     pub top_k: Option<u32>,
     /// Intervals of the path integral.
@@ -197,6 +198,9 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
             r.elapsed_ms,
             dir.display()
         );
+        if let Some(warning) = convergence_warning(r, &args.options) {
+            eprintln!("warning: {warning}");
+        }
         print_features(r);
         if let Some(text) = &text {
             use std::io::IsTerminal;
@@ -207,6 +211,53 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What to tell the user when `r`'s attributions do not add up to F(x) - F(x') within the
+/// tolerance it was judged by (the request's `--tolerance`, or the server's default), and what
+/// to change: None when they do.
+pub fn convergence_warning(r: &pb::Explanation, options: &ExplainOptions) -> Option<String> {
+    if r.converged {
+        return None;
+    }
+    let missed = format!(
+        "class {} {:?}: the attributions miss F(input) - F(baseline) by {} (convergence delta {:.3e})",
+        r.target_class,
+        r.label,
+        percent(r.relative_delta),
+        r.convergence_delta
+    );
+    let tolerance = percent(r.convergence_tolerance);
+    Some(if options.tolerance > 0.0 {
+        format!(
+            "{missed}: --tolerance {} ({tolerance}) was not reached; refinement stopped at {} steps. Raise --max-steps, or accept a larger --tolerance.",
+            options.tolerance, r.steps
+        )
+    } else if options.method == crate::ig::Method::Trapezoid {
+        format!(
+            "{missed}, more than {tolerance}: {} steps are too few for this input. Pass --tolerance {} to refine until within {tolerance} (up to --max-steps), or raise --steps.",
+            r.steps, r.convergence_tolerance
+        )
+    } else {
+        format!(
+            "{missed}, more than {tolerance}: {} steps are too few for this input. Raise --steps, or use --method trapezoid with --tolerance {} to refine until within {tolerance}.",
+            r.steps, r.convergence_tolerance
+        )
+    })
+}
+
+/// A fraction as a percentage with the digits that matter ("5 %", "48.6 %", "0.12 %").
+fn percent(fraction: f32) -> String {
+    let p = 100.0 * fraction;
+    if !p.is_finite() {
+        "an unbounded fraction (F(input) = F(baseline))".to_string()
+    } else if p == p.round() {
+        format!("{p:.0} %")
+    } else if p >= 10.0 {
+        format!("{p:.1} %")
+    } else {
+        format!("{p:.2} %")
+    }
 }
 
 /// A tabular explanation's features, largest |attribution| first, and its groups.
@@ -314,6 +365,12 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
         other => anyhow::bail!("--colormap {other:?}: expected inferno or viridis"),
     };
     let method = pb::Method::from(args.method);
+    if args.tolerance > 0.0 && args.method != crate::ig::Method::Trapezoid {
+        anyhow::bail!(
+            "--tolerance refines by doubling trapezoid steps (reusing every gradient): use it with --method trapezoid, or raise --steps for --method {}",
+            args.method
+        );
+    }
     let samples = match baseline {
         // The reference rows are the samples.
         Some(pb::baseline::Kind::Reference(_)) => 0,

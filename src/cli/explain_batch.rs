@@ -71,6 +71,7 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
         .enumerate()
         .filter(|(i, _)| i % shard.1 == shard.0);
     let (mut done, mut written) = (0u64, 0u64);
+    let mut unconverged = Unconverged::default();
     loop {
         let mut indices = Vec::new();
         let mut instances = Vec::new();
@@ -103,11 +104,13 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
                 }
                 Some(pb::explain_event::Event::Result(r)) => {
                     write_row(&mut out, &r, &indices)?;
+                    unconverged.count(&r, &indices);
                     written += 1;
                 }
                 Some(pb::explain_event::Event::Results(r)) => {
                     for r in &r.explanations {
                         write_row(&mut out, r, &indices)?;
+                        unconverged.count(r, &indices);
                         written += 1;
                     }
                 }
@@ -131,10 +134,50 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
         },
         args.out.display()
     );
+    if let Some(worst) = &unconverged.worst {
+        let warning = super::explain::convergence_warning(worst, &args.options)
+            .expect("only explanations that did not converge are kept");
+        eprintln!(
+            "warning: {} of {written} explanations did not converge (\"converged\": false in {}); the worst, row {}: {warning}",
+            unconverged.explanations,
+            args.out.display(),
+            unconverged.worst_row,
+        );
+    }
     Ok(())
 }
 
-/// `I/N` with I < N.
+/// The explanations whose attributions do not add up within their tolerance, and the worst.
+#[derive(Default)]
+struct Unconverged {
+    explanations: u64,
+    worst: Option<pb::Explanation>,
+    worst_row: usize,
+}
+
+impl Unconverged {
+    fn count(&mut self, r: &pb::Explanation, indices: &[usize]) {
+        if r.converged {
+            return;
+        }
+        self.explanations += 1;
+        if self
+            .worst
+            .as_ref()
+            .is_none_or(|w| r.relative_delta > w.relative_delta)
+        {
+            // Without the tensors: only the numbers are reported.
+            self.worst = Some(pb::Explanation {
+                attributions: None,
+                tensor_attributions: Default::default(),
+                path: Vec::new(),
+                ..r.clone()
+            });
+            self.worst_row = indices[r.instance as usize];
+        }
+    }
+}
+
 /// Explanations per event asked of the server: those of a gradient run's completed rows
 /// arrive together, in a few messages instead of one each.
 const RESULTS_PER_EVENT: u32 = 256;
@@ -148,6 +191,7 @@ fn write_row(out: &mut impl Write, r: &pb::Explanation, indices: &[usize]) -> an
     Ok(())
 }
 
+/// `I/N` with I < N.
 fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
     let parsed = text
         .split_once('/')

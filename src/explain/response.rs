@@ -72,6 +72,10 @@ pub(super) fn explanation(
         evaluations,
     } = summary;
     let c = ig::Completeness::new(&attributions, f64::from(f_input), f64::from(f_baseline));
+    let convergence_tolerance = match job.tolerance {
+        t if t > 0.0 => f64::from(t),
+        _ => ig::DEFAULT_CONVERGENCE_TOLERANCE,
+    };
     let path = integrator
         .path(j)
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -119,6 +123,9 @@ pub(super) fn explanation(
         score_baseline: f_baseline,
         attribution_sum: c.attribution_sum as f32,
         convergence_delta: c.delta as f32,
+        relative_delta: c.relative_delta() as f32,
+        converged: c.within(convergence_tolerance),
+        convergence_tolerance: convergence_tolerance as f32,
         steps,
         method: pb::Method::from(job.method) as i32,
         objective: job.objective as i32,

@@ -30,7 +30,10 @@ pub mod quadrature;
 mod tests;
 
 pub use baseline::{draw_without_replacement, make_baseline, BaselineKind};
-pub use path::{attribution_sum, attributions, convergence_delta, interpolate, Completeness};
+pub use path::{
+    attribution_sum, attributions, convergence_delta, interpolate, Completeness,
+    DEFAULT_CONVERGENCE_TOLERANCE,
+};
 pub use quadrature::{nodes, refine_trapezoid, Batch, Integrator, Method, Node, PathPoint};
 
 /// What can go wrong in the arithmetic of Integrated Gradients. Every variant names the value

