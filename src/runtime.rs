@@ -154,14 +154,57 @@ fn load(options: &RuntimeOptions) -> Result<Arc<ort::environment::Environment>, 
     })?;
     let env = builder
         .with_name("integrad")
+        .with_logger(Arc::new(log_to_tracing))
         .build()
         .map_err(|e| RuntimeError::Load {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+    env.set_log_level(ort_log_level());
     tracing::info!(library = %path.display(), "ONNX Runtime loaded");
     let _ = LIBRARY.set(path);
     Ok(Arc::new(env))
+}
+
+/// The log target of ONNX Runtime's own messages.
+pub const ORT_LOG_TARGET: &str = "onnxruntime";
+
+/// ONNX Runtime's log callback: its messages become events of the process's log (in its format,
+/// text or JSON, filtered by RUST_LOG) instead of lines of their own on stderr. Its INFO is
+/// chatty session detail, so it is DEBUG here.
+fn log_to_tracing(
+    level: ort::logging::LogLevel,
+    _category: &str,
+    _id: &str,
+    location: &str,
+    message: &str,
+) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Verbose => tracing::trace!(target: ORT_LOG_TARGET, location, "{message}"),
+        LogLevel::Info => tracing::debug!(target: ORT_LOG_TARGET, location, "{message}"),
+        // A run ends this way only when integrad terminates it (shutdown): expected, not a fault.
+        _ if message.contains("terminate flag") => {
+            tracing::debug!(target: ORT_LOG_TARGET, location, "{message}")
+        }
+        LogLevel::Warning => tracing::warn!(target: ORT_LOG_TARGET, location, "{message}"),
+        LogLevel::Error | LogLevel::Fatal => {
+            tracing::error!(target: ORT_LOG_TARGET, location, "{message}")
+        }
+    }
+}
+
+/// The least severe ONNX Runtime message passed to the log: `ORT_LOG` (verbose, info, warning,
+/// error, fatal), else error. Messages below it are not even formatted by ONNX Runtime.
+fn ort_log_level() -> ort::logging::LogLevel {
+    use ort::logging::LogLevel;
+    match std::env::var("ORT_LOG").as_deref() {
+        Ok("verbose") => LogLevel::Verbose,
+        Ok("info") => LogLevel::Info,
+        Ok("warning") => LogLevel::Warning,
+        Ok("fatal") => LogLevel::Fatal,
+        _ => LogLevel::Error,
+    }
 }
 
 /// Finds (or fetches) the library, without loading it.

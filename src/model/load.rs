@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub intra_spin: bool,
     /// Cross-request batching in every worker.
     pub batching: Batching,
+    /// The workers of every session opened with these options (stopped together).
+    pub workers: super::Workers,
 }
 
 impl Default for LoadOptions {
@@ -49,6 +51,7 @@ impl Default for LoadOptions {
             inter_threads: 1,
             intra_spin: false,
             batching: Batching::default(),
+            workers: super::Workers::default(),
         }
     }
 }
@@ -215,6 +218,7 @@ pub fn load_model(
             batching: options.batching.on(placement),
             keep_bound: None,
         },
+        &options.workers,
     )?;
     let spec = super::ModelSpec {
         name: name.to_string(),
@@ -273,6 +277,7 @@ pub fn open_worker(
         &format!("{}-{suffix}", model.name),
         session,
         worker,
+        &options.workers,
     )?)
 }
 

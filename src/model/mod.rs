@@ -21,7 +21,7 @@ pub use config::{ModelConfig, OutputKind};
 pub use load::{load_model, open_worker, LoadError, LoadOptions};
 pub use repository::{check_dir, ModelEntry, Repository};
 pub use tabular::{Lookup, Reference, Tabular};
-pub use worker::{Caller, Submitted, Worker, WorkerOptions};
+pub use worker::{Caller, Submitted, Worker, WorkerOptions, Workers};
 
 use crate::image::Preprocessing;
 

@@ -10,12 +10,12 @@
 //! turns run by run whatever their step counts.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use ort::memory::MemoryInfo;
-use ort::session::{IoBinding, Session, SessionInputValue};
+use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::oneshot;
@@ -45,6 +45,110 @@ pub struct Worker {
     callers: Arc<AtomicUsize>,
 }
 
+/// The workers of one server (or command), so that it can end their runs before it exits: a
+/// process that exits while a run is in progress tears ONNX Runtime down under it.
+#[derive(Clone, Default)]
+pub struct Workers {
+    runs: Arc<Mutex<Vec<Weak<Runs>>>>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// Stops every worker: no run starts any more (their jobs get [`ModelError::WorkerGone`]),
+    /// the runs in progress are terminated through their run options, and this waits until
+    /// they have ended, at most `timeout`. Returns how many were still running then. Blocks.
+    pub fn stop(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let runs: Vec<Arc<Runs>> = self
+            .runs
+            .lock()
+            .expect("no panics while held")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for runs in &runs {
+            runs.stop();
+        }
+        runs.iter().filter(|runs| !runs.wait_idle(deadline)).count()
+    }
+
+    fn add(&self, runs: &Arc<Runs>) {
+        let mut all = self.runs.lock().expect("no panics while held");
+        all.retain(|r| r.strong_count() > 0);
+        all.push(Arc::downgrade(runs));
+    }
+}
+
+/// One worker's runs as [`Workers::stop`] sees them.
+struct Runs {
+    /// Passed to every run: terminating them ends the run in progress.
+    options: RunOptions,
+    /// Whether a run is in progress; false for good once stopping.
+    running: Mutex<bool>,
+    stopping: AtomicBool,
+    idle: Condvar,
+}
+
+impl Runs {
+    fn new() -> ort::Result<Self> {
+        Ok(Runs {
+            options: RunOptions::new()?,
+            running: Mutex::new(false),
+            stopping: AtomicBool::new(false),
+            idle: Condvar::new(),
+        })
+    }
+
+    /// Marks a run as started, unless the worker is stopping (then None: do not run).
+    fn begin(&self) -> Option<RunGuard<'_>> {
+        let mut running = self.running.lock().expect("no panics while held");
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        *running = true;
+        Some(RunGuard(self))
+    }
+
+    fn stop(&self) {
+        // Under the lock: a run either began before (and is terminated) or will not begin.
+        let _running = self.running.lock().expect("no panics while held");
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = self.options.terminate() {
+            tracing::warn!(error = %e, "could not terminate a model run");
+        }
+    }
+
+    /// Waits until no run is in progress or `deadline` passes; true if none is.
+    fn wait_idle(&self, deadline: Instant) -> bool {
+        let running = self.running.lock().expect("no panics while held");
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let (running, _) = self
+            .idle
+            .wait_timeout_while(running, timeout, |running| *running)
+            .expect("no panics while held");
+        !*running
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A run in progress; its end wakes [`Runs::wait_idle`].
+struct RunGuard<'a>(&'a Runs);
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().expect("no panics while held") = false;
+        self.0.idle.notify_all();
+    }
+}
+
 /// How a worker runs its session.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerOptions {
@@ -64,8 +168,13 @@ pub struct Caller {
 }
 
 impl Worker {
-    /// Moves `session` onto a new thread named after the model.
-    pub fn spawn(model: &str, session: Session, options: WorkerOptions) -> std::io::Result<Self> {
+    /// Moves `session` onto a new thread named after the model, one of `workers`.
+    pub fn spawn(
+        model: &str,
+        session: Session,
+        options: WorkerOptions,
+        workers: &Workers,
+    ) -> std::io::Result<Self> {
         let WorkerOptions {
             merge,
             batching,
@@ -83,9 +192,12 @@ impl Worker {
                 .map(|tx: mpsc::Sender<Job>| tx.max_capacity() - tx.capacity())
         });
         let callers = Arc::new(AtomicUsize::new(0));
+        let runs = Arc::new(Runs::new().map_err(std::io::Error::other)?);
+        workers.add(&runs);
         let thread = Thread {
             model: model.to_string(),
             session,
+            runs,
             rx,
             merge: if batching.enabled() {
                 merge
@@ -199,6 +311,7 @@ impl Job {
 struct Thread {
     model: String,
     session: Session,
+    runs: Arc<Runs>,
     rx: mpsc::Receiver<Job>,
     /// [`Merge::Off`] when batching is off.
     merge: Merge,
@@ -336,7 +449,7 @@ impl Thread {
                 tracing::warn!(worker = %self.model, "merged outputs do not split by batch; running the jobs one by one");
                 self.run_alone(group);
             }
-            Err(error) if group.len() > 1 => {
+            Err(error) if group.len() > 1 && !self.runs.stopping() => {
                 // One job's values may fail the run (an index out of range, say): each job
                 // alone gets its own answer or its own error, not its neighbours'.
                 tracing::warn!(worker = %self.model, %error, jobs = group.len(), "merged run failed; running its jobs one by one");
@@ -358,9 +471,16 @@ impl Thread {
     }
 
     fn run(&mut self, inputs: Vec<(String, TensorData)>, outputs: &[String]) -> Reply {
+        let runs = self.runs.clone();
+        let Some(_running) = runs.begin() else {
+            return Err(ModelError::WorkerGone {
+                model: self.model.clone(),
+            });
+        };
+        let options = &runs.options;
         let result = match &mut self.binding {
-            Some(binding) => binding.run(&mut self.session, inputs, outputs),
-            None => run(&mut self.session, inputs, outputs),
+            Some(binding) => binding.run(&mut self.session, options, inputs, outputs),
+            None => run(&mut self.session, options, inputs, outputs),
         };
         result.map_err(|reason| ModelError::Runtime {
             model: self.model.clone(),
@@ -401,6 +521,7 @@ impl Binding {
     fn run(
         &mut self,
         session: &mut Session,
+        options: &RunOptions,
         inputs: Vec<(String, TensorData)>,
         outputs: &[String],
     ) -> Result<Vec<TensorData>, String> {
@@ -436,7 +557,9 @@ impl Binding {
         }
         // Inputs bound to another device are copied asynchronously: done before the run.
         self.io.synchronize_inputs().map_err(|e| e.to_string())?;
-        let result = session.run_binding(&self.io).map_err(|e| e.to_string())?;
+        let result = session
+            .run_binding_with_options(&self.io, options)
+            .map_err(|e| e.to_string())?;
         read_outputs(&result, outputs)
     }
 
@@ -458,6 +581,7 @@ impl Binding {
 
 fn run(
     session: &mut Session,
+    options: &RunOptions,
     inputs: Vec<(String, TensorData)>,
     outputs: &[String],
 ) -> Result<Vec<TensorData>, String> {
@@ -474,7 +598,9 @@ fn run(
         };
         values.push((Cow::Owned(name), value));
     }
-    let result = session.run(values).map_err(|e| e.to_string())?;
+    let result = session
+        .run_with_options(values, options)
+        .map_err(|e| e.to_string())?;
     read_outputs(&result, outputs)
 }
 

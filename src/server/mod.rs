@@ -127,6 +127,10 @@ fn incoming(
     })
 }
 
+/// How long a stopping server waits for the model runs it terminated to end (ONNX Runtime
+/// checks its terminate flag between kernels, so one kernel's time).
+const RUNS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight Explains for
 /// `--shutdown-grace` seconds, cancels those still running, and returns.
 pub async fn serve(
@@ -161,6 +165,8 @@ pub async fn serve(
     let service = ExplainerService::new(gate.clone(), shutdown_state, args.shutdown_grace);
     let inference = InferenceService::default();
 
+    let load_options = args.load_options();
+    let workers = load_options.workers.clone();
     let loader = {
         let service = service.clone();
         let inference = inference.clone();
@@ -169,7 +175,7 @@ pub async fn serve(
             let (repository, explainers) = load_repository(
                 &args.models.source(),
                 &runtime_options,
-                &args.load_options(),
+                &load_options,
                 args.default_model.as_deref(),
                 crate::explain::gradients::Explained::All,
             )?;
@@ -346,6 +352,18 @@ pub async fn serve(
     // The last connections' clients may still be reading what they were sent.
     closes.close();
     let _ = tokio::time::timeout(linger::LINGER, closes.wait()).await;
+    // A cancelled Explain's last gradient run may still be in progress: ended here, so that
+    // the process does not exit (and unload ONNX Runtime) under it.
+    let still_running = tokio::task::spawn_blocking(move || workers.stop(RUNS_STOP_TIMEOUT))
+        .await
+        .unwrap_or(0);
+    if still_running > 0 {
+        tracing::warn!(
+            models = still_running,
+            "model runs still in progress {}s after terminating them",
+            RUNS_STOP_TIMEOUT.as_secs()
+        );
+    }
     // Only now: probes read NOT_SERVING on the health port for the whole drain.
     if let Some(port) = health_port {
         port.stop().await;

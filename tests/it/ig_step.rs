@@ -350,7 +350,7 @@ fn should_give_the_same_outputs_through_io_binding() {
             },
             keep_bound: io_binding.then_some(layout.keep_bound()),
         };
-        Worker::spawn(name, session(&stepped), options).unwrap()
+        Worker::spawn(name, session(&stepped), options, &Default::default()).unwrap()
     };
     let (plain, bound) = (worker("plain", false), worker("bound", true));
     let (shape, coffee) = fixture("coffee_input.npy");
