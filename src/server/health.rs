@@ -44,9 +44,12 @@ impl HealthPort {
             .layer(crate::telemetry::RpcLayer)
             .add_service(health)
             // A probe's close need not be waited for: nothing is lost if it is cut short.
-            .serve_with_incoming_shutdown(super::incoming(listener, TaskTracker::new()), async {
-                let _ = stopped.await;
-            });
+            .serve_with_incoming_shutdown(
+                super::accept::incoming(listener, TaskTracker::new(), None),
+                async {
+                    let _ = stopped.await;
+                },
+            );
         let task = tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!("health port stopped: {e}");

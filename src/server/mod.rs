@@ -12,6 +12,7 @@
 //! so a client still reading gets the end of its stream. With `--health-listen`, a second port
 //! serves the same health status alone, in plaintext and without a token (`health`).
 
+mod accept;
 pub mod auth;
 mod explainer;
 mod health;
@@ -26,7 +27,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::task::TaskTracker;
 
 pub use explainer::ExplainerService;
@@ -39,7 +39,6 @@ use crate::model::{LoadOptions, Repository};
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::integrad::v1::explainer_server::ExplainerServer;
 use crate::runtime::{self, RuntimeOptions};
-use linger::LingeringStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -112,21 +111,6 @@ pub fn load_repository(
     Ok((repository, explainers))
 }
 
-/// Accepted connections with Nagle's algorithm off (a reply written in pieces would otherwise
-/// wait for the client's delayed ACK, about 40 ms on Linux, before its last piece leaves) that
-/// close by lingering (`linger`), tracked by `closes`.
-fn incoming(
-    listener: TcpListener,
-    closes: TaskTracker,
-) -> impl tokio_stream::Stream<Item = std::io::Result<LingeringStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(move |stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok(LingeringStream::new(stream, closes.clone()))
-    })
-}
-
 /// How long a stopping server waits for the model runs it terminated to end (ONNX Runtime
 /// checks its terminate flag between kernels, so one kernel's time).
 const RUNS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -140,7 +124,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Everything a misconfiguration can break is checked before anything slow starts.
     let token = args.security.auth_token()?;
-    let tls = tls::server_config(&args.security)?;
+    let tls = tls::acceptor(&args.security)?;
     let health_listener = match args.health_listen {
         Some(address) => Some(health::bind(address).await?),
         None => None,
@@ -264,12 +248,7 @@ pub async fn serve(
         health_listen = ?args.health_listen,
         "listening"
     );
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| ServeError::Tls(format!("{e} (check --tls-cert and --tls-key)")))?;
-    }
+    let builder = tonic::transport::Server::builder();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let closes = TaskTracker::new();
     let grace = std::time::Duration::from_secs(args.shutdown_grace);
@@ -318,7 +297,7 @@ pub async fn serve(
         .add_service(inference)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener, closes.clone()), stopping);
+        .serve_with_incoming_shutdown(accept::incoming(listener, closes.clone(), tls), stopping);
     let mut server = tokio::spawn(server);
     let health_port =
         health_listener.map(|listener| health::HealthPort::start(listener, health_only));

@@ -33,4 +33,5 @@ mod tabular;
 mod telemetry;
 mod tensor_models;
 mod text;
+mod tls_failures;
 mod triton_repo;
