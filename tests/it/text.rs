@@ -685,3 +685,76 @@ async fn should_take_a_tokenizer_for_a_model_file() {
     let stderr = String::from_utf8_lossy(&without.stderr);
     assert!(stderr.contains("not a text model"), "{stderr}");
 }
+
+/// Both classes of the binary sentiment head in one Explain (top-k 2): each explanation has
+/// its own tokens, equal to the same target explained alone; and since p(negative) =
+/// 1 - p(positive), the two classes' token attributions are each other's negatives.
+#[tokio::test]
+async fn should_explain_the_top_k_classes_of_a_text() {
+    let (server, _repo) = server().await;
+    let mut client = server.client().await;
+    let sentence = "The staff were friendly but the room was filthy.";
+    let mut stream = client
+        .explain(pb::ExplainRequest {
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::TopK(2)),
+            }),
+            ..request(sentence)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(pb::explain_event::Event::Result(r)) = event.event {
+            results.push(r);
+        }
+    }
+    assert_eq!(results.len(), 2);
+    let classes: Vec<i64> = results.iter().map(|r| r.target_class).collect();
+    assert!(classes.contains(&0) && classes.contains(&1), "{classes:?}");
+    let tokens = |r: &pb::Explanation| -> Vec<f64> {
+        r.tokens.iter().map(|t| f64::from(t.attribution)).collect()
+    };
+    for r in &results {
+        let alone = first_explanation(
+            &mut client,
+            pb::ExplainRequest {
+                target: Some(pb::Target {
+                    kind: Some(pb::target::Kind::ClassIndex(r.target_class)),
+                }),
+                ..request(sentence)
+            },
+        )
+        .await
+        .unwrap();
+        // The same alphas through the same graph, only grouped into runs differently: f32
+        // rounding apart, as for texts alone and in a batch.
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            tokens(&alone).iter().map(|&v| v as f32).collect(),
+            tokens(r).iter().map(|&v| v as f32).collect(),
+        );
+        let l2 = relative_l2(&a, &b);
+        assert!(l2 < 1e-5, "class {}: relative L2 {l2}", r.target_class);
+        assert_eq!(alone.tokens.len(), r.tokens.len());
+        // The tokens add up to the attribution sum (the sum is over the same values in f64;
+        // the tokens are f32 sums over the hidden axis).
+        let sum: f64 = tokens(r).iter().sum();
+        assert!(
+            (sum - f64::from(r.attribution_sum)).abs() <= 1e-4 * sum.abs().max(1e-3),
+            "{sum} vs {}",
+            r.attribution_sum
+        );
+    }
+    // d p0 = -d p1 along the whole path: the attributions negate, up to the f32 rounding of
+    // two separately computed softmax gradients (about 1e-7 relative per value, far below 1e-4).
+    let (first, second) = (tokens(&results[0]), tokens(&results[1]));
+    let norm: f64 = first.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let gap: f64 = first
+        .iter()
+        .zip(&second)
+        .map(|(a, b)| (a + b) * (a + b))
+        .sum::<f64>()
+        .sqrt();
+    assert!(gap <= 1e-4 * norm, "{first:?} vs {second:?}");
+}
