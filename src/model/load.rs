@@ -171,7 +171,8 @@ pub fn load_model(
         true => text_dir,
         false => base_dir,
     };
-    let text = crate::text::TextSpec::load(text_dir, config.text.as_ref(), &inputs)?;
+    let positions = crate::text::position_table(&graph);
+    let text = crate::text::TextSpec::load(text_dir, config.text.as_ref(), &inputs, positions)?;
     // Explain checks these points when it builds its gradient models; a model that can't be
     // differentiated still serves Predict, and GetModel says why. A text model's default is
     // the lookup of its token ids alone (not the token types' or positions').

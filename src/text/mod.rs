@@ -29,7 +29,7 @@ pub struct TextSection {
     pub mask: Option<String>,
     pub type_ids: Option<String>,
     /// The most tokens a text becomes, special tokens included [default: the tokenizer's
-    /// truncation, else 512].
+    /// truncation or the model's position table, whichever is shorter, else 512].
     pub max_length: Option<usize>,
     /// The token whose id pads the default baseline [default: the tokenizer's padding token,
     /// else `[PAD]`, `<pad>`].
@@ -50,6 +50,8 @@ pub enum TextError {
     NoInput(String),
     #[error("[text] max_length must be at least 2, not {0}")]
     MaxLength(usize),
+    #[error("[text] max_length {0} is longer than the model's position table ({1} positions)")]
+    PastPositions(usize, usize),
 }
 
 /// A text model's tokenizer and where its outputs go.
@@ -118,13 +120,37 @@ pub struct Tokenized {
     pub truncated: bool,
 }
 
+/// The number of positions of a transformer's position-embedding table: a 2-D float
+/// initializer named for positions (`position_embeddings`, as Hugging Face and PyTorch exports
+/// keep the parameter's name) that a Gather looks rows up in. None when there is none, or when
+/// fused ops hide it (then the tokenizer or `[text] max_length` must say).
+pub fn position_table(model: &crate::proto::onnx::ModelProto) -> Option<usize> {
+    let graph = model.graph.as_ref()?;
+    let gathered: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Gather")
+        .filter_map(|n| n.input.first().map(String::as_str))
+        .collect();
+    graph
+        .initializer
+        .iter()
+        .filter(|t| t.dims.len() == 2 && gathered.contains(t.name()))
+        .filter(|t| t.name().to_ascii_lowercase().contains("position"))
+        .filter_map(|t| usize::try_from(t.dims[0]).ok())
+        .min()
+}
+
 impl TextSpec {
     /// The text spec of a model whose folder has a tokenizer (`tokenizer.json`, or the file
     /// `[text] tokenizer` names); None when there is none and `[text]` names none.
+    /// `positions` is the length of the model's position-embedding table, when it has one
+    /// ([`position_table`]): no text may be longer.
     pub fn load(
         dir: &Path,
         section: Option<&TextSection>,
         inputs: &[TensorSpec],
+        positions: Option<usize>,
     ) -> Result<Option<TextSpec>, TextError> {
         let named = section.and_then(|s| s.tokenizer.as_deref());
         let path = dir.join(named.unwrap_or("tokenizer.json"));
@@ -152,10 +178,17 @@ impl TextSpec {
             .ok_or_else(|| TextError::NoIds("input_ids".into()))?;
         let mask = chosen(&section.mask, "attention_mask")?;
         let type_ids = chosen(&section.type_ids, "token_type_ids")?;
-        let max_length = section
-            .max_length
-            .or_else(|| tokenizer.get_truncation().map(|t| t.max_length))
-            .unwrap_or(512);
+        let tokenizer_length = tokenizer.get_truncation().map(|t| t.max_length);
+        let max_length = match (section.max_length, tokenizer_length, positions) {
+            (Some(given), _, Some(positions)) if given > positions => {
+                return Err(TextError::PastPositions(given, positions))
+            }
+            (Some(given), _, _) => given,
+            (None, Some(length), Some(positions)) => length.min(positions),
+            (None, Some(length), None) => length,
+            (None, None, Some(positions)) => positions,
+            (None, None, None) => 512,
+        };
         if max_length < 2 {
             return Err(TextError::MaxLength(max_length));
         }

@@ -11,7 +11,7 @@ fn spec() -> TextSpec {
             shape: vec![-1, -1],
         })
         .collect();
-    TextSpec::load(&dir, None, &inputs)
+    TextSpec::load(&dir, None, &inputs, None)
         .unwrap()
         .expect("a tokenizer.json")
 }
@@ -103,6 +103,6 @@ fn should_refuse_a_tokenizer_it_cannot_read_with_the_path() {
         "{\"not\": \"a tokenizer\"}",
     )
     .unwrap();
-    let error = TextSpec::load(dir.path(), None, &[]).unwrap_err();
+    let error = TextSpec::load(dir.path(), None, &[], None).unwrap_err();
     assert!(error.to_string().contains("tokenizer.json"), "{error}");
 }

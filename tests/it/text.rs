@@ -490,9 +490,10 @@ fn should_tokenize_as_python_tokenizers_does() {
                 shape: vec![-1, -1],
             })
             .collect();
-    let spec = integrad::text::TextSpec::load(&root().join("models/sentiment"), None, &inputs)
-        .unwrap()
-        .unwrap();
+    let spec =
+        integrad::text::TextSpec::load(&root().join("models/sentiment"), None, &inputs, None)
+            .unwrap()
+            .unwrap();
     let cases = cases["cases"].as_array().unwrap();
     assert!(cases.len() >= 200);
     for case in cases {
@@ -757,4 +758,62 @@ async fn should_explain_the_top_k_classes_of_a_text() {
         .sum::<f64>()
         .sqrt();
     assert!(gap <= 1e-4 * norm, "{first:?} vs {second:?}");
+}
+
+/// The longest text a model takes: `[text] max_length`, else the tokenizer's truncation or the
+/// position-embedding table, whichever is shorter; a max_length past the table is refused at
+/// load. The small BERT of the autodiff tests has 64 positions; its tokenizer here is the
+/// demo's (truncation 128), with and without its truncation.
+#[tokio::test]
+async fn should_take_the_max_length_from_the_position_table() {
+    let repo = tempfile::tempdir().unwrap();
+    let tokenizer: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models/sentiment/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tokenizer["truncation"]["max_length"], 128);
+    let mut untruncated = tokenizer.clone();
+    untruncated["truncation"] = Value::Null;
+    let cases: [(&str, &Value, &str); 4] = [
+        ("tokenizer-128", &tokenizer, ""),
+        ("no-truncation", &untruncated, ""),
+        ("config-32", &tokenizer, "[text]\nmax_length = 32\n"),
+        ("config-100", &untruncated, "[text]\nmax_length = 100\n"),
+    ];
+    for (name, tokenizer, config) in cases {
+        let dir = repo.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(
+            root().join("tests/data/autodiff/bert/bert_cls_script.onnx"),
+            dir.join("model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        std::fs::write(dir.join("integrad.toml"), config).unwrap();
+    }
+    let server = TestServer::start(&["--models", repo.path().to_str().unwrap()]).await;
+    let mut client = server.client().await;
+    let models = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let model = |name: &str| models.iter().find(|m| m.name == name).unwrap().clone();
+    let max_length = |name: &str| model(name).text.map(|t| t.max_length);
+    assert_eq!(
+        max_length("tokenizer-128"),
+        Some(64),
+        "{:?}",
+        model("tokenizer-128")
+    );
+    assert_eq!(max_length("no-truncation"), Some(64));
+    assert_eq!(max_length("config-32"), Some(32));
+    let refused = model("config-100");
+    assert_eq!(refused.state, pb::ModelState::Failed as i32, "{refused:?}");
+    assert!(
+        refused.error.contains("max_length 100") && refused.error.contains("64 positions"),
+        "{}",
+        refused.error
+    );
 }
