@@ -101,6 +101,7 @@ impl Explainer for ExplainerService {
         let received = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let engine = self.engine()?;
+        engine.note_model(&request.get_ref().model);
         // Admission first, so that an overloaded server refuses before decoding anything.
         let slot = self.gate.acquire(deadline, &self.shutdown).await?;
         // Every check happens here, before the stream starts: a bad request is a status.
@@ -121,6 +122,8 @@ impl Explainer for ExplainerService {
         let received = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let engine = self.engine()?;
+        let model = request.get_ref().request.as_ref().map(|r| r.model.as_str());
+        engine.note_model(model.unwrap_or_default());
         let slot = self.gate.acquire(deadline, &self.shutdown).await?;
         let job = engine.plan_explain_batch(request.into_inner()).await?;
         Ok(Response::new(self.stream(
