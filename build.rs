@@ -1,9 +1,9 @@
 //! Generates the Rust code for our gRPC API (`proto/integrad/v1`), the Open Inference Protocol
-//! (`proto/inference`) and ONNX's wire format (`proto/onnx/onnx.proto`, used to read and write
-//! graphs), plus a descriptor set of the served APIs for reflection; and Triton's
-//! `proto/triton/model_config.proto` (the schema of `config.pbtxt`, package `inference` like the
-//! Open Inference Protocol, so it goes to its own directory), as Rust types and a descriptor set
-//! that `src/model/triton.rs` parses the text format with.
+//! (`proto/inference`, which imports Triton's `proto/triton/model_config.proto`, the schema of
+//! `config.pbtxt`, for its ModelConfig RPC; package `inference` too) and ONNX's wire format
+//! (`proto/onnx/onnx.proto`, used to read and write graphs), plus a descriptor set of the served
+//! APIs and their imports, for reflection and for `src/model/triton.rs`, which parses
+//! `config.pbtxt`'s text format against it.
 
 use std::path::PathBuf;
 
@@ -27,14 +27,6 @@ fn main() -> anyhow::Result<()> {
         .build_server(false)
         .build_client(false)
         .compile_protos(&["proto/onnx/onnx.proto"], &["proto"])?;
-    let triton = out_dir.join("triton");
-    std::fs::create_dir_all(&triton)?;
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(false)
-        .out_dir(&triton)
-        .file_descriptor_set_path(triton.join("model_config.bin"))
-        .compile_protos(&["proto/triton/model_config.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -195,7 +195,8 @@ pub struct ServeArgs {
     /// such as the kubelet's gRPC probe [default: off].
     #[arg(long, env = "INTEGRAD_HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
-    /// The model for requests that name none [default: the only model, if there is one].
+    /// The model for requests that name none [default: the only model that loaded, if there
+    /// is one].
     #[arg(long, env = "INTEGRAD_DEFAULT_MODEL")]
     pub default_model: Option<String>,
     /// Largest gRPC message accepted or sent, in bytes.

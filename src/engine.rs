@@ -70,6 +70,28 @@ impl Engine {
         &self.repository
     }
 
+    /// Names the model a request's `model` field means (the default for an empty one) in its
+    /// RPC's span and metrics, before anything else about the request is looked at: a request
+    /// refused before it is planned (RESOURCE_EXHAUSTED at admission) is counted under its
+    /// model too. A name of no model of this server leaves the label empty.
+    pub fn note_model(&self, name: &str) {
+        if let Some(name) = self.resolve(name) {
+            if self.repository.get(name).is_some() {
+                crate::telemetry::note_model(name);
+            }
+        }
+    }
+
+    /// The model name a request's `model` field means: itself, or the default for an empty
+    /// one (None when there is no default).
+    fn resolve<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if name.is_empty() {
+            self.repository.default_model()
+        } else {
+            Some(name)
+        }
+    }
+
     /// The ready model a request names, or the default for an empty name.
     pub fn model(&self, name: &str) -> Result<&Model, Error> {
         let available = || {
@@ -79,19 +101,11 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let name = if name.is_empty() {
-            self.repository
-                .default_model()
-                .ok_or_else(|| Error::NoDefaultModel {
-                    available: available(),
-                })?
-        } else {
-            name
-        };
+        let name = self.resolve(name).ok_or_else(|| Error::NoDefaultModel {
+            available: available(),
+        })?;
+        self.note_model(name);
         let entry = self.repository.get(name);
-        if entry.is_some() {
-            crate::telemetry::note_model(name);
-        }
         match entry {
             Some(ModelEntry::Ready(model)) => Ok(model),
             Some(ModelEntry::Failed { reason }) => Err(Error::ModelFailed {

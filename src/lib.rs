@@ -36,12 +36,13 @@ pub mod proto {
     pub mod onnx {
         tonic::include_proto!("onnx");
     }
-    /// The Open Inference Protocol (KServe V2), `proto/inference/grpc_service.proto`.
+    /// The Open Inference Protocol (KServe V2), `proto/inference/grpc_service.proto`, and
+    /// Triton's `proto/triton/model_config.proto` that it imports (the same package).
     pub mod inference {
         tonic::include_proto!("inference");
     }
-    /// The encoded descriptor set of our API and the Open Inference Protocol (for gRPC
-    /// reflection).
+    /// The encoded descriptor set of our API and the Open Inference Protocol, with their
+    /// imports (for gRPC reflection, and Triton's ModelConfig for reading `config.pbtxt`).
     pub const INTEGRAD_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("integrad_descriptor");
 }

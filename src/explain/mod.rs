@@ -116,6 +116,8 @@ pub struct ExplainJob {
     results_per_event: usize,
     /// The scaling of a text's token and word attributions.
     token_normalization: pb::TokenNormalization,
+    /// What `elapsed_ms` counts from: the request's arrival on a server, its planning in
+    /// an in-process command.
     started: Instant,
 }
 
@@ -188,6 +190,15 @@ impl ExplainJob {
             .sum();
         let fit = VALUES_BUFFERED / len.max(1);
         EVENTS_BUFFERED + results.min(fit)
+    }
+
+    /// Counts its `elapsed_ms` (results and progress) from `received`, when its RPC arrived,
+    /// instead of from its planning: the proto promises wall time from the request, and a
+    /// server under load makes a request wait for an admission slot before it is planned,
+    /// time its client sees and the server's report must not hide.
+    pub fn received_at(mut self, received: Instant) -> Self {
+        self.started = self.started.min(received);
+        self
     }
 }
 

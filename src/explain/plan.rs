@@ -332,21 +332,21 @@ fn targets(
             Targets::Classes(vec![c as usize])
         }
         Some(pb::target::Kind::Label(label)) => {
-            match spec.labels().iter().position(|l| *l == label) {
-                Some(c) => Targets::Classes(vec![c]),
-                None if spec.labels().is_empty() => {
+            if spec.labels().is_empty() {
+                return Err(Error::invalid(
+                    field(".label"),
+                    format!(
+                        "model {:?} has no labels; give target.class_index",
+                        spec.name
+                    ),
+                ));
+            }
+            match label_class(spec.labels(), &label) {
+                Ok(c) => Targets::Classes(vec![c]),
+                Err(reason) => {
                     return Err(Error::invalid(
                         field(".label"),
-                        format!(
-                            "model {:?} has no labels; give target.class_index",
-                            spec.name
-                        ),
-                    ))
-                }
-                None => {
-                    return Err(Error::invalid(
-                        field(".label"),
-                        format!("{label:?} is not a label of model {:?}", spec.name),
+                        format!("{label:?} is not a label of model {:?}{reason}", spec.name),
                     ))
                 }
             }
@@ -364,6 +364,56 @@ fn targets(
             Targets::TopK(k as usize)
         }
     })
+}
+
+/// How many labels the refusal of a label names at most.
+const CLOSEST_LABELS: usize = 5;
+
+/// The class a target label names: the label as written; else the one label equal to it
+/// apart from case and surrounding spaces (people type "egyptian cat" for ImageNet's
+/// "Egyptian cat", and a CLI argument may carry a stray space). Else the rest of the refusal,
+/// naming the labels it may have meant, with their classes: those it is equal to apart from
+/// case when they are several (ImageNet has "Cardigan", the corgi, and "cardigan", the
+/// sweater), or the closest ones, so the caller can pick one without reading labels.txt.
+fn label_class(labels: &[String], label: &str) -> Result<usize, String> {
+    if let Some(c) = labels.iter().position(|l| l == label) {
+        return Ok(c);
+    }
+    let wanted = label.trim().to_lowercase();
+    let folded: Vec<String> = labels.iter().map(|l| l.trim().to_lowercase()).collect();
+    let same: Vec<usize> = (0..labels.len()).filter(|&c| folded[c] == wanted).collect();
+    match same[..] {
+        [c] => return Ok(c),
+        [] => {}
+        _ => {
+            return Err(format!(
+                " as written, and apart from case it is several: {}; give one as written, or target.class_index",
+                named(labels, &same)
+            ))
+        }
+    }
+    // The closest first: labels that hold what was typed (a part of a label, "siamese"),
+    // then by edit distance (a typo, "egyptain cat"), shortest first.
+    let mut ranked: Vec<(bool, usize, usize)> = folded
+        .iter()
+        .enumerate()
+        .map(|(c, l)| {
+            let holds = !wanted.is_empty() && l.contains(&wanted);
+            (!holds, strsim::levenshtein(&wanted, l), c)
+        })
+        .collect();
+    ranked.sort_unstable();
+    let closest: Vec<usize> = ranked.iter().take(CLOSEST_LABELS).map(|r| r.2).collect();
+    Err(format!("; the closest: {}", named(labels, &closest)))
+}
+
+/// Labels with their classes: `"Egyptian cat" (285), ...`.
+fn named(labels: &[String], classes: &[usize]) -> String {
+    classes
+        .iter()
+        .map(|&c| format!("{:?} ({c})", labels[c]))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The baselines a request asks for: per attributed tensor, and the shorthand for the rest.

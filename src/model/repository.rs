@@ -149,12 +149,19 @@ impl Repository {
     }
 
     fn new(models: BTreeMap<String, ModelEntry>) -> Self {
-        // With one model, it is the default; with several, clients must name one unless the
-        // operator picks a default.
-        let default = if models.len() == 1 {
-            models.keys().next().cloned()
-        } else {
-            None
+        // With one model loaded, it is the default: models that failed to load are no
+        // candidates, so one broken folder beside a good model does not take the default
+        // away. With several loaded, clients must name one unless the operator picks a
+        // default. With none loaded, a lone model stays the default so that requests naming
+        // none are told why it failed rather than that there is no default.
+        let mut ready = models
+            .iter()
+            .filter(|(_, entry)| matches!(entry, ModelEntry::Ready(_)))
+            .map(|(name, _)| name);
+        let default = match (ready.next(), ready.next()) {
+            (Some(only), None) => Some(only.clone()),
+            (None, _) if models.len() == 1 => models.keys().next().cloned(),
+            _ => None,
         };
         Self { models, default }
     }

@@ -97,13 +97,20 @@ impl Explainer for ExplainerService {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<Self::ExplainStream>, Status> {
+        // Its explanations' elapsed_ms count from here: the wait for a slot is in them.
+        let received = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let engine = self.engine()?;
+        engine.note_model(&request.get_ref().model);
         // Admission first, so that an overloaded server refuses before decoding anything.
         let slot = self.gate.acquire(deadline, &self.shutdown).await?;
         // Every check happens here, before the stream starts: a bad request is a status.
         let job = engine.plan_explain(request.into_inner()).await?;
-        Ok(Response::new(self.stream(job, slot, deadline)))
+        Ok(Response::new(self.stream(
+            job.received_at(received),
+            slot,
+            deadline,
+        )))
     }
 
     type ExplainBatchStream = ExplainStream;
@@ -112,11 +119,18 @@ impl Explainer for ExplainerService {
         &self,
         request: Request<pb::ExplainBatchRequest>,
     ) -> Result<Response<Self::ExplainBatchStream>, Status> {
+        let received = std::time::Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
         let engine = self.engine()?;
+        let model = request.get_ref().request.as_ref().map(|r| r.model.as_str());
+        engine.note_model(model.unwrap_or_default());
         let slot = self.gate.acquire(deadline, &self.shutdown).await?;
         let job = engine.plan_explain_batch(request.into_inner()).await?;
-        Ok(Response::new(self.stream(job, slot, deadline)))
+        Ok(Response::new(self.stream(
+            job.received_at(received),
+            slot,
+            deadline,
+        )))
     }
 }
 

@@ -23,6 +23,8 @@ use crate::wire::{self, TensorError};
 
 /// The platform reported in model metadata (Triton's name for ONNX Runtime models).
 const PLATFORM: &str = "onnxruntime_onnx";
+/// The backend in a model's configuration (Triton's ONNX Runtime backend).
+const BACKEND: &str = "onnxruntime";
 
 /// Serves once the engine (models loaded and warmed up) is set; not ready before.
 #[derive(Clone, Default)]
@@ -82,6 +84,56 @@ fn tensor_metadata(spec: &TensorSpec) -> pb::model_metadata_response::TensorMeta
     }
 }
 
+/// The model's configuration as Triton returns it for an ONNX model: its `config.pbtxt` once
+/// completed from the graph. A Triton-layout model batches as its `config.pbtxt` says
+/// (`max_batch_size` above 0: dims without the batch dimension). A model in integrad's layout
+/// declares no batching (`max_batch_size` 0) and its dims are the graph's, the batch dimension
+/// included: ModelInfer takes any batch on a free first dimension, which a `max_batch_size`
+/// would claim to cap (Triton's completion would pick one). -1 is a dimension of any size.
+fn model_config(spec: &ModelSpec) -> pb::ModelConfig {
+    let max_batch_size = spec.triton.as_ref().map_or(0, |t| t.max_batch_size);
+    let batch = usize::from(max_batch_size > 0);
+    let dims = |tensor: &TensorSpec| tensor.shape.iter().skip(batch).copied().collect();
+    pb::ModelConfig {
+        name: spec.name.clone(),
+        platform: PLATFORM.into(),
+        backend: BACKEND.into(),
+        // NOTE: config.pbtxt's max_batch_size is an int32, read into an i64.
+        max_batch_size: i32::try_from(max_batch_size).unwrap_or(i32::MAX),
+        input: spec
+            .inputs
+            .iter()
+            .map(|input| pb::ModelInput {
+                name: input.name().to_string(),
+                data_type: data_type(input.tensor.dtype) as i32,
+                dims: dims(&input.tensor),
+                ..Default::default()
+            })
+            .collect(),
+        output: spec
+            .outputs
+            .iter()
+            .map(|output| pb::ModelOutput {
+                name: output.name.clone(),
+                data_type: data_type(output.dtype) as i32,
+                dims: dims(output),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Triton's `DataType` of an element type: TYPE_ before the protocol's name (TYPE_FP32...),
+/// except BYTES, which is TYPE_STRING.
+fn data_type(dtype: DType) -> pb::DataType {
+    match datatype(dtype) {
+        "BYTES" => pb::DataType::TypeString,
+        name => pb::DataType::from_str_name(&format!("TYPE_{name}"))
+            .unwrap_or(pb::DataType::TypeInvalid),
+    }
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
     async fn server_live(
@@ -126,8 +178,8 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "integrad".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            // None of the protocol's optional extensions are implemented.
-            extensions: Vec::new(),
+            // Of Triton's extensions, only the model configuration (gRPC ModelConfig).
+            extensions: vec!["model_configuration".into()],
         }))
     }
 
@@ -153,6 +205,17 @@ impl GrpcInferenceService for InferenceService {
                 .map(|i| tensor_metadata(&i.tensor))
                 .collect(),
             outputs: spec.outputs.iter().map(tensor_metadata).collect(),
+        }))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let request = request.into_inner();
+        let model = lookup(self.engine()?, &request.name, &request.version)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(model_config(&model.spec)),
         }))
     }
 

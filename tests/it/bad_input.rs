@@ -102,17 +102,8 @@ async fn should_refuse_bad_input_and_keep_serving() {
         "{}",
         state("empty").error
     );
-    assert_eq!(
-        list.default_model, "",
-        "three models and no --default-model: no default"
-    );
 
     let coffee = sample("coffee.png");
-    assert_status(
-        client.predict(image_request("", coffee.clone(), 1)).await,
-        Code::InvalidArgument,
-        "names no model",
-    );
     assert_status(
         client
             .predict(image_request("resnet", coffee.clone(), 1))
@@ -261,5 +252,67 @@ async fn should_refuse_bad_input_and_keep_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.top[0].label, "espresso");
+    server.stop().await;
+}
+
+/// The default model is the only model that loaded: models that failed to load are no
+/// candidates, so one good model beside broken ones serves requests that name none, on the
+/// server and in in-process commands alike. With two loaded, a request must name one.
+#[tokio::test]
+async fn should_default_to_the_only_model_that_loaded() {
+    let repo = mixed_repository();
+    let dir = repo.path().to_str().unwrap();
+    let server = TestServer::start(&["--models", dir]).await;
+    let mut client = server.client().await;
+    let list = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.models.len(), 3, "the failed models are still listed");
+    assert_eq!(list.default_model, GOOD, "one of three loaded: the default");
+    let predicted = client
+        .predict(image_request("", sample("coffee.png"), 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(predicted.model, GOOD);
+    assert_eq!(predicted.top[0].label, "espresso");
+    server.stop().await;
+
+    let coffee = root().join("samples/coffee.png");
+    let out = integrad(strings(&[
+        "predict",
+        coffee.to_str().unwrap(),
+        "--models",
+        dir,
+        "--json",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["model"], GOOD, "{json}");
+
+    std::os::unix::fs::symlink(demo_models().join("penguins"), repo.path().join("penguins"))
+        .unwrap();
+    let server = TestServer::start(&["--models", dir]).await;
+    let mut client = server.client().await;
+    let list = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.default_model, "",
+        "two of four loaded and no --default-model: no default"
+    );
+    assert_status(
+        client
+            .predict(image_request("", sample("coffee.png"), 1))
+            .await,
+        Code::InvalidArgument,
+        "names no model",
+    );
     server.stop().await;
 }

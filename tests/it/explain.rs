@@ -401,6 +401,57 @@ async fn should_refuse_bad_requests_before_any_work() {
     server.stop().await;
 }
 
+/// A target label matches as written first; else regardless of case and surrounding spaces,
+/// when that names one class; else the refusal names the closest labels.
+#[tokio::test]
+async fn should_match_labels_regardless_of_case_and_name_the_closest_ones() {
+    let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;
+    let by_label = |label: &str| pb::ExplainRequest {
+        input: image_input("chelsea.png"),
+        target: Some(pb::Target {
+            kind: Some(pb::target::Kind::Label(label.into())),
+        }),
+        steps: Some(4),
+        ..Default::default()
+    };
+    // ImageNet's labels as labels.txt spells them: "Egyptian cat" (285), "tiger cat" (282),
+    // "Cardigan" (264, the corgi) and "cardigan" (474, the sweater).
+    for (label, class, shown) in [
+        ("egyptian cat", 285, "Egyptian cat"),
+        ("  Tiger Cat ", 282, "tiger cat"),
+        ("cardigan", 474, "cardigan"),
+        ("Cardigan", 264, "Cardigan"),
+    ] {
+        let (_, results) = explain(&server, by_label(label))
+            .await
+            .unwrap_or_else(|s| panic!("{label:?}: {}", s.message()));
+        assert_eq!(results[0].target_class, class, "{label:?}");
+        assert_eq!(results[0].label, shown, "{label:?}");
+    }
+    for (label, named) in [
+        // Two classes whose labels differ only in case: ambiguous, both named.
+        (
+            "CARDIGAN",
+            &["\"Cardigan\" (264)", "\"cardigan\" (474)"][..],
+        ),
+        // A typo and a part of a label: no match, the closest labels named.
+        ("egyptain cat", &["\"Egyptian cat\" (285)"]),
+        ("siamese", &["\"Siamese cat\" (284)"]),
+    ] {
+        let status = explain(&server, by_label(label)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{label:?}");
+        let message = status.message();
+        assert!(message.contains("target.label"), "{message}");
+        for name in named {
+            assert!(
+                message.contains(name),
+                "{label:?} should name {name}: {message}"
+            );
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn should_draw_pictures_at_the_photos_resolution() {
     let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;

@@ -118,6 +118,122 @@ async fn should_serve_the_stock_tritonclient() {
     assert_eq!(seen["ready_after"], true);
 }
 
+/// A model's configuration, as Triton would return it for an ONNX model (`config.pbtxt` after
+/// its auto-completion), through the stock tritonclient: integrad's layout (the demo models,
+/// no batching declared, so max_batch_size 0 and the graph's shapes, -1 where any size goes),
+/// a Triton layout that batches (max_batch_size 4: dims without the batch dimension), and an
+/// unknown model refused with NOT_FOUND and a message.
+#[tokio::test]
+async fn should_give_the_stock_tritonclient_model_configurations() {
+    let python = python_venv(
+        "INTEGRAD_TEST_TRITON_PYTHON",
+        "python-tritonclient",
+        "tests/python/requirements-tritonclient.txt",
+        "import tritonclient.grpc, numpy",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let demo = demo_models();
+    for model in ["efficientnet-lite0", "penguins"] {
+        std::os::unix::fs::symlink(demo.join(model), dir.path().join(model)).unwrap();
+    }
+    let classifier = dir.path().join("classifier");
+    std::fs::create_dir_all(classifier.join("1")).unwrap();
+    std::os::unix::fs::symlink(
+        demo.join("efficientnet-lite0/model.onnx"),
+        classifier.join("1/model.onnx"),
+    )
+    .unwrap();
+    for file in ["integrad.toml", "labels.txt"] {
+        std::fs::copy(
+            demo.join("efficientnet-lite0").join(file),
+            classifier.join(file),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        classifier.join("config.pbtxt"),
+        r#"
+name: "classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [ { name: "input", data_type: TYPE_FP32, dims: [ 3, 224, 224 ] } ]
+output [ { name: "logits", data_type: TYPE_FP32, dims: [ 1000 ] } ]
+"#,
+    )
+    .unwrap();
+    let server = BinaryServer::start(&["--models", dir.path().to_str().unwrap()]).await;
+    let script = root().join("tests/python/triton_model_config.py");
+    let address = server.address.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(address)
+            .args([
+                "efficientnet-lite0",
+                "penguins",
+                "classifier",
+                "no-such-model",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "triton_model_config.py failed ({})\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {stdout}"));
+    // Protobuf's JSON mapping: int64 dims are strings, and fields at their default (a
+    // max_batch_size of 0) are left out.
+    let tensor = |name: &str, data_type: &str, dims: &[&str]| serde_json::json!({"name": name, "data_type": data_type, "dims": dims});
+    let efficientnet = &seen["efficientnet-lite0"];
+    assert_eq!(efficientnet["name"], "efficientnet-lite0", "{seen}");
+    assert_eq!(efficientnet["platform"], "onnxruntime_onnx", "{seen}");
+    assert_eq!(efficientnet["backend"], "onnxruntime", "{seen}");
+    assert_eq!(efficientnet.get("max_batch_size"), None, "{seen}");
+    assert_eq!(
+        efficientnet["input"],
+        serde_json::json!([tensor("input", "TYPE_FP32", &["-1", "3", "224", "224"])])
+    );
+    assert_eq!(
+        efficientnet["output"],
+        serde_json::json!([tensor("logits", "TYPE_FP32", &["-1", "1000"])])
+    );
+    let penguins = &seen["penguins"];
+    assert_eq!(
+        penguins["input"],
+        serde_json::json!([
+            tensor("numeric", "TYPE_FP32", &["-1", "4"]),
+            tensor("categorical", "TYPE_INT64", &["-1", "2"]),
+        ]),
+        "{seen}"
+    );
+    let classifier = &seen["classifier"];
+    assert_eq!(classifier["name"], "classifier", "{seen}");
+    assert_eq!(classifier["max_batch_size"], 4, "{seen}");
+    assert_eq!(
+        classifier["input"],
+        serde_json::json!([tensor("input", "TYPE_FP32", &["3", "224", "224"])])
+    );
+    assert_eq!(
+        classifier["output"],
+        serde_json::json!([tensor("logits", "TYPE_FP32", &["1000"])])
+    );
+    let unknown = &seen["no-such-model"];
+    assert_eq!(unknown["error"], "StatusCode.NOT_FOUND", "{seen}");
+    assert!(
+        unknown["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-model")),
+        "{seen}"
+    );
+}
+
 fn coffee_input(datatype: &str) -> InferInputTensor {
     InferInputTensor {
         name: "input".into(),

@@ -1,7 +1,8 @@
 //! Telemetry end to end, through the real binary (the tracer and meter providers are
 //! process-wide, so the server gets a process of its own): an OTLP receiver in the test
 //! collects the spans and metrics of a Predict, a refused Predict and an Explain of the demo
-//! model, and the Prometheus endpoint is scraped before and after them.
+//! model, and the Prometheus endpoint is scraped before and after them; and Explains refused
+//! at admission are counted under their model.
 
 use crate::common;
 
@@ -83,6 +84,11 @@ struct Server {
 impl Server {
     /// `integrad serve` on free ports, exporting to `otlp`, logging JSON lines.
     fn start(otlp: SocketAddr) -> Self {
+        Self::start_with(&["--otlp-endpoint", &format!("http://{otlp}")])
+    }
+
+    /// `integrad serve <args>` on free ports, with metrics, logging JSON lines.
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(binary())
             .args([
                 "serve",
@@ -90,11 +96,10 @@ impl Server {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
-                "--otlp-endpoint",
-                &format!("http://{otlp}"),
                 "--log-format",
                 "json",
             ])
+            .args(args)
             .env("OTEL_SERVICE_NAME", SERVICE_NAME)
             .env_remove("RUST_LOG")
             .current_dir(root())
@@ -439,4 +444,65 @@ async fn should_export_spans_and_metrics_of_real_requests() {
     );
     assert!(metrics.iter().any(|m| m.name == "integrad.rpc.duration"));
     assert!(metrics.iter().any(|m| m.name == "integrad.ig.steps"));
+}
+
+/// An Explain refused at admission (RESOURCE_EXHAUSTED), before any model is looked at, is
+/// counted under the model it is about: the one it names, or the default model for a request
+/// that names none.
+#[tokio::test(flavor = "multi_thread")]
+async fn should_count_refused_explains_under_their_model() {
+    let server = Server::start_with(&[
+        "--max-concurrent-explains",
+        "1",
+        "--max-queued-explains",
+        "0",
+    ]);
+    wait_serving(&server.url, None).await;
+    let mut client = pb::explainer_client::ExplainerClient::connect(server.url.clone())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20);
+    let explain = |model: &str, steps: u32| pb::ExplainRequest {
+        model: model.into(),
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Image(sample("rocket.jpg"))),
+        }),
+        steps: Some(steps),
+        ..Default::default()
+    };
+    // Minutes of work: it holds the only slot while the test runs, then is cancelled.
+    let mut running = client
+        .explain(explain("", 4096))
+        .await
+        .unwrap()
+        .into_inner();
+    running.message().await.unwrap().unwrap();
+
+    let before = parse(&scrape(server.metrics).1);
+    for model in ["", MODEL, "no-such-model"] {
+        let refused = client.explain(explain(model, 4)).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+    }
+    let after = parse(&scrape(server.metrics).1);
+    let delta = |model: &str| {
+        let labels = [
+            ("rpc", EXPLAIN),
+            ("model", model),
+            ("code", "RESOURCE_EXHAUSTED"),
+        ];
+        value(&after, "integrad_rpc_requests_total", &labels)
+            - value(&before, "integrad_rpc_requests_total", &labels)
+    };
+    // The demo repository's default model is MODEL (its default-model file).
+    assert_eq!(delta(MODEL), 2.0, "the default and the named");
+    assert_eq!(
+        delta(""),
+        1.0,
+        "a model this server does not have has no label value"
+    );
+    drop(running);
 }
