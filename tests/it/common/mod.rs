@@ -543,6 +543,12 @@ pub fn python_venv(override_env: &str, venv: &str, requirements: &str, imports: 
             Err(e) => panic!("cannot run {override_env}={python}: {e}"),
         }
     }
+    // Several tests share a venv and run at once: one makes it while the others wait (two
+    // pip installs into one venv at a time corrupt each other's files).
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(venv);
     let python = venv.join("bin/python");
     if !ready(&python).is_ok_and(|(ok, _)| ok) {
