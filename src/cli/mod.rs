@@ -5,6 +5,7 @@ mod autodiff;
 mod connect;
 mod explain;
 mod explain_batch;
+mod fetch_weights;
 pub mod json;
 mod predict;
 
@@ -12,6 +13,7 @@ pub use autodiff::{run_autodiff, AutodiffArgs};
 pub use connect::{connect, BearerToken, Client, ConnectArgs};
 pub use explain::{run_explain, ExplainArgs, ExplainOptions};
 pub use explain_batch::{run_explain_batch, ExplainBatchArgs};
+pub use fetch_weights::{run_fetch_weights, FetchWeightsArgs};
 pub use predict::{run_predict, PredictArgs};
 
 use std::collections::HashMap;

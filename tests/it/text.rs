@@ -817,3 +817,47 @@ async fn should_take_the_max_length_from_the_position_table() {
         refused.error
     );
 }
+
+/// `integrad fetch-weights` builds a weights file that a folder has only as weights.json
+/// (what a read-only container image runs at build time), byte for byte the file the server
+/// builds at load; a manifest that pins other bytes fails the command and names the folder.
+#[tokio::test]
+async fn should_fetch_weights_ahead_of_serving() {
+    let served = integrad::model::weights::provision(
+        &root().join("models/sentiment"),
+        &integrad::runtime::cache_dir_in_use(),
+    )
+    .unwrap()
+    .expect("the demo ships a manifest");
+    let repo = tempfile::tempdir().unwrap();
+    let folder = repo.path().join("sentiment");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        root().join("models/sentiment/weights.json"),
+        folder.join("weights.json"),
+    )
+    .unwrap();
+    let run = integrad(&["fetch-weights", "--models", repo.path().to_str().unwrap()]).await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let built = std::fs::read(folder.join("minilm.bin")).unwrap();
+    assert!(
+        built == std::fs::read(&served).unwrap(),
+        "the file differs from the server's"
+    );
+
+    let manifest = std::fs::read_to_string(folder.join("weights.json")).unwrap();
+    let mut manifest: Value = serde_json::from_str(&manifest).unwrap();
+    manifest["sha256"] = Value::String("0".repeat(64));
+    std::fs::write(folder.join("weights.json"), manifest.to_string()).unwrap();
+    let run = integrad(&["fetch-weights", "--models", repo.path().to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&folder.display().to_string()) && stderr.contains("sha256"),
+        "{stderr}"
+    );
+}
