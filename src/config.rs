@@ -198,6 +198,14 @@ pub struct ServeArgs {
     /// such as the kubelet's gRPC probe [default: off].
     #[arg(long, env = "INTEGRAD_HEALTH_LISTEN", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
+    /// Also serve the HTTP/JSON API on this address: KServe's V1 protocol (GET /v1/models,
+    /// POST /v1/models/NAME:predict and :explain, server-sent events with `Accept:
+    /// text/event-stream`) and the /v2/health probes, with the same models, limits, token and
+    /// TLS as gRPC [default: off].
+    #[arg(long, env = "INTEGRAD_HTTP_LISTEN", value_parser = parse_listen)]
+    pub http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub kserve: KServeArgs,
     /// The model for requests that name none [default: the only model that loaded, if there
     /// is one].
     #[arg(long, env = "INTEGRAD_DEFAULT_MODEL")]
@@ -242,7 +250,38 @@ pub struct ServeArgs {
     pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
+/// What KServe's controller appends to a custom explainer's arguments
+/// (docs/serving.md, "KServe").
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "KServe explainer arguments")]
+pub struct KServeArgs {
+    /// Serve the HTTP API on 0.0.0.0:PORT (as --http-listen).
+    #[arg(long = "http_port", conflicts_with = "http_listen")]
+    pub http_port: Option<u16>,
+    /// The InferenceService's name, which KServe routes by: /v1/models/NAME answers with the
+    /// default model when no model has that name.
+    #[arg(long = "model_name")]
+    pub model_name: Option<String>,
+    /// The predictor's address. Accepted so that KServe can start integrad; integrad explains
+    /// its own copy of the model and does not call the predictor (a warning says so).
+    #[arg(long = "predictor_host")]
+    pub predictor_host: Option<String>,
+    /// KServe's worker processes. integrad is one process; its concurrency is
+    /// --max-concurrent-explains and --intra-threads (a log line says so).
+    #[arg(long = "workers")]
+    pub workers: Option<u32>,
+}
+
 impl ServeArgs {
+    /// Where the HTTP API listens: --http-listen, or --http_port on every address.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_listen.or_else(|| {
+            self.kserve
+                .http_port
+                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+        })
+    }
+
     pub fn decode_limits(&self) -> DecodeLimits {
         DecodeLimits::with_max_pixels(self.max_image_pixels)
     }

@@ -45,6 +45,26 @@ pub mod proto {
     /// imports (for gRPC reflection, and Triton's ModelConfig for reading `config.pbtxt`).
     pub const INTEGRAD_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("integrad_descriptor");
+
+    /// The messages of [`INTEGRAD_DESCRIPTOR_SET`], decoded once (to read and write them
+    /// generically: text format, JSON).
+    pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+        static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> =
+            std::sync::OnceLock::new();
+        // NOTE: built into the binary by build.rs; a failure is a build bug, and the unit
+        // tests hit it first.
+        POOL.get_or_init(|| {
+            prost_reflect::DescriptorPool::decode(INTEGRAD_DESCRIPTOR_SET)
+                .expect("build.rs encodes a valid descriptor set")
+        })
+    }
+
+    /// The descriptor of the message `full_name` (such as `integrad.v1.ExplainRequest`).
+    pub fn message_descriptor(full_name: &str) -> prost_reflect::MessageDescriptor {
+        descriptor_pool()
+            .get_message_by_name(full_name)
+            .unwrap_or_else(|| panic!("the descriptor set declares {full_name}"))
+    }
 }
 
 pub use error::Error;

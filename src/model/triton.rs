@@ -13,9 +13,8 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DynamicMessage, MessageDescriptor};
 
 use super::{DType, TensorSpec};
 
@@ -28,23 +27,9 @@ use schema::model_version_policy::PolicyChoice;
 
 pub const TRITON_CONFIG_FILE: &str = "config.pbtxt";
 
-/// An encoded descriptor set that holds `proto/triton/model_config.proto` (the Open Inference
-/// Protocol's imports it).
-const MODEL_CONFIG_DESCRIPTOR: &[u8] = crate::proto::INTEGRAD_DESCRIPTOR_SET;
-
 /// `inference.ModelConfig`, the message a `config.pbtxt` is.
 fn model_config_descriptor() -> MessageDescriptor {
-    static DESCRIPTOR: OnceLock<MessageDescriptor> = OnceLock::new();
-    DESCRIPTOR
-        .get_or_init(|| {
-            // NOTE: both built into the binary by build.rs; a failure is a build bug, and the
-            // unit tests hit it first.
-            DescriptorPool::decode(MODEL_CONFIG_DESCRIPTOR)
-                .expect("build.rs encodes a valid descriptor set")
-                .get_message_by_name("inference.ModelConfig")
-                .expect("model_config.proto declares inference.ModelConfig")
-        })
-        .clone()
+    crate::proto::message_descriptor("inference.ModelConfig")
 }
 
 /// Why a Triton-layout model is not served.

@@ -15,20 +15,57 @@ use tonic::Status;
 /// gRPC services reachable without a token: health, for Kubernetes and load-balancer probes.
 pub const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health"];
 
-/// Requires `authorization: Bearer <token>` when built with a token; passes everything
-/// through when built without one.
-#[derive(Clone)]
-pub struct AuthLayer {
+/// The bearer-token check, shared by the gRPC layer and the HTTP API.
+#[derive(Clone, Default)]
+pub struct TokenCheck {
     /// SHA-256 of the token: comparing fixed-length digests in constant time reveals neither
     /// the token's bytes nor its length through timing.
     digest: Option<Arc<[u8; 32]>>,
 }
 
-impl AuthLayer {
+impl TokenCheck {
+    /// Requires `authorization: Bearer <token>` with a token; passes everything without one.
     pub fn new(token: Option<&str>) -> Self {
         Self {
             digest: token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())),
         }
+    }
+
+    /// Whether a request with these headers may pass; if not, why.
+    pub fn check(&self, headers: &http::HeaderMap) -> Result<(), &'static str> {
+        let Some(expected) = self.digest.as_ref() else {
+            return Ok(());
+        };
+        let Some(header) = headers.get(http::header::AUTHORIZATION) else {
+            return Err("this server needs a bearer token: send `authorization: Bearer <token>`");
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let Some(token) = token else {
+            return Err("the authorization header must read `Bearer <token>`");
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if bool::from(digest.ct_eq(expected.as_ref())) {
+            Ok(())
+        } else {
+            Err("the bearer token is not valid")
+        }
+    }
+}
+
+/// The [`TokenCheck`] as a tower layer for the gRPC router.
+#[derive(Clone)]
+pub struct AuthLayer {
+    check: TokenCheck,
+}
+
+impl AuthLayer {
+    pub fn new(check: TokenCheck) -> Self {
+        Self { check }
     }
 }
 
@@ -38,7 +75,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Auth<S> {
         Auth {
             inner,
-            digest: self.digest.clone(),
+            check: self.check.clone(),
         }
     }
 }
@@ -46,40 +83,21 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    digest: Option<Arc<[u8; 32]>>,
+    check: TokenCheck,
 }
 
 impl<S> Auth<S> {
     /// Why `request` may not pass, or `None` when it may.
     fn refusal<B>(&self, request: &http::Request<B>) -> Option<Status> {
-        let expected = self.digest.as_ref()?;
         let service = request.uri().path().trim_start_matches('/');
         let service = service.split('/').next().unwrap_or_default();
         if OPEN_SERVICES.contains(&service) {
             return None;
         }
-        let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
-            return Some(Status::unauthenticated(
-                "this server needs a bearer token: send the metadata `authorization: Bearer <token>`",
-            ));
-        };
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        let Some(token) = token else {
-            return Some(Status::unauthenticated(
-                "the authorization metadata must read `Bearer <token>`",
-            ));
-        };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if bool::from(digest.ct_eq(expected.as_ref())) {
-            None
-        } else {
-            Some(Status::unauthenticated("the bearer token is not valid"))
-        }
+        self.check
+            .check(request.headers())
+            .err()
+            .map(Status::unauthenticated)
     }
 }
 

@@ -40,6 +40,13 @@ impl ExplainerService {
         let _ = self.engine.set(engine);
     }
 
+    /// Whether the models have loaded and none is called `name`.
+    pub fn model_is_missing(&self, name: &str) -> bool {
+        self.engine
+            .get()
+            .is_some_and(|engine| engine.repository().get(name).is_none())
+    }
+
     fn engine(&self) -> Result<&Engine, Status> {
         self.engine.get().map(|e| e.as_ref()).ok_or_else(|| Status::unavailable("models are still loading; retry shortly (the health service says SERVING when ready)"))
     }

@@ -16,6 +16,7 @@ mod accept;
 pub mod auth;
 mod explainer;
 mod health;
+mod http;
 pub mod limits;
 mod linger;
 mod oip;
@@ -57,6 +58,11 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot listen on {address} (--http-listen): {source}")]
+    HttpListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address} (--health-listen): {source}")]
     HealthListen {
         address: std::net::SocketAddr,
@@ -111,6 +117,19 @@ pub fn load_repository(
     Ok((repository, explainers))
 }
 
+/// Logs what integrad makes of the arguments KServe's controller appends.
+fn note_kserve_arguments(kserve: &crate::config::KServeArgs) {
+    if let Some(host) = &kserve.predictor_host {
+        tracing::warn!(predictor = %host, "--predictor_host: integrad explains its own copy of the model; it does not call the predictor, so make sure both serve the same model file");
+    }
+    if let Some(workers) = kserve.workers {
+        tracing::info!(workers, "--workers: integrad is one process; set its concurrency with --max-concurrent-explains and --intra-threads");
+    }
+    if let Some(name) = &kserve.model_name {
+        tracing::info!(model_name = %name, "--model_name: HTTP requests for this name go to the default model unless a model has it");
+    }
+}
+
 /// How long a stopping server waits for the model runs it terminated to end (ONNX Runtime
 /// checks its terminate flag between kernels, so one kernel's time).
 const RUNS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -124,11 +143,21 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Everything a misconfiguration can break is checked before anything slow starts.
     let token = args.security.auth_token()?;
+    let token_check = auth::TokenCheck::new(token.as_deref());
     let tls = tls::acceptor(&args.security)?;
     let health_listener = match args.health_listen {
         Some(address) => Some(health::bind(address).await?),
         None => None,
     };
+    let http_listener = match args.http_address() {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| ServeError::HttpListen { address, source })?,
+        ),
+        None => None,
+    };
+    note_kserve_arguments(&args.kserve);
     let runtime_options = args.runtime.runtime_options();
     // Fetching ONNX Runtime on a first run takes seconds: not on the async threads.
     let options = runtime_options.clone();
@@ -147,6 +176,7 @@ pub async fn serve(
     ));
     let (control, shutdown_state) = shutdown::channel();
     let service = ExplainerService::new(gate.clone(), shutdown_state, args.shutdown_grace);
+    let http_service = service.clone();
     let inference = InferenceService::default();
 
     let load_options = args.load_options();
@@ -253,6 +283,22 @@ pub async fn serve(
     let closes = TaskTracker::new();
     let grace = std::time::Duration::from_secs(args.shutdown_grace);
     let control = Arc::new(control);
+    let http_port = http_listener.map(|listener| {
+        let api = http::HttpApi::new(
+            http_service,
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+            token_check.clone(),
+            args.kserve.model_name.clone(),
+            max,
+        );
+        http::HttpPort::start(
+            listener,
+            tls.clone(),
+            closes.clone(),
+            api.router(),
+            control.subscribe(),
+        )
+    });
     let stopping = {
         let control = control.clone();
         let gate = gate.clone();
@@ -291,7 +337,7 @@ pub async fn serve(
     // calls (UNAUTHENTICATED, RESOURCE_EXHAUSTED) are counted and traced too.
     let server = builder
         .layer(crate::telemetry::RpcLayer)
-        .layer(auth::AuthLayer::new(token.as_deref()))
+        .layer(auth::AuthLayer::new(token_check))
         .add_service(health)
         .add_service(explainer)
         .add_service(inference)
@@ -342,6 +388,9 @@ pub async fn serve(
             "model runs still in progress {}s after terminating them",
             RUNS_STOP_TIMEOUT.as_secs()
         );
+    }
+    if let Some(port) = http_port {
+        port.stop(linger::LINGER).await;
     }
     // Only now: probes read NOT_SERVING on the health port for the whole drain.
     if let Some(port) = health_port {

@@ -27,7 +27,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 pub use metrics::{metrics, record_batch, record_gradient_batch, watch_queue, Metrics};
-pub use rpc::{note_model, RpcLayer};
+pub use rpc::{code_name, http_request, note_model, RpcLayer};
 
 /// The service name when `OTEL_SERVICE_NAME` is unset.
 pub const DEFAULT_SERVICE_NAME: &str = "integrad";

@@ -65,7 +65,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let rpc = Rpc::start(&request);
+        let name = request.uri().path().trim_start_matches('/').to_string();
+        let rpc = Rpc::start(name, "grpc", request.headers());
         let span = rpc.span.clone();
         let model = rpc.model.clone();
         let future = span.in_scope(|| self.inner.call(request));
@@ -86,6 +87,65 @@ where
                 }
             }
         })
+    }
+}
+
+/// The same span and metrics for a call of the HTTP API, named by its route (never by its
+/// path, which holds whatever model name the caller wrote), its code from the HTTP status; a
+/// streamed answer is timed to its end.
+pub async fn http_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let name = http_route(request.method(), request.uri().path());
+    let mut rpc = Rpc::start(name, "http", request.headers());
+    let span = rpc.span.clone();
+    let model = rpc.model.clone();
+    let response = MODEL.scope(model, next.run(request).instrument(span)).await;
+    rpc.header_code = Some(http_code(response.status()));
+    response.map(|inner| {
+        axum::body::Body::new(RpcBody {
+            inner,
+            rpc: Some(rpc),
+        })
+    })
+}
+
+/// The HTTP API's routes, as metric labels.
+fn http_route(method: &http::Method, path: &str) -> String {
+    let route = match path.strip_prefix("/v1/models") {
+        Some("") => "/v1/models",
+        Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => {
+            match rest.rsplit_once(':').map(|(_, verb)| verb) {
+                Some("predict") => "/v1/models/{name}:predict",
+                Some("explain") => "/v1/models/{name}:explain",
+                Some(_) => "/v1/models/{name}:unknown",
+                None => "/v1/models/{name}",
+            }
+        }
+        _ => match path {
+            "/v2/health/live" | "/v2/health/ready" => path,
+            _ => return UNKNOWN_RPC.to_string(),
+        },
+    };
+    format!("{method} {route}")
+}
+
+/// The gRPC code of an HTTP status, as the HTTP API maps them.
+fn http_code(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        200..=299 => Code::Ok,
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        413 | 429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
     }
 }
 
@@ -130,8 +190,9 @@ struct Rpc {
 }
 
 impl Rpc {
-    fn start<B>(request: &http::Request<B>) -> Self {
-        let name = request.uri().path().trim_start_matches('/').to_string();
+    /// `name`: "package.Service/Method" for gRPC, "VERB /route" for HTTP; `system` the
+    /// protocol ("grpc", "http").
+    fn start(name: String, system: &'static str, headers: &http::HeaderMap) -> Self {
         let (service, method) = name.split_once('/').unwrap_or((&name, ""));
         let span = tracing::info_span!(
             "grpc",
@@ -142,11 +203,11 @@ impl Rpc {
             integrad.model = tracing::field::Empty,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&Metadata(request.headers()))
+            propagator.extract(&Metadata(headers))
         });
         // Without an OpenTelemetry layer there is nothing to parent: the error says so.
         let _ = span.set_parent(parent);
-        span.set_attribute("rpc.system", "grpc");
+        span.set_attribute("rpc.system", system);
         span.set_attribute("rpc.service", service.to_string());
         span.set_attribute("rpc.method", method.to_string());
         let in_flight = KeyValue::new("rpc", answered_label(&name));
