@@ -21,6 +21,7 @@ mod explain_captum;
 mod heads;
 mod health_port;
 mod helm;
+mod http_api;
 mod ig_step;
 mod images;
 mod limits;
