@@ -507,3 +507,92 @@ async fn should_take_kserve_explainer_arguments() {
     assert_eq!(answer["predictions"][0]["model"], "penguins");
     assert_eq!(answer["predictions"][0]["label"], "Chinstrap");
 }
+
+/// With --tls-cert the HTTP API is HTTPS with the gRPC port's certificate; plaintext fails.
+#[tokio::test]
+async fn should_serve_https_with_the_grpc_certificate() {
+    let pki = TestPki::new();
+    let repo = penguins_repository();
+    let http = free_address().to_string();
+    let mut args = vec![
+        "--models".to_string(),
+        repo.path().to_str().unwrap().to_string(),
+        "--http-listen".into(),
+        http.clone(),
+    ];
+    args.extend(pki.server_args(false));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _server = TestServer::start_with(&args, Some(pki.client(&pki.ca, false))).await;
+
+    let ca = ureq::tls::parse_pem(pki.ca.as_bytes())
+        .filter_map(|item| match item.unwrap() {
+            ureq::tls::PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(ca)))
+        .build();
+    let https: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body = json!({"instances": [penguin()]}).to_string();
+    let (secure, plaintext) = tokio::task::spawn_blocking(move || {
+        let secure = https
+            .post(&format!("https://{http}/v1/models/penguins:predict"))
+            .send(body.as_str())
+            .unwrap()
+            .status()
+            .as_u16();
+        let plaintext = agent()
+            .get(&format!("http://{http}/v1/models"))
+            .call()
+            .map(|r| r.status().as_u16());
+        (secure, plaintext)
+    })
+    .await
+    .unwrap();
+    assert_eq!(secure, 200);
+    assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
+}
+
+/// HTTP calls are counted in the RPC metrics by route (never by the path a caller wrote),
+/// model and code.
+#[tokio::test]
+async fn should_count_http_calls_in_the_rpc_metrics() {
+    let repo = penguins_repository();
+    let metrics = free_address();
+    let (_server, http) = serve(&[
+        "--models",
+        repo.path().to_str().unwrap(),
+        "--metrics-listen",
+        &metrics.to_string(),
+    ])
+    .await;
+    let body = json!({"instances": [penguin()]});
+    assert_eq!(
+        post(&format!("{http}/v1/models/penguins:predict"), &body, None).0,
+        200
+    );
+    assert_eq!(
+        post(&format!("{http}/v1/models/made-up:predict"), &body, None).0,
+        404
+    );
+    let samples = parse(&scrape(metrics).1);
+    let predict = "POST /v1/models/{name}:predict";
+    let count = |model: &str, code: &str| {
+        value(
+            &samples,
+            "integrad_rpc_requests_total",
+            &[("rpc", predict), ("model", model), ("code", code)],
+        )
+    };
+    assert_eq!(count("penguins", "OK"), 1.0, "{samples:?}");
+    assert_eq!(
+        count("", "NOT_FOUND"),
+        1.0,
+        "an unknown model is no label value"
+    );
+}

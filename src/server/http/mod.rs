@@ -198,7 +198,6 @@ async fn model_verb(
         ));
     };
     let name = api.model_name(name);
-    crate::telemetry::note_model(&name);
     let bytes = axum::body::to_bytes(body, api.max_body_bytes)
         .await
         .map_err(|_| {
