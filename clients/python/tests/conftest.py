@@ -1,0 +1,102 @@
+"""Fixtures: a real `integrad serve` on a free local port, and clients of it.
+
+The binary is $INTEGRAD_BIN and the model repository $INTEGRAD_MODELS (the repository's
+demo models: an image classifier, the tabular penguins model and the text sentiment model).
+Without them the tests fail (they never skip): they exist to test against the real server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import integrad
+
+# A penguin the tabular demo classifies as Adelie with probability 0.996 (the README's row).
+PENGUIN = {"bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181.0,
+           "body_mass_g": 3750.0, "island": 2, "sex": 1}
+REVIEW = "The staff were friendly but the room was filthy."
+
+
+def _required_path(variable: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        pytest.fail(f"set {variable} (see clients/python/README.md): these tests need the real server")
+    path = Path(value)
+    if not path.exists():
+        pytest.fail(f"{variable}={value} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return _required_path("INTEGRAD_MODELS")
+
+
+# The repository these tests are in (clients/python/tests/..): samples/ and proto/.
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(models_dir: Path, log_dir: Path, env: dict | None = None):
+    """Runs `integrad serve` until the block ends; yields its address once it is SERVING."""
+    binary = _required_path("INTEGRAD_BIN")
+    address = f"127.0.0.1:{_free_port()}"
+    log_path = log_dir / f"integrad-{address.replace(':', '-')}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(binary), "serve", "--listen", address, "--models", str(models_dir)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        with integrad.Client(address, token=(env or {}).get("INTEGRAD_AUTH_TOKEN")) as client:
+            try:
+                # Loading and warming up the three demo models takes seconds; 120 s leaves
+                # room for a slow CI machine and a first fetch of ONNX Runtime.
+                client.wait_until_serving(timeout=120)
+            except TimeoutError as e:
+                pytest.fail(f"{e}; exit status {process.poll()}; log:\n{log_path.read_text()}")
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def address(models_dir, tmp_path_factory):
+    with serve(models_dir, tmp_path_factory.mktemp("server")) as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def client(address):
+    with integrad.Client(address, timeout=300) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def penguin_rows(models_dir):
+    """The penguins demo's held-out rows (rows.jsonl): every feature by name."""
+    with open(models_dir / "penguins" / "rows.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def coffee_png() -> bytes:
+    """A photo the image demo classifies as espresso."""
+    return (REPO / "samples" / "coffee.png").read_bytes()
