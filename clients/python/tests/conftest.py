@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -50,23 +51,32 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(models_dir: Path, log_dir: Path, env: dict | None = None):
-    """Runs `integrad serve` until the block ends; yields its address once it is SERVING."""
+def serve(args: list[str], log_dir: Path, env: dict | None = None, tls=None):
+    """Runs `integrad serve --listen ADDRESS *args` until the block ends; yields its address
+    once it is SERVING (by health: over `tls` when the server has TLS, and without a token,
+    which health needs none of). The server's environment is this one without INTEGRAD_*
+    variables (the server would read INTEGRAD_MODELS as --models), plus `env`."""
     binary = _required_path("INTEGRAD_BIN")
     address = f"127.0.0.1:{_free_port()}"
     log_path = log_dir / f"integrad-{address.replace(':', '-')}.log"
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("INTEGRAD_")}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(binary), "serve", "--listen", address, "--models", str(models_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen([str(binary), "serve", "--listen", address, *args],
+                                   stdout=log, stderr=subprocess.STDOUT, env={**server_env, **(env or {})})
     try:
-        with integrad.Client(address, token=(env or {}).get("INTEGRAD_AUTH_TOKEN")) as client:
-            try:
-                # Loading and warming up the three demo models takes seconds; 120 s leaves
-                # room for a slow CI machine and a first fetch of ONNX Runtime.
-                client.wait_until_serving(timeout=120)
-            except TimeoutError as e:
-                pytest.fail(f"{e}; exit status {process.poll()}; log:\n{log_path.read_text()}")
+        # Loading and warming up the three demo models takes seconds; 120 s leaves room for a
+        # slow CI machine and a first fetch of ONNX Runtime.
+        deadline = time.monotonic() + 120
+        with integrad.Client(address, tls=tls) as client:
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"integrad serve exited ({process.returncode}):\n{log_path.read_text()}")
+                try:
+                    client.wait_until_serving(timeout=1)
+                    break
+                except TimeoutError as e:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"{e}; log:\n{log_path.read_text()}")
         yield address
     finally:
         process.terminate()
@@ -79,7 +89,7 @@ def serve(models_dir: Path, log_dir: Path, env: dict | None = None):
 
 @pytest.fixture(scope="session")
 def address(models_dir, tmp_path_factory):
-    with serve(models_dir, tmp_path_factory.mktemp("server")) as address:
+    with serve(["--models", str(models_dir)], tmp_path_factory.mktemp("server")) as address:
         yield address
 
 

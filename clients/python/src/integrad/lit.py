@@ -56,6 +56,12 @@ class IntegradModel(lit_model.Model):
             self._options.setdefault("render", {"mask": True})
         self._labels = self._info.labels or [str(i) for i in range(self._info.outputs[0].shape[-1])]
 
+    @classmethod
+    def init_spec(cls) -> None:
+        """None: LIT's UI cannot construct a model from a live Client (and, asked to infer
+        a spec from __init__, LIT logs a warning saying so)."""
+        return None
+
     def description(self) -> str:
         return f"integrad model {self._info.name!r} ({self._modality})"
 
