@@ -24,7 +24,8 @@ def penguins_only(models_dir):
 
 @pytest.fixture(scope="module")
 def with_token(penguins_only, tmp_path_factory):
-    with serve(penguins_only, tmp_path_factory.mktemp("token"), env={"INTEGRAD_AUTH_TOKEN": TOKEN}) as address:
+    env = {"INTEGRAD_AUTH_TOKEN": TOKEN}
+    with serve(penguins_only, tmp_path_factory.mktemp("token"), env=env) as address:
         yield address
 
 

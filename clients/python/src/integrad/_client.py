@@ -131,7 +131,8 @@ class Client:
 
     def models(self) -> List[ModelInfo]:
         """Every model the server has, those that failed to load included (state 'failed')."""
-        return [ModelInfo.from_proto(m) for m in self._call(self._stub.ListModels, pb.ListModelsRequest()).models]
+        listed = self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return [ModelInfo.from_proto(m) for m in listed.models]
 
     def default_model(self) -> str:
         """The model that requests naming none go to ('' if there is none)."""

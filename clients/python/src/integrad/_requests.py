@@ -14,7 +14,8 @@ import numpy as np
 from . import _tensors
 from .v1 import explainer_pb2 as pb
 
-ImageLike = Union[bytes, bytearray, "os.PathLike[str]"]
+# Encoded image bytes (PNG, JPEG, WebP, BMP, GIF), or the path of such a file.
+ImageLike = Union[bytes, bytearray, str, "os.PathLike[str]"]
 # A value for one graph input in `inputs=`: encoded image bytes, text, a tabular row by
 # feature name, an array (a tensor), or an Input message as is.
 InputValue = Union[bytes, str, Mapping[str, float], np.ndarray, Sequence[Any], pb.Input]
@@ -130,7 +131,8 @@ def make_baseline(baseline: BaselineLike) -> pb.Baseline:
     if isinstance(baseline, str):
         make = _NAMED_BASELINES.get(baseline.strip().lower())
         if make is None:
-            raise ValueError(f"unknown baseline {baseline!r}: one of {', '.join(_NAMED_BASELINES)}, an array, or a Baseline")
+            names = ", ".join(_NAMED_BASELINES)
+            raise ValueError(f"unknown baseline {baseline!r}: one of {names}, an array, or a Baseline")
         return make()
     return pb.Baseline(tensor=_tensors.to_tensor(baseline))
 
@@ -158,7 +160,8 @@ def text_baseline(token: str = "pad", ids: Optional[Sequence[int]] = None) -> pb
     ids, one per token of the text (special tokens included)."""
     if ids is not None:
         return pb.Baseline(text=pb.TextBaseline(ids=list(ids)))
-    return pb.Baseline(text=pb.TextBaseline(token=enum_value(pb.TextBaselineToken, "TEXT_BASELINE_TOKEN_", token)))
+    token_value = enum_value(pb.TextBaselineToken, "TEXT_BASELINE_TOKEN_", token)
+    return pb.Baseline(text=pb.TextBaseline(token=token_value))
 
 
 def render_options(render: Union[bool, Mapping[str, Any], None]) -> Optional[pb.RenderOptions]:

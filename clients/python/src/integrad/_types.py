@@ -226,7 +226,8 @@ class Explanation:
                     for t in m.tokens],
             words=[WordAttribution(w.word, w.start, w.end, w.attribution, w.pair) for w in m.words],
             truncated=m.truncated,
-            token_normalization=enum_name(pb.TokenNormalization, "TOKEN_NORMALIZATION_", m.token_normalization),
+            token_normalization=enum_name(
+                pb.TokenNormalization, "TOKEN_NORMALIZATION_", m.token_normalization),
             mask_png=m.mask_png or None,
             overlay_png=m.overlay_png or None,
             instance=m.instance,

@@ -49,7 +49,8 @@ class IntegradModel(lit_model.Model):
         self._info = client.model(model)
         self._modality = self._info.modality
         if self._modality == "tensor":
-            raise ValueError(f"model {self._info.name!r} takes plain tensors, which LIT has no input type for")
+            raise ValueError(
+                f"model {self._info.name!r} takes plain tensors, which LIT has no input type for")
         self._options = explain_options
         if self._modality == "image":
             # ImageSalience shows a picture: ask the server to render the attribution mask.
