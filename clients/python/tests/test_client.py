@@ -82,7 +82,7 @@ def test_explain_options_reach_the_server(client):
     e = client.explain(features=PENGUIN, model="penguins", target="gentoo", steps=20,
                        method="gauss-legendre", objective="logit", baseline="zeros")
     assert (e.target_class, e.label, e.steps) == (2, "Gentoo", 20)
-    assert (e.method, e.objective) == ("gauss_legendre", "logit")
+    assert (e.method, e.objective) == ("gauss-legendre", "logit")
     assert [f.baseline for f in e.features[:4]] == [0.0] * 4  # the numeric columns at zero
     by_index = client.explain(features=PENGUIN, model="penguins", target=1, attribute_to=["numeric"])
     assert by_index.label == "Chinstrap" and list(by_index.tensor_attributions) == ["numeric"]
@@ -149,3 +149,29 @@ def test_explain_batch_takes_texts_and_per_instance_targets(client):
                                         model="sentiment", steps=8), key=lambda e: e.instance)
     assert [e.label for e in batch] == ["positive", "positive"]
     assert [t.token for t in batch[0].tokens] == ["[CLS]", "a", "wonderful", "stay", "[SEP]"]
+
+
+def test_baselines_by_name_and_by_helper(client):
+    median = client.explain(features=PENGUIN, model="penguins")  # the model's default baseline
+    rows = client.explain(features=PENGUIN, model="penguins",
+                          baseline=integrad.reference_baseline("rows", rows=16, seed=3))
+    assert rows.score_baseline != median.score_baseline
+    # Expected gradients: IG averaged over 16 reference rows still adds up to F(x) minus the
+    # rows' mean F, within the reported delta (1e-5: float32 rounding, as above).
+    total = sum(f.attribution for f in rows.features)
+    assert abs(total - (rows.score_input - rows.score_baseline)) <= abs(rows.convergence_delta) + 1e-5
+    pad = client.explain(text="great room", model="sentiment", steps=8)
+    unk = client.explain(text="great room", model="sentiment", steps=8, baseline="unk")
+    same_as_pad = client.explain(text="great room", model="sentiment", steps=8,
+                                 baseline=integrad.text_baseline(ids=[101, 0, 0, 102]))  # [PAD] is id 0
+    assert unk.score_baseline != pad.score_baseline
+    assert same_as_pad.score_baseline == pad.score_baseline
+
+
+def test_bad_arguments_are_refused_before_any_call(client):
+    with pytest.raises(ValueError, match="gauss-legendre"):
+        client.explain(features=PENGUIN, model="penguins", method="simpson")
+    with pytest.raises(ValueError, match="one input"):
+        client.predict(text=REVIEW, features=PENGUIN)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        client.explain(text=REVIEW, baseline="grey")

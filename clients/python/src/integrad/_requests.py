@@ -31,13 +31,14 @@ def enum_value(enum, prefix: str, value: Union[str, int]) -> int:
     try:
         return enum.Value(name)
     except ValueError:
-        choices = [n[len(prefix):].lower() for n in enum.keys() if not n.endswith("UNSPECIFIED")]
+        choices = [enum_name(enum, prefix, v) for n, v in enum.items() if not n.endswith("UNSPECIFIED")]
         raise ValueError(f"{value!r} is not one of {', '.join(choices)}") from None
 
 
 def enum_name(enum, prefix: str, value: int) -> str:
-    """The short lower-case name of a proto enum value: the inverse of `enum_value`."""
-    return enum.Name(value)[len(prefix):].lower()
+    """The short lower-case name of a proto enum value, '-' for '_' as the CLI spells them
+    (gauss-legendre): the inverse of `enum_value`."""
+    return enum.Name(value)[len(prefix):].lower().replace("_", "-")
 
 
 def make_input(
