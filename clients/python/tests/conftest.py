@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import integrad
+# These tests start processes (openssl, the server) while gRPC channels are open. Before 3.10
+# subprocess forks (later ones use vfork, which skips fork handlers), and grpcio's fork
+# handlers then abort the child now and again before it can exec. Read when grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import integrad  # noqa: E402
 
 # A penguin the tabular demo classifies as Adelie with probability 0.996 (the README's row).
 PENGUIN = {"bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181.0,

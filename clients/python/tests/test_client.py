@@ -39,6 +39,7 @@ def test_models_describe_the_three_demo_models(client):
     assert all(m.state == "ready" and m.explainable for m in models.values())
     assert models["penguins"].features == list(PENGUIN)
     assert models["penguins"].labels == ["Adelie", "Chinstrap", "Gentoo"]
+    assert models["penguins"].attribution_points == ["numeric", "/embedding/Gather_output_0"]
     assert client.model("sentiment").labels == ["negative", "positive"]
     assert client.default_model() == "efficientnet-lite0"
 

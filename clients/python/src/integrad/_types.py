@@ -41,11 +41,14 @@ class ModelInfo:
     error: str  # why it failed to load
     inputs: List[TensorInfo]
     outputs: List[TensorInfo]
+    output: str  # the output Predict reads and Explain differentiates
     labels: List[str]
     head: str  # softmax, sigmoid or scores
     explainable: bool
     not_explainable_reason: str
     feature_groups: Dict[str, List[str]]
+    attribution_points: List[str]  # the tensors Explain attributes to by default
+    device: str  # cpu or cuda:N
     proto: pb.ModelInfo = field(repr=False)
 
     @classmethod
@@ -56,11 +59,14 @@ class ModelInfo:
             error=m.error,
             inputs=[TensorInfo.from_proto(t) for t in m.inputs],
             outputs=[TensorInfo.from_proto(t) for t in m.outputs],
+            output=m.output,
             labels=list(m.labels),
             head=enum_name(pb.HeadKind, "HEAD_KIND_", m.head),
             explainable=m.explainable,
             not_explainable_reason=m.not_explainable_reason,
             feature_groups={g.name: list(g.features) for g in m.feature_groups},
+            attribution_points=[p.tensor for p in m.attribution_points],
+            device=m.device,
             proto=m,
         )
 
