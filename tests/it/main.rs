@@ -28,6 +28,7 @@ mod limits;
 mod oip;
 mod predict;
 mod python_client;
+mod python_package;
 mod security;
 mod shutdown;
 mod tabular;
