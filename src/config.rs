@@ -255,8 +255,8 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "KServe explainer arguments")]
 pub struct KServeArgs {
-    /// Serve the HTTP API on 0.0.0.0:PORT (as --http-listen).
-    #[arg(long = "http_port", conflicts_with = "http_listen")]
+    /// Serve the HTTP API on 0.0.0.0:PORT (as --http-listen, which wins if both are given).
+    #[arg(long = "http_port")]
     pub http_port: Option<u16>,
     /// The InferenceService's name, which KServe routes by: /v1/models/NAME answers with the
     /// default model when no model has that name.

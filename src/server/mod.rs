@@ -118,7 +118,13 @@ pub fn load_repository(
 }
 
 /// Logs what integrad makes of the arguments KServe's controller appends.
-fn note_kserve_arguments(kserve: &crate::config::KServeArgs) {
+fn note_kserve_arguments(args: &ServeArgs) {
+    let kserve = &args.kserve;
+    if let (Some(port), Some(listen)) = (kserve.http_port, args.http_listen) {
+        if port != listen.port() {
+            tracing::warn!(http_port = port, http_listen = %listen, "--http_port and --http-listen differ; the HTTP API listens on --http-listen");
+        }
+    }
     if let Some(host) = &kserve.predictor_host {
         tracing::warn!(predictor = %host, "--predictor_host: integrad explains its own copy of the model; it does not call the predictor, so make sure both serve the same model file");
     }
@@ -157,7 +163,7 @@ pub async fn serve(
         ),
         None => None,
     };
-    note_kserve_arguments(&args.kserve);
+    note_kserve_arguments(&args);
     let runtime_options = args.runtime.runtime_options();
     // Fetching ONNX Runtime on a first run takes seconds: not on the async threads.
     let options = runtime_options.clone();

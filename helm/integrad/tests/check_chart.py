@@ -42,6 +42,7 @@ NAMESPACE = "ml"
 # INTEGRAD_* variable, and no other integrad flag.
 AGREED_ENV = {
     "INTEGRAD_LISTEN",
+    "INTEGRAD_HTTP_LISTEN",
     "INTEGRAD_MODELS",
     "INTEGRAD_MODEL_FILE",
     "INTEGRAD_DEFAULT_MODEL",
@@ -59,7 +60,8 @@ AGREED_ENV = {
     "INTEGRAD_LOG_FORMAT",
     "INTEGRAD_DEVICE",
 }
-AGREED_FLAGS = {"--tls-cert", "--tls-key", "--tls-client-ca"}
+# --http_port and --model_name: the arguments KServe gives an explainer, set in its example.
+AGREED_FLAGS = {"--tls-cert", "--tls-key", "--tls-client-ca", "--http_port", "--model_name"}
 # `integrad explain-batch`'s flags that the batch Job sets itself (batchJob.extraArgs adds more).
 AGREED_BATCH_FLAGS = {
     "--input", "--out", "--server", "--shard", "--model", "--steps",
@@ -71,7 +73,7 @@ AGREED_CONFIG_KEYS = {
     "max-steps", "cache-dir", "intra-threads", "inter-threads", "max-concurrent-explains",
     "max-queued-explains", "shutdown-grace", "log-format", "device", "otlp-endpoint",
     "metrics-listen", "listen", "ort-lib", "tls-cert", "tls-key", "tls-client-ca",
-    "auth-token-file", "health-listen",
+    "auth-token-file", "health-listen", "http-listen",
 }
 # Models load and build gradient graphs before SERVING; the startup probe must wait this long.
 MIN_STARTUP_SECONDS = 600
@@ -750,9 +752,16 @@ def check_examples() -> list[str]:
     check(env["STORAGE_URI"]["value"] == isvc["spec"]["predictor"]["model"]["storageUri"],
           "KServe: the explainer downloads the predictor's model")
     check(env["INTEGRAD_MODELS"]["value"] == "/mnt/models", "KServe: integrad reads /mnt/models")
-    port = c["ports"][0]
-    check(port["name"] == "h2c" and len(c["ports"]) == 1, "KServe: one h2c (gRPC) port")
-    check_integrad_container(explainer, c, "examples/kserve-inferenceservice.yaml", port["containerPort"], tls=False,
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    check(c["ports"][0]["name"] == "http1" and set(ports) == {"http1", "h2c"},
+          f"KServe: the route's port (the first) is HTTP/1.1, gRPC beside it: {ports}")
+    args = c["args"]
+    check(args[args.index("--http_port") + 1] == str(ports["http1"]),
+          "KServe: integrad's HTTP API listens on the route's port")
+    check(args[args.index("--model_name") + 1] == isvc["metadata"]["name"],
+          "KServe: /v1/models/<InferenceService name> reaches the default model")
+    check(env["INTEGRAD_LISTEN"]["value"].endswith(f":{ports['h2c']}"), "KServe: gRPC on the h2c port")
+    check_integrad_container(explainer, c, "examples/kserve-inferenceservice.yaml", ports["h2c"], tls=False,
                              injected_models=True)
     done.append("kserve-inferenceservice")
     return done
