@@ -124,7 +124,7 @@ fn http_route(method: &http::Method, path: &str) -> String {
             }
         }
         _ => match path {
-            "/v2/health/live" | "/v2/health/ready" => path,
+            "/" | "/v2/health/live" | "/v2/health/ready" => path,
             _ => return UNKNOWN_RPC.to_string(),
         },
     };

@@ -116,6 +116,45 @@ async fn grpc_explain(url: &str, request: pb::ExplainRequest) -> pb::Explanation
     panic!("no result");
 }
 
+/// The feature attributions of `explanation` (an HTTP answer for [`penguin`] with 16
+/// Gauss-Legendre steps for "Adelie") and of the same Explain over gRPC.
+async fn penguin_features(url: &str, explanation: &Value) -> (Vec<f64>, Vec<f64>) {
+    let row = penguin()
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+        .collect();
+    let grpc = grpc_explain(
+        url,
+        pb::ExplainRequest {
+            model: "penguins".into(),
+            input: Some(pb::Input {
+                kind: Some(pb::input::Kind::Features(pb::FeatureRow { values: row })),
+            }),
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Label("Adelie".into())),
+            }),
+            method: pb::Method::GaussLegendre as i32,
+            steps: Some(16),
+            ..Default::default()
+        },
+    )
+    .await;
+    let http = explanation["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["attribution"].as_f64().unwrap())
+        .collect();
+    let grpc = grpc
+        .features
+        .iter()
+        .map(|f| f64::from(f.attribution))
+        .collect();
+    (http, grpc)
+}
+
 /// The first attributed tensor's values of an HTTP explanation.
 fn http_attributions(explanation: &Value) -> Vec<f64> {
     let name = explanation["attributed"][0].as_str().unwrap();
@@ -156,39 +195,7 @@ async fn should_answer_kserve_v1_bodies_as_grpc_does() {
     let explanation = &answer["explanations"][0];
     assert_eq!(explanation["label"], "Adelie");
     assert_eq!(explanation["method"], "METHOD_GAUSS_LEGENDRE");
-    let row = penguin()
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
-        .collect();
-    let grpc = grpc_explain(
-        &server.url,
-        pb::ExplainRequest {
-            model: "penguins".into(),
-            input: Some(pb::Input {
-                kind: Some(pb::input::Kind::Features(pb::FeatureRow { values: row })),
-            }),
-            target: Some(pb::Target {
-                kind: Some(pb::target::Kind::Label("Adelie".into())),
-            }),
-            method: pb::Method::GaussLegendre as i32,
-            steps: Some(16),
-            ..Default::default()
-        },
-    )
-    .await;
-    let features: Vec<f64> = explanation["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["attribution"].as_f64().unwrap())
-        .collect();
-    let expected: Vec<f64> = grpc
-        .features
-        .iter()
-        .map(|f| f64::from(f.attribution))
-        .collect();
+    let (features, expected) = penguin_features(&server.url, explanation).await;
     assert_close(&features, &expected, SAME, "penguins features");
 
     // A text as a string; its tokens and words as gRPC gives them.
@@ -594,5 +601,52 @@ async fn should_count_http_calls_in_the_rpc_metrics() {
         count("", "NOT_FOUND"),
         1.0,
         "an unknown model is no label value"
+    );
+}
+
+/// KServe's own Python SDK (its V1 REST client, as a KServe user calls an InferenceService)
+/// checks liveness and readiness, predicts and explains a penguin, and gets a 404 for a model
+/// that does not exist; its explanation is the gRPC one.
+#[tokio::test]
+async fn should_serve_kserves_own_rest_client() {
+    let python = python_venv(
+        "INTEGRAD_TEST_KSERVE_PYTHON",
+        "python-kserve-client",
+        "tests/python/requirements-kserve.txt",
+        "import kserve, httpx",
+    );
+    let repo = penguins_repository();
+    let (server, http) = serve(&["--models", repo.path().to_str().unwrap()]).await;
+    let script = root().join("tests/python/kserve_client.py");
+    let row = penguin().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(&http)
+            .arg(row)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&got["live"], &got["ready"], &got["model_ready"]),
+        (&json!(true), &json!(true), &json!(true))
+    );
+    assert_eq!(got["predict"]["predictions"][0]["label"], "Chinstrap");
+    assert_eq!(got["unknown_model"], 404);
+    let explanation = &got["explain"]["explanations"][0];
+    let (features, expected) = penguin_features(&server.url, explanation).await;
+    assert_close(
+        &features,
+        &expected,
+        SAME,
+        "penguins features via KServe's SDK",
     );
 }

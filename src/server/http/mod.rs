@@ -8,6 +8,7 @@
 //! | `GET /v1/models/{name}` | `{"name", "ready", ...}`; 503 while not ready |
 //! | `POST /v1/models/{name}:predict` | `{"predictions": [...]}` for `{"instances": [...]}` |
 //! | `POST /v1/models/{name}:explain` | `{"explanations": [...]}`, or server-sent events |
+//! | `GET /` | `{"status": "alive"}` (KServe's V1 liveness) |
 //! | `GET /v2/health/live`, `/v2/health/ready` | 200, or 503 while not ready |
 //!
 //! Every call goes through the same [`ExplainerService`] as gRPC, so the models, limits,
@@ -73,6 +74,7 @@ impl HttpApi {
         Router::new()
             .route("/v1/models", get(list_models))
             .route("/v1/models/{target}", get(model_status).post(model_verb))
+            .route("/", get(alive))
             .route("/v2/health/live", get(live))
             .route("/v2/health/ready", get(ready))
             .fallback(not_found)
@@ -100,7 +102,7 @@ impl HttpApi {
 type Api = State<Arc<HttpApi>>;
 
 /// Routes open without a token: the probes, as gRPC's health service is.
-const OPEN_ROUTES: &[&str] = &["/v2/health/live", "/v2/health/ready"];
+const OPEN_ROUTES: &[&str] = &["/", "/v2/health/live", "/v2/health/ready"];
 
 async fn authenticate(State(api): Api, request: Request, next: Next) -> Response {
     if OPEN_ROUTES.contains(&request.uri().path()) {
@@ -110,6 +112,11 @@ async fn authenticate(State(api): Api, request: Request, next: Next) -> Response
         Ok(()) => next.run(request).await,
         Err(reason) => HttpError::new(tonic::Code::Unauthenticated, reason).into_response(),
     }
+}
+
+/// KServe's V1 liveness answer (what its model servers say at `/`).
+async fn alive() -> Json<Value> {
+    Json(json!({ "status": "alive" }))
 }
 
 async fn live() -> Json<Value> {
