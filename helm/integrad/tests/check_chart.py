@@ -324,6 +324,7 @@ def scenario_default(objects, values, pod, c):
     check(not c["image"].endswith("-cuda"), "the CPU image by default")
     check("INTEGRAD_DEVICE" not in env_of(c), "device left to integrad's default")
     check(env_of(c)["INTEGRAD_METRICS_LISTEN"]["value"] == "0.0.0.0:9090", "metrics on :9090")
+    check("INTEGRAD_HTTP_LISTEN" not in env_of(c), "no HTTP API by default")
 
 
 def scenario_gpu(objects, values, pod, c):
@@ -407,6 +408,13 @@ def scenario_tls_auth(objects, values, pod, c):
     check("grpc-health" not in {p["targetPort"] for p in only(objects, "Service")["spec"]["ports"]},
           "tls: the health port is for the kubelet, not on the Service")
     check(np["spec"]["policyTypes"] == ["Ingress"], "NetworkPolicy leaves egress (OTLP) open")
+    http = values["ports"]["http"]
+    check(env["INTEGRAD_HTTP_LISTEN"]["value"] == f"0.0.0.0:{http}", "http: the HTTP API listens")
+    check({"name": "http", "containerPort": http, "protocol": "TCP"} in c["ports"], "http: a container port")
+    check(any(p["name"] == "http" and p["port"] == http for p in only(objects, "Service")["spec"]["ports"]),
+          "http: on the Service")
+    check({"port": "http", "protocol": "TCP"} in rules[0]["ports"],
+          "http: the NetworkPolicy admits gRPC's callers to the HTTP API")
 
 
 def scenario_autoscaling(objects, values, pod, c):
@@ -667,6 +675,7 @@ BAD_VALUES = [
     ({"models": {"source": "s3"}}, "/models/source"),
     ({"config": {"listen": "0.0.0.0:1"}}, "/config/listen"),
     ({"ports": {"health": 70000}}, "/ports/health"),
+    ({"ports": {"http": "8080"}}, "/ports/http"),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     ({"imagee": {"tag": "typo"}}, "imagee"),
     ({"batchJob": {"enabled": True}}, "/batchJob/data/existingClaim"),
@@ -677,6 +686,7 @@ BAD_VALUES = [
 BAD_COMBINATIONS = [
     ({"terminationGracePeriodSeconds": 20}, "terminationGracePeriodSeconds"),
     ({"tls": {"enabled": True, "secretName": "s"}, "ports": {"health": 50051}}, "ports.health (50051) must differ"),
+    ({"ports": {"http": 50051}}, "ports.http (50051) must differ"),
     ({"triton": {"enabled": True}}, "triton.enabled needs a shared model volume"),
     ({"models": {"source": "initContainer"}}, "models.init needs"),
     ({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "autoscaling.enabled needs"),
