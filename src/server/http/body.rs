@@ -477,3 +477,116 @@ pub fn explanation(r: &pb::Explanation) -> Value {
     }
     json
 }
+
+#[cfg(test)]
+mod tests {
+    //! Fuzzing the body parser (bounded, as the integration suite's fuzz targets): any bytes,
+    //! any JSON as an instance or as parameters, for a tabular, a text and an image model:
+    //! an answer or a 4xx error naming a part of the body, never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|i| json!(i)),
+            "[a-z_]{0,8}".prop_map(Value::String),
+            Just(json!("b64")),
+            Just(json!("text")),
+            Just(json!("numeric")),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::hash_map(
+                    prop_oneof![
+                        "[a-z_]{0,8}",
+                        Just("b64".to_string()),
+                        Just("image_bytes".to_string()),
+                        Just("text".to_string()),
+                        Just("pair".to_string()),
+                        Just("numeric".to_string()),
+                        Just("target".to_string()),
+                        Just("baseline".to_string()),
+                        Just("steps".to_string()),
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn models() -> Vec<pb::ModelInfo> {
+        let input = |name: &str, dtype: pb::DataType, features: &[&str]| pb::TensorInfo {
+            name: name.into(),
+            dtype: dtype as i32,
+            features: features.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        };
+        vec![
+            pb::ModelInfo {
+                name: "tabular".into(),
+                inputs: vec![
+                    input("numeric", pb::DataType::Float32, &["a", "b"]),
+                    input("categorical", pb::DataType::Int64, &["c"]),
+                ],
+                ..Default::default()
+            },
+            pb::ModelInfo {
+                name: "text".into(),
+                inputs: vec![input("input_ids", pb::DataType::Int64, &[])],
+                text: Some(pb::TextInfo::default()),
+                ..Default::default()
+            },
+            pb::ModelInfo {
+                name: "image".into(),
+                inputs: vec![input("input", pb::DataType::Float32, &[])],
+                ..Default::default()
+            },
+        ]
+    }
+
+    fn client_error(error: &HttpError) -> bool {
+        error.status().is_client_error()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_parse_or_are_a_client_error(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            if let Err(error) = Payload::parse(&bytes) {
+                prop_assert!(client_error(&error));
+            }
+        }
+
+        #[test]
+        fn any_instance_is_an_input_or_a_client_error(value in json()) {
+            for model in models() {
+                if let Err(error) = instance(&model, &value) {
+                    prop_assert!(client_error(&error), "{:?}", error);
+                }
+            }
+        }
+
+        #[test]
+        fn any_parameters_are_options_or_a_client_error(value in json()) {
+            let body = json!({ "instances": [1], "parameters": value });
+            match Payload::parse(body.to_string().as_bytes()) {
+                Ok(payload) => {
+                    if let Err(error) = payload.explain_request("m") {
+                        prop_assert!(client_error(&error));
+                    }
+                    if let Err(error) = payload.predict_top_k() {
+                        prop_assert!(client_error(&error));
+                    }
+                }
+                Err(error) => prop_assert!(client_error(&error)),
+            }
+        }
+    }
+}

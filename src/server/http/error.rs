@@ -68,7 +68,7 @@ impl HttpError {
         self
     }
 
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self.code {
             Code::Ok => StatusCode::OK,
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
