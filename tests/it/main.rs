@@ -22,6 +22,7 @@ mod fuzz;
 mod heads;
 mod health_port;
 mod helm;
+mod hostile_models;
 mod http_api;
 mod ig_step;
 mod images;
