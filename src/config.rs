@@ -204,8 +204,6 @@ pub struct ServeArgs {
     /// TLS as gRPC [default: off].
     #[arg(long, env = "INTEGRAD_HTTP_LISTEN", value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
-    #[command(flatten)]
-    pub kserve: KServeArgs,
     /// The model for requests that name none [default: the only model that loaded, if there
     /// is one].
     #[arg(long, env = "INTEGRAD_DEFAULT_MODEL")]
@@ -248,6 +246,9 @@ pub struct ServeArgs {
     pub batching: BatchingArgs,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
+    // NOTE: last, as its help heading applies to the arguments after it too.
+    #[command(flatten)]
+    pub kserve: KServeArgs,
 }
 
 /// What KServe's controller appends to a custom explainer's arguments

@@ -416,6 +416,11 @@ fn output_dir(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path`, naming the file when that fails (a full disk, say).
+fn write_file(path: std::path::PathBuf, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn write_files(
     dir: &Path,
     r: &pb::Explanation,
@@ -435,10 +440,10 @@ fn write_files(
     let shape: Vec<usize> = attributions.shape.iter().map(|&d| d as usize).collect();
     crate::npy::write_f32(&dir.join("attributions.npy"), &shape, &values)?;
     if !r.mask_png.is_empty() {
-        std::fs::write(dir.join("mask.png"), &r.mask_png)?;
+        write_file(dir.join("mask.png"), &r.mask_png)?;
     }
     if !r.overlay_png.is_empty() {
-        std::fs::write(dir.join("overlay.png"), &r.overlay_png)?;
+        write_file(dir.join("overlay.png"), &r.overlay_png)?;
     }
     let samples: Vec<crate::image::PathSample> = r
         .path
@@ -449,7 +454,7 @@ fn write_files(
             mean_abs_gradient: p.mean_abs_gradient,
         })
         .collect();
-    std::fs::write(
+    write_file(
         dir.join("saturation.png"),
         crate::image::saturation_png(&samples, objective, &r.label)?,
     )?;
@@ -477,23 +482,23 @@ fn write_files(
             "{objective} of {:?}: F(x) {:.4}, F(x') {:.4}",
             r.label, r.score_input, r.score_baseline
         );
-        std::fs::write(
+        write_file(
             dir.join("features.png"),
             crate::image::features_png(&bars, &title)?,
         )?;
     }
     if let Some(text) = text {
-        std::fs::write(dir.join("tokens.html"), text.html())?;
+        write_file(dir.join("tokens.html"), text.html())?;
         let title = format!(
             "{objective} of {:?}: F(x) {:.4}, F(x') {:.4}, sum {:.4} (red: for, blue: against)",
             r.label, r.score_input, r.score_baseline, r.attribution_sum
         );
-        std::fs::write(
+        write_file(
             dir.join("tokens.png"),
             crate::image::tokens_png(&title, &text.coloured_pieces())?,
         )?;
     }
-    std::fs::write(
+    write_file(
         dir.join("explanation.json"),
         serde_json::to_string_pretty(&json)?,
     )?;

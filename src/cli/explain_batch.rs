@@ -103,13 +103,15 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
                     bar.set_position(done + u64::from(p.instances_done));
                 }
                 Some(pb::explain_event::Event::Result(r)) => {
-                    write_row(&mut out, &r, &indices)?;
+                    write_row(&mut out, &r, &indices)
+                        .with_context(|| format!("writing {}", args.out.display()))?;
                     unconverged.count(&r, &indices);
                     written += 1;
                 }
                 Some(pb::explain_event::Event::Results(r)) => {
                     for r in &r.explanations {
-                        write_row(&mut out, r, &indices)?;
+                        write_row(&mut out, r, &indices)
+                            .with_context(|| format!("writing {}", args.out.display()))?;
                         unconverged.count(r, &indices);
                         written += 1;
                     }

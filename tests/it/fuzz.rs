@@ -288,16 +288,12 @@ fn arbitrary_request() -> impl Strategy<Value = pb::ExplainRequest> {
 /// still answers a good request afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_of_arbitrary_values_get_a_result_or_a_client_error() {
-    let repo = tempfile::tempdir().unwrap();
     integrad::model::weights::provision(
         &root().join("models/sentiment"),
         &integrad::runtime::cache_dir_in_use(),
     )
     .unwrap();
-    for name in ["penguins", "sentiment"] {
-        std::os::unix::fs::symlink(root().join("models").join(name), repo.path().join(name))
-            .unwrap();
-    }
+    let repo = demo_repository(&["penguins", "sentiment"]);
     let server = TestServer::start(&[
         "--models",
         repo.path().to_str().unwrap(),

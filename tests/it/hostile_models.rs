@@ -96,7 +96,7 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 
 #[tokio::test]
 async fn should_refuse_hostile_model_files_with_their_reason_and_serve_the_others() {
-    let repo = tempfile::tempdir().unwrap();
+    let repo = demo_repository(&["penguins"]);
     // What `..` would reach: never read.
     std::fs::write(repo.path().join("secret.bin"), [0u8; 24]).unwrap();
     let cases = hostile();
@@ -107,8 +107,6 @@ async fn should_refuse_hostile_model_files_with_their_reason_and_serve_the_other
         // The file external data may name: 24 bytes, the weights' size.
         std::fs::write(dir.join("weights.bin"), [0u8; 24]).unwrap();
     }
-    std::os::unix::fs::symlink(root().join("models/penguins"), repo.path().join("penguins"))
-        .unwrap();
     let server = TestServer::start(&["--models", repo.path().to_str().unwrap()]).await;
     let mut client = server.client().await;
     let listed = client

@@ -75,14 +75,6 @@ async fn serve(args: &[&str]) -> (BinaryServer, String) {
     (server, format!("http://{http}"))
 }
 
-/// A repository of the penguins demo alone (it loads in well under a second).
-fn penguins_repository() -> tempfile::TempDir {
-    let repo = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(root().join("models/penguins"), repo.path().join("penguins"))
-        .unwrap();
-    repo
-}
-
 fn numbers(value: &Value) -> Vec<f64> {
     value
         .as_array()
@@ -352,7 +344,7 @@ async fn should_stream_server_sent_events() {
 /// names the part of the body; the server answers the next request.
 #[tokio::test]
 async fn should_refuse_bad_bodies_naming_the_field_and_keep_serving() {
-    let repo = penguins_repository();
+    let repo = demo_repository(&["penguins"]);
     let (_server, http) = serve(&["--models", repo.path().to_str().unwrap()]).await;
     let explain = format!("{http}/v1/models/penguins:explain");
     let cases = [
@@ -489,7 +481,7 @@ async fn should_apply_the_token_and_the_limits() {
 /// InferenceService's name answered by the default model.
 #[tokio::test]
 async fn should_take_kserve_explainer_arguments() {
-    let repo = penguins_repository();
+    let repo = demo_repository(&["penguins"]);
     let port = free_address().port().to_string();
     let _server = BinaryServer::start(&[
         "--models",
@@ -519,7 +511,7 @@ async fn should_take_kserve_explainer_arguments() {
 #[tokio::test]
 async fn should_serve_https_with_the_grpc_certificate() {
     let pki = TestPki::new();
-    let repo = penguins_repository();
+    let repo = demo_repository(&["penguins"]);
     let http = free_address().to_string();
     let mut args = vec![
         "--models".to_string(),
@@ -569,7 +561,7 @@ async fn should_serve_https_with_the_grpc_certificate() {
 /// model and code.
 #[tokio::test]
 async fn should_count_http_calls_in_the_rpc_metrics() {
-    let repo = penguins_repository();
+    let repo = demo_repository(&["penguins"]);
     let metrics = free_address();
     let (_server, http) = serve(&[
         "--models",
@@ -615,7 +607,7 @@ async fn should_serve_kserves_own_rest_client() {
         "tests/python/requirements-kserve.txt",
         "import kserve, httpx",
     );
-    let repo = penguins_repository();
+    let repo = demo_repository(&["penguins"]);
     let (server, http) = serve(&["--models", repo.path().to_str().unwrap()]).await;
     let script = root().join("tests/python/kserve_client.py");
     let row = penguin().to_string();

@@ -18,6 +18,7 @@ mod config;
 mod devices;
 mod explain;
 mod explain_captum;
+mod faults;
 mod fuzz;
 mod heads;
 mod health_port;

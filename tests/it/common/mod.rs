@@ -28,6 +28,16 @@ pub fn demo_models() -> PathBuf {
     root().join("models")
 }
 
+/// A temporary repository holding links to the demo models `names` (a server that loads
+/// only what a test needs starts faster).
+pub fn demo_repository(names: &[&str]) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    for name in names {
+        std::os::unix::fs::symlink(demo_models().join(name), repo.path().join(name)).unwrap();
+    }
+    repo
+}
+
 /// The models of the demo repository, in ListModels' (name) order.
 pub const DEMO_MODELS: [&str; 3] = ["efficientnet-lite0", "penguins", "sentiment"];
 
