@@ -15,7 +15,8 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::common::{
-    demo_models, first_explanation, free_address, parse, root, sample, scrape, value, BinaryServer,
+    demo_models, first_explanation, free_address, integrad, parse, root, sample, scrape, strings,
+    value, BinaryServer,
 };
 
 /// The server's default --consistency-tolerance.
@@ -278,6 +279,37 @@ async fn should_report_and_count_a_predictor_that_serves_another_model() {
         "the instances differ, so each was checked with its own input"
     );
     assert_eq!(checks(metrics, "penguins", "mismatch"), 5.0);
+
+    // explain-batch through the server: each line carries its check, and a warning at the end
+    // says how many are not consistent.
+    let out = tempfile::tempdir().unwrap();
+    let lines = out.path().join("penguins.jsonl");
+    let rows = root().join("models/penguins/rows.csv");
+    let output = integrad(strings(&[
+        "explain-batch",
+        "--server",
+        &server.url,
+        "--model",
+        "penguins",
+        "--input",
+        rows.to_str().unwrap(),
+        "--exclude",
+        "species",
+        "--out",
+        lines.to_str().unwrap(),
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("explanations are not consistent with the server's predictor"),
+        "{stderr}"
+    );
+    let lines = std::fs::read_to_string(&lines).unwrap();
+    for line in lines.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["predictor"]["url"], predictor.url.as_str(), "{line}");
+    }
 }
 
 /// With --require-consistent a mismatch fails the Explain with FAILED_PRECONDITION, naming the
