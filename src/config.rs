@@ -246,7 +246,9 @@ pub struct ServeArgs {
     pub batching: BatchingArgs,
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
-    // NOTE: last, as its help heading applies to the arguments after it too.
+    // NOTE: last, as their help headings apply to the arguments after them too.
+    #[command(flatten)]
+    pub predictor: PredictorArgs,
     #[command(flatten)]
     pub kserve: KServeArgs,
 }
@@ -263,8 +265,11 @@ pub struct KServeArgs {
     /// default model when no model has that name.
     #[arg(long = "model_name")]
     pub model_name: Option<String>,
-    /// The predictor's address. Accepted so that KServe can start integrad; integrad explains
-    /// its own copy of the model and does not call the predictor (a warning says so).
+    /// The predictor's host (KServe's predictor service, HOST or HOST:PORT, no scheme): the
+    /// same as --predictor http://HOST (port 80 when none is given), so that every Explain
+    /// checks that the predictor scores the explained input as integrad's own copy of the
+    /// model does. The predictor must answer the Open Inference Protocol over gRPC there.
+    /// --predictor, when given, wins.
     #[arg(long = "predictor_host")]
     pub predictor_host: Option<String>,
     /// KServe's worker processes. integrad is one process; its concurrency is
@@ -293,6 +298,81 @@ impl ServeArgs {
             batching: self.batching.batching(),
             ..self.runtime.load_options()
         }
+    }
+}
+
+/// Checking that the explained model is the served model (docs/serving.md, "The explained
+/// model is the served model").
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Predictor check")]
+pub struct PredictorArgs {
+    /// The model server that answers users, as the URL of its gRPC Open Inference Protocol
+    /// port (Triton's http://HOST:8001, or HOST:PORT for plaintext): every Explain, and every
+    /// instance of an ExplainBatch, also asks it (ModelInfer) for the same model-space input
+    /// and reports whether its score is integrad's own (Explanation.predictor). The call runs
+    /// while the gradients do [default: none, or --predictor_host's].
+    #[arg(long, env = "INTEGRAD_PREDICTOR")]
+    pub predictor: Option<String>,
+    /// The predictor's name for the model [default: integrad's name for it].
+    #[arg(long, env = "INTEGRAD_PREDICTOR_MODEL")]
+    pub predictor_model: Option<String>,
+    /// Trust this PEM CA for an https:// --predictor (needed for https).
+    #[arg(long, env = "INTEGRAD_PREDICTOR_TLS_CA")]
+    pub predictor_tls_ca: Option<PathBuf>,
+    /// Seconds to wait for the predictor's answer (connecting included); one that does not
+    /// come in time is reported as an error.
+    #[arg(long, env = "INTEGRAD_PREDICTOR_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub predictor_timeout: f64,
+    /// The largest relative difference between the predictor's score and integrad's own that
+    /// is consistent: |served - own| <= tolerance * max(|own|, 0.01). The default allows for
+    /// float32 rounding in another runtime or device, not for another model.
+    #[arg(long, env = "INTEGRAD_CONSISTENCY_TOLERANCE", default_value_t = 1e-3, value_parser = parse_tolerance)]
+    pub consistency_tolerance: f32,
+    /// Fail an Explain whose predictor scores differently (FAILED_PRECONDITION), or cannot be
+    /// reached in time (UNAVAILABLE), instead of reporting it in the result.
+    #[arg(long, env = "INTEGRAD_REQUIRE_CONSISTENT")]
+    pub require_consistent: bool,
+}
+
+impl PredictorArgs {
+    /// The predictor's URL: --predictor, else KServe's --predictor_host as http://HOST (port
+    /// 80 when it names none); a URL without a scheme is plaintext.
+    pub fn url(&self, kserve: &KServeArgs) -> Option<String> {
+        if let Some(url) = &self.predictor {
+            return Some(match url.contains("://") {
+                true => url.clone(),
+                false => format!("http://{url}"),
+            });
+        }
+        let host = kserve.predictor_host.as_deref()?;
+        // A port is what follows the last colon, unless that colon is inside an IPv6
+        // address's brackets (or the address has no brackets at all: then it has no port).
+        let has_port = match host.rsplit_once(':') {
+            Some((before, port)) => {
+                port.parse::<u16>().is_ok() && (!before.contains(':') || before.ends_with(']'))
+            }
+            None => false,
+        };
+        Some(match has_port {
+            true => format!("http://{host}"),
+            false => format!("http://{host}:80"),
+        })
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!("{text:?}: expected a number of seconds above 0")),
+    }
+}
+
+fn parse_tolerance(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(t) if t >= 0.0 && t.is_finite() => Ok(t),
+        _ => Err(format!(
+            "{text:?}: expected a relative tolerance of 0 or more, such as 1e-3"
+        )),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Engine {
     /// The gradient models of the explainable ones.
     explainers: Explainers,
     limits: EngineLimits,
+    /// The model server whose answers every Explain is checked against, if any.
+    predictor: Option<Arc<crate::predictor::Predictor>>,
 }
 
 impl Engine {
@@ -37,7 +39,18 @@ impl Engine {
             repository,
             explainers,
             limits,
+            predictor: None,
         }
+    }
+
+    /// Checks every Explain against `predictor` (`serve --predictor`).
+    pub fn with_predictor(mut self, predictor: Option<Arc<crate::predictor::Predictor>>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    pub fn predictor(&self) -> Option<&Arc<crate::predictor::Predictor>> {
+        self.predictor.as_ref()
     }
 
     pub fn decode_limits(&self) -> &DecodeLimits {
@@ -236,7 +249,7 @@ pub fn sigmoid(logit: f32) -> f32 {
 }
 
 /// The logit of a probability, ln(p / (1 - p)), in f64 (infinite at 0 and 1).
-fn logit(p: f32) -> f32 {
+pub fn logit(p: f32) -> f32 {
     let p = f64::from(p);
     (p.ln() - (1.0 - p).ln()) as f32
 }

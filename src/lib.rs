@@ -20,6 +20,7 @@ pub mod image;
 pub mod input;
 pub mod model;
 pub mod npy;
+pub mod predictor;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;

@@ -228,7 +228,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// "transport error: ...: the real reason", since the outermost message alone rarely says
 /// what went wrong in a TLS handshake.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -201,6 +201,14 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
         if let Some(warning) = convergence_warning(r, &args.options) {
             eprintln!("warning: {warning}");
         }
+        match &r.predictor {
+            Some(check) if check.consistent => println!(
+                "  the predictor {} (model {:?}) scores it {:.6}: consistent (relative difference {:.1e})",
+                check.url, check.model, check.served_score, check.relative_difference
+            ),
+            Some(check) => eprintln!("warning: {}", check.warning),
+            None => {}
+        }
         print_features(r);
         if let Some(text) = &text {
             use std::io::IsTerminal;

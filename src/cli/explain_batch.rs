@@ -72,6 +72,7 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
         .filter(|(i, _)| i % shard.1 == shard.0);
     let (mut done, mut written) = (0u64, 0u64);
     let mut unconverged = Unconverged::default();
+    let mut inconsistent = Inconsistent::default();
     loop {
         let mut indices = Vec::new();
         let mut instances = Vec::new();
@@ -106,6 +107,7 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
                     write_row(&mut out, &r, &indices)
                         .with_context(|| format!("writing {}", args.out.display()))?;
                     unconverged.count(&r, &indices);
+                    inconsistent.count(&r, &indices);
                     written += 1;
                 }
                 Some(pb::explain_event::Event::Results(r)) => {
@@ -113,6 +115,7 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
                         write_row(&mut out, r, &indices)
                             .with_context(|| format!("writing {}", args.out.display()))?;
                         unconverged.count(r, &indices);
+                        inconsistent.count(r, &indices);
                         written += 1;
                     }
                 }
@@ -146,7 +149,35 @@ pub async fn run_explain_batch(args: ExplainBatchArgs) -> anyhow::Result<()> {
             unconverged.worst_row,
         );
     }
+    if let Some((row, warning)) = &inconsistent.first {
+        eprintln!(
+            "warning: {} of {written} explanations are not consistent with the server's predictor (\"predictor\" in {}); the first, row {row}: {warning}",
+            inconsistent.explanations,
+            args.out.display(),
+        );
+    }
     Ok(())
+}
+
+/// The explanations that the server's predictor (`serve --predictor`) scored differently, or
+/// could not score, and the first of them: a batch of thousands must not hide them in its
+/// output file.
+#[derive(Default)]
+struct Inconsistent {
+    explanations: u64,
+    /// Its input row and the check's warning.
+    first: Option<(usize, String)>,
+}
+
+impl Inconsistent {
+    fn count(&mut self, r: &pb::Explanation, indices: &[usize]) {
+        let Some(check) = r.predictor.as_ref().filter(|c| !c.consistent) else {
+            return;
+        };
+        self.explanations += 1;
+        self.first
+            .get_or_insert_with(|| (indices[r.instance as usize], check.warning.clone()));
+    }
 }
 
 /// The explanations whose attributions do not add up within their tolerance, and the worst.

@@ -80,5 +80,15 @@ pub fn explanation(r: &pb::Explanation, values: bool) -> Value {
             "score": p.score,
             "mean_abs_gradient": p.mean_abs_gradient,
         })).collect::<Vec<_>>(),
+        // null when the server checks against no predictor.
+        "predictor": r.predictor.as_ref().map(|c| json!({
+            "url": c.url,
+            "model": c.model,
+            "served_score": number(f64::from(c.served_score)),
+            "own_score": c.own_score,
+            "relative_difference": number(f64::from(c.relative_difference)),
+            "consistent": c.consistent,
+            "warning": c.warning,
+        })),
     })
 }

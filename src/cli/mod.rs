@@ -2,7 +2,7 @@
 //! same [`Engine`](crate::engine::Engine) the server uses.
 
 mod autodiff;
-mod connect;
+pub(crate) mod connect;
 mod explain;
 mod explain_batch;
 mod fetch_weights;

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::response::{draw, explanation, send, Summary};
+use super::served::ServedCalls;
 use super::{step, ExplainItem, ExplainJob, Instance, Targets};
 use crate::autodiff::Objective;
 use crate::engine::{sigmoid, softmax, softmax_at};
@@ -30,6 +31,8 @@ impl ExplainJob {
     }
 
     async fn explain(&self, events: &mpsc::Sender<ExplainItem>) -> Result<(), Error> {
+        // The predictor (if any) is asked first, so that its answers come while this works.
+        let mut served = ServedCalls::start(self);
         // F(x) and F(x') for every class come from the path's own rows at alpha 1 and 0 where
         // the rule evaluates there (trapezoid: both ends), exactly those points through the
         // same model, with no forward run of their own. A forward run computes the others,
@@ -176,11 +179,13 @@ impl ExplainJob {
                 }
                 reported[i] = true;
                 instances_done += 1;
+                let answer = served.take(self, i).await;
                 ready.extend(
-                    self.explanations(instance, &mine().collect::<Vec<_>>())
+                    self.explanations(instance, &mine().collect::<Vec<_>>(), answer.as_ref())
                         .await?,
                 );
             }
+            served.top_up(self);
             self.deliver(ready, events).await?;
             if instances_done as usize == self.instances.len() {
                 return Ok(());
@@ -406,11 +411,13 @@ impl ExplainJob {
     }
 
     /// The explanations of one instance (one per target), its paths' attributions averaged
-    /// over the baseline samples, with the pictures asked for.
+    /// over the baseline samples, with the pictures asked for and the predictor's check
+    /// against its answer `served`.
     async fn explanations(
         &self,
         instance: &Instance,
         paths: &[&Path],
+        served: Option<&crate::predictor::Served>,
     ) -> Result<Vec<pb::Explanation>, Error> {
         let first = paths[0];
         let samples = paths.len();
@@ -469,6 +476,7 @@ impl ExplainJob {
                 &baseline_mean,
                 summary,
             )?;
+            explanation.predictor = self.predictor_check(served, class, explanation.score_input)?;
             if instance.pictures.is_some() {
                 let span = tracing::info_span!("render", ig.target = class as i64);
                 draw(instance.pictures.as_ref(), &mut explanation)
@@ -481,7 +489,7 @@ impl ExplainJob {
     }
 
     /// [`objective_scores`](Self::objective_scores)' value for `class` alone.
-    fn objective_score(&self, row: &[f32], class: usize) -> f32 {
+    pub(super) fn objective_score(&self, row: &[f32], class: usize) -> f32 {
         match self.scored.objective {
             Objective::Probability => softmax_at(row, class),
             Objective::Sigmoid => sigmoid(row[class]),

@@ -14,12 +14,16 @@
 //!   target's one-hot cotangent), and so do several paths (the instances of a batch, the
 //!   samples of expected gradients);
 //! - `response`: one explanation per target as each instance completes, with the attributions
-//!   at every point, per feature for tabular inputs, and the pictures asked for.
+//!   at every point, per feature for tabular inputs, and the pictures asked for;
+//! - `served`: with a predictor, each instance's input also goes to the model server that
+//!   answers users while the gradients run, and each explanation says whether it scores the
+//!   input as integrad does ([`crate::predictor`]).
 
 pub mod gradients;
 mod integrate;
 mod plan;
 mod response;
+mod served;
 pub mod step;
 
 use std::sync::Arc;
@@ -119,6 +123,8 @@ pub struct ExplainJob {
     /// What `elapsed_ms` counts from: the request's arrival on a server, its planning in
     /// an in-process command.
     started: Instant,
+    /// The model server each instance's score is checked against (`serve --predictor`).
+    predictor: Option<Arc<crate::predictor::Predictor>>,
 }
 
 /// One instance of a request: its inputs, the points at them, its baselines and targets.

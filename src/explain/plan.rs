@@ -297,6 +297,7 @@ async fn plan_instances(
         results_per_event: 1,
         token_normalization,
         started,
+        predictor: engine.predictor().cloned(),
     })
 }
 

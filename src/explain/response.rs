@@ -144,6 +144,8 @@ pub(super) fn explanation(
         },
         tokens,
         words,
+        // Set by the caller from the predictor's answer, when the server has one.
+        predictor: None,
     })
 }
 

@@ -58,6 +58,8 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Predictor(String),
     #[error("cannot listen on {address} (--http-listen): {source}")]
     HttpListen {
         address: std::net::SocketAddr,
@@ -125,9 +127,6 @@ fn note_kserve_arguments(args: &ServeArgs) {
             tracing::warn!(http_port = port, http_listen = %listen, "--http_port and --http-listen differ; the HTTP API listens on --http-listen");
         }
     }
-    if let Some(host) = &kserve.predictor_host {
-        tracing::warn!(predictor = %host, "--predictor_host: integrad explains its own copy of the model; it does not call the predictor, so make sure both serve the same model file");
-    }
     if let Some(workers) = kserve.workers {
         tracing::info!(workers, "--workers: integrad is one process; set its concurrency with --max-concurrent-explains and --intra-threads");
     }
@@ -164,6 +163,17 @@ pub async fn serve(
         None => None,
     };
     note_kserve_arguments(&args);
+    let predictor = crate::predictor::Predictor::from_args(&args.predictor, &args.kserve)
+        .map_err(ServeError::Predictor)?
+        .map(Arc::new);
+    if let Some(predictor) = &predictor {
+        tracing::info!(
+            predictor = predictor.url(),
+            tolerance = %args.predictor.consistency_tolerance,
+            require_consistent = args.predictor.require_consistent,
+            "every Explain is checked against the predictor"
+        );
+    }
     let runtime_options = args.runtime.runtime_options();
     // Fetching ONNX Runtime on a first run takes seconds: not on the async threads.
     let options = runtime_options.clone();
@@ -191,6 +201,7 @@ pub async fn serve(
         let service = service.clone();
         let inference = inference.clone();
         let args = args.clone();
+        let predictor = predictor.clone();
         tokio::task::spawn_blocking(move || {
             let (repository, explainers) = load_repository(
                 &args.models.source(),
@@ -216,7 +227,8 @@ pub async fn serve(
                     },
                     decode: args.decode_limits(),
                 },
-            );
+            )
+            .with_predictor(predictor);
             let engine = Arc::new(engine);
             service.set_engine(engine.clone());
             inference.set_engine(engine);

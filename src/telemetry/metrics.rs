@@ -27,6 +27,9 @@ pub struct Metrics {
     pub batch_jobs: Histogram<u64>,
     /// Rows (batch entries: images, or alphas x targets) of one ONNX Runtime run, by worker.
     pub batch_rows: Histogram<u64>,
+    /// Explanations checked against the predictor, by model and result (consistent,
+    /// mismatch or error).
+    pub predictor_checks: Counter<u64>,
     _queue_depth: ObservableGauge<i64>,
 }
 
@@ -99,6 +102,13 @@ pub fn metrics() -> &'static Metrics {
                 .with_unit("{row}")
                 .with_boundaries(COUNT_BUCKETS.to_vec())
                 .build(),
+            predictor_checks: meter
+                .u64_counter("integrad.predictor.checks")
+                .with_description(
+                    "explanations whose score was checked against the predictor's, by model and result (consistent, mismatch, error)",
+                )
+                .with_unit("{check}")
+                .build(),
             _queue_depth: meter
                 .i64_observable_gauge("integrad.model.queue_depth")
                 .with_description("jobs waiting for a model worker's ONNX Runtime session")
@@ -137,4 +147,16 @@ pub fn record_batch(worker: &str, jobs: usize, rows: usize) {
     let worker = [KeyValue::new("worker", worker.to_string())];
     metrics.batch_jobs.record(jobs as u64, &worker);
     metrics.batch_rows.record(rows as u64, &worker);
+}
+
+/// An explanation of `model` was checked against the predictor: `result` is consistent,
+/// mismatch or error.
+pub fn record_predictor_check(model: &str, result: &'static str) {
+    metrics().predictor_checks.add(
+        1,
+        &[
+            KeyValue::new("model", model.to_string()),
+            KeyValue::new("result", result),
+        ],
+    );
 }

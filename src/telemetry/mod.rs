@@ -26,7 +26,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-pub use metrics::{metrics, record_batch, record_gradient_batch, watch_queue, Metrics};
+pub use metrics::{
+    metrics, record_batch, record_gradient_batch, record_predictor_check, watch_queue, Metrics,
+};
 pub use rpc::{code_name, http_request, note_model, RpcLayer};
 
 /// The service name when `OTEL_SERVICE_NAME` is unset.

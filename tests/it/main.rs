@@ -30,6 +30,7 @@ mod images;
 mod limits;
 mod oip;
 mod predict;
+mod predictor;
 mod python_client;
 mod python_package;
 mod security;
