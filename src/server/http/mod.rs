@@ -354,13 +354,20 @@ fn results(event: pb::ExplainEvent) -> Vec<pb::Explanation> {
 /// The Explain's events as server-sent events: `progress` as the work goes, `explanation` for
 /// each result (in the order they complete, each with its `instance`), then `done`; a failure
 /// on the way ends the stream with an `error` event instead (the HTTP status is already sent).
-/// A client that goes away drops the Explain, which cancels it.
+/// A client that goes away drops the Explain at once, which cancels it.
 fn server_sent_events(
     mut events: impl Stream<Item = Result<pb::ExplainEvent, tonic::Status>> + Send + Unpin + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
-        while let Some(event) = events.next().await {
+        loop {
+            // A client that went away cancels the Explain now (dropping it), not at the next
+            // event it would have been sent, which can be a whole gradient run later.
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = sender.closed() => return,
+            };
+            let Some(event) = event else { break };
             let sent = match event {
                 Ok(pb::ExplainEvent {
                     event: Some(pb::explain_event::Event::Progress(progress)),
