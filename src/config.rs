@@ -185,6 +185,12 @@ pub fn default_models_dir() -> PathBuf {
     }
 }
 
+/// Where `--web` without `--http-listen` serves the HTTP API and the page.
+pub const WEB_HTTP_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -204,6 +210,11 @@ pub struct ServeArgs {
     /// TLS as gRPC [default: off].
     #[arg(long, env = "INTEGRAD_HTTP_LISTEN", value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
+    /// Also serve the web viewer on the HTTP API's address (`/` for browsers, docs/web.md):
+    /// a page that predicts and explains with these models. Without --http-listen (or
+    /// --http_port) it turns the HTTP API on at 127.0.0.1:8080 [default: off].
+    #[arg(long, env = "INTEGRAD_WEB")]
+    pub web: bool,
     /// The model for requests that name none [default: the only model that loaded, if there
     /// is one].
     #[arg(long, env = "INTEGRAD_DEFAULT_MODEL")]
@@ -279,13 +290,17 @@ pub struct KServeArgs {
 }
 
 impl ServeArgs {
-    /// Where the HTTP API listens: --http-listen, or --http_port on every address.
+    /// Where the HTTP API listens: --http-listen, or --http_port on every address, or with
+    /// --web alone [`WEB_HTTP_LISTEN`] (the viewer needs the HTTP API; a loopback address,
+    /// so that turning the page on never exposes the models beyond this machine).
     pub fn http_address(&self) -> Option<SocketAddr> {
-        self.http_listen.or_else(|| {
-            self.kserve
-                .http_port
-                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
-        })
+        self.http_listen
+            .or_else(|| {
+                self.kserve
+                    .http_port
+                    .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+            })
+            .or(self.web.then_some(WEB_HTTP_LISTEN))
     }
 
     pub fn decode_limits(&self) -> DecodeLimits {

@@ -301,6 +301,18 @@ pub async fn serve(
     let closes = TaskTracker::new();
     let grace = std::time::Duration::from_secs(args.shutdown_grace);
     let control = Arc::new(control);
+    match (&http_listener, args.web) {
+        (Some(listener), true) => {
+            if let Ok(address) = listener.local_addr() {
+                let url = http::web::viewer_url(address, tls.is_some());
+                tracing::info!("web viewer: open {url} in a browser");
+            }
+        }
+        _ => tracing::info!(
+            "web viewer: off; `integrad serve --web` serves it (on --http-listen, else on http://{}/)",
+            crate::config::WEB_HTTP_LISTEN
+        ),
+    }
     let http_port = http_listener.map(|listener| {
         let api = http::HttpApi::new(
             http_service,
@@ -308,6 +320,7 @@ pub async fn serve(
             token_check.clone(),
             args.kserve.model_name.clone(),
             max,
+            args.web,
         );
         http::HttpPort::start(
             listener,

@@ -125,6 +125,7 @@ fn http_route(method: &http::Method, path: &str) -> String {
         }
         _ => match path {
             "/" | "/v2/health/live" | "/v2/health/ready" => path,
+            _ if path.starts_with("/ui/") => "/ui/*",
             _ => return UNKNOWN_RPC.to_string(),
         },
     };

@@ -41,3 +41,4 @@ mod tensor_models;
 mod text;
 mod tls_failures;
 mod triton_repo;
+mod web;

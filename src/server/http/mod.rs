@@ -8,8 +8,9 @@
 //! | `GET /v1/models/{name}` | `{"name", "ready", ...}`; 503 while not ready |
 //! | `POST /v1/models/{name}:predict` | `{"predictions": [...]}` for `{"instances": [...]}` |
 //! | `POST /v1/models/{name}:explain` | `{"explanations": [...]}`, or server-sent events |
-//! | `GET /` | `{"status": "alive"}` (KServe's V1 liveness) |
+//! | `GET /` | `{"status": "alive"}` (KServe's V1 liveness); with `--web`, the page to browsers |
 //! | `GET /v2/health/live`, `/v2/health/ready` | 200, or 503 while not ready |
+//! | `GET /ui/...` | with `--web`, the web viewer's files ([`web`]) |
 //!
 //! Every call goes through the same [`ExplainerService`] as gRPC, so the models, limits,
 //! admission queue, shutdown drain and errors are the gRPC ones; the bearer token is checked
@@ -18,6 +19,7 @@
 
 mod body;
 mod error;
+pub mod web;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct HttpApi {
     model_alias: Option<String>,
     /// The largest body read (the gRPC message limit); a larger one gets 413.
     max_body_bytes: usize,
+    /// Whether the web viewer is served (`--web`).
+    web: bool,
 }
 
 impl HttpApi {
@@ -58,6 +62,7 @@ impl HttpApi {
         token: TokenCheck,
         model_alias: Option<String>,
         max_body_bytes: usize,
+        web: bool,
     ) -> Self {
         Self {
             service,
@@ -65,18 +70,27 @@ impl HttpApi {
             token,
             model_alias,
             max_body_bytes,
+            web,
         }
     }
 
     /// The routes, with the token check and telemetry around them.
     pub fn router(self) -> Router {
+        let web = self.web;
         let state = Arc::new(self);
-        Router::new()
+        let router = Router::new()
             .route("/v1/models", get(list_models))
             .route("/v1/models/{target}", get(model_status).post(model_verb))
-            .route("/", get(alive))
             .route("/v2/health/live", get(live))
-            .route("/v2/health/ready", get(ready))
+            .route("/v2/health/ready", get(ready));
+        let router = if web {
+            router
+                .route("/", get(web::page_or_alive))
+                .merge(web::routes())
+        } else {
+            router.route("/", get(alive))
+        };
+        router
             .fallback(not_found)
             // The handlers read bodies up to max_body_bytes themselves (a JSON 413 beyond).
             .layer(DefaultBodyLimit::disable())
@@ -105,7 +119,8 @@ type Api = State<Arc<HttpApi>>;
 const OPEN_ROUTES: &[&str] = &["/", "/v2/health/live", "/v2/health/ready"];
 
 async fn authenticate(State(api): Api, request: Request, next: Next) -> Response {
-    if OPEN_ROUTES.contains(&request.uri().path()) {
+    let path = request.uri().path();
+    if OPEN_ROUTES.contains(&path) || (api.web && web::is_open(path)) {
         return next.run(request).await;
     }
     match api.token.check(request.headers()) {
@@ -116,6 +131,10 @@ async fn authenticate(State(api): Api, request: Request, next: Next) -> Response
 
 /// KServe's V1 liveness answer (what its model servers say at `/`).
 async fn alive() -> Json<Value> {
+    liveness()
+}
+
+fn liveness() -> Json<Value> {
     Json(json!({ "status": "alive" }))
 }
 
@@ -335,13 +354,20 @@ fn results(event: pb::ExplainEvent) -> Vec<pb::Explanation> {
 /// The Explain's events as server-sent events: `progress` as the work goes, `explanation` for
 /// each result (in the order they complete, each with its `instance`), then `done`; a failure
 /// on the way ends the stream with an `error` event instead (the HTTP status is already sent).
-/// A client that goes away drops the Explain, which cancels it.
+/// A client that goes away drops the Explain at once, which cancels it.
 fn server_sent_events(
     mut events: impl Stream<Item = Result<pb::ExplainEvent, tonic::Status>> + Send + Unpin + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
-        while let Some(event) = events.next().await {
+        loop {
+            // A client that went away cancels the Explain now (dropping it), not at the next
+            // event it would have been sent, which can be a whole gradient run later.
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = sender.closed() => return,
+            };
+            let Some(event) = event else { break };
             let sent = match event {
                 Ok(pb::ExplainEvent {
                     event: Some(pb::explain_event::Event::Progress(progress)),
