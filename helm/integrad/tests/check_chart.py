@@ -44,6 +44,7 @@ AGREED_ENV = {
     "INTEGRAD_LISTEN",
     "INTEGRAD_HTTP_LISTEN",
     "INTEGRAD_PREDICTOR",
+    "INTEGRAD_WEB",
     "INTEGRAD_MODELS",
     "INTEGRAD_MODEL_FILE",
     "INTEGRAD_DEFAULT_MODEL",
@@ -326,6 +327,7 @@ def scenario_default(objects, values, pod, c):
     check("INTEGRAD_DEVICE" not in env_of(c), "device left to integrad's default")
     check(env_of(c)["INTEGRAD_METRICS_LISTEN"]["value"] == "0.0.0.0:9090", "metrics on :9090")
     check("INTEGRAD_HTTP_LISTEN" not in env_of(c), "no HTTP API by default")
+    check("INTEGRAD_WEB" not in env_of(c), "no web viewer by default")
 
 
 def scenario_gpu(objects, values, pod, c):
@@ -416,6 +418,7 @@ def scenario_tls_auth(objects, values, pod, c):
           "http: on the Service")
     check({"port": "http", "protocol": "TCP"} in rules[0]["ports"],
           "http: the NetworkPolicy admits gRPC's callers to the HTTP API")
+    check(env["INTEGRAD_WEB"]["value"] == "true", "web: the viewer is on")
 
 
 def scenario_autoscaling(objects, values, pod, c):
@@ -650,7 +653,7 @@ def check_health_port_variants() -> list[str]:
     tls = yaml.safe_load((CHART / "ci/tls-auth-values.yaml").read_text())
     for name, health in [("tls-health-9555", 9555), ("tls-no-health-port", None)]:
         values = copy.deepcopy(tls)
-        values["ports"] = {"health": health}
+        values["ports"] = {**values.get("ports", {}), "health": health}
         objects = render(copy.deepcopy(values))
         for obj in objects:
             validate(obj, f"{name}: {obj['__source']}")
@@ -677,6 +680,7 @@ BAD_VALUES = [
     ({"config": {"listen": "0.0.0.0:1"}}, "/config/listen"),
     ({"ports": {"health": 70000}}, "/ports/health"),
     ({"ports": {"http": "8080"}}, "/ports/http"),
+    ({"web": {"enabled": "yes"}}, "/web/enabled"),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     ({"imagee": {"tag": "typo"}}, "imagee"),
     ({"batchJob": {"enabled": True}}, "/batchJob/data/existingClaim"),
@@ -688,6 +692,7 @@ BAD_COMBINATIONS = [
     ({"terminationGracePeriodSeconds": 20}, "terminationGracePeriodSeconds"),
     ({"tls": {"enabled": True, "secretName": "s"}, "ports": {"health": 50051}}, "ports.health (50051) must differ"),
     ({"ports": {"http": 50051}}, "ports.http (50051) must differ"),
+    ({"web": {"enabled": True}}, "web.enabled needs ports.http"),
     ({"triton": {"enabled": True}}, "triton.enabled needs a shared model volume"),
     ({"models": {"source": "initContainer"}}, "models.init needs"),
     ({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "autoscaling.enabled needs"),
