@@ -11,7 +11,7 @@ import integrad
 from integrad import _tensors
 from integrad.v1 import explainer_pb2
 
-from conftest import PENGUIN, REPO, REVIEW
+from conftest import PENGUIN, REPO, REVIEW, serve
 
 
 def test_stubs_are_generated_from_the_repository_proto_into_the_installed_package():
@@ -176,3 +176,20 @@ def test_bad_arguments_are_refused_before_any_call(client):
         client.predict(text=REVIEW, features=PENGUIN)
     with pytest.raises(ValueError, match="unknown baseline"):
         client.explain(text=REVIEW, baseline="grey")
+
+
+def test_explanation_carries_the_predictor_check(client, address, models_dir, tmp_path):
+    """A second server that checks each Explain against the first (same models) reports the
+    served score; the first, without --predictor, reports none."""
+    assert client.explain(model="penguins", features=PENGUIN, steps=16).predictor is None
+    with serve(["--models", str(models_dir), "--predictor", f"http://{address}"], tmp_path) as checked:
+        with integrad.Client(checked, timeout=300) as other:
+            e = other.explain(model="penguins", features=PENGUIN, steps=16)
+    check = e.predictor
+    assert isinstance(check, integrad.PredictorCheck)
+    assert check.consistent and check.warning == "", check
+    assert check.url == f"http://{address}" and check.model == "penguins"
+    # Both servers run the same ONNX file on the same inputs with the same threads: the
+    # scores agree far inside the server's default 1e-3 tolerance.
+    assert check.served_score == pytest.approx(e.score_input, rel=1e-6)
+    assert check.own_score == e.score_input

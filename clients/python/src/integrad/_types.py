@@ -169,6 +169,19 @@ class WordAttribution:
 
 
 @dataclass(frozen=True)
+class PredictorCheck:
+    """The served model's score for the same input (a server started with --predictor):
+    whether the model explained is the model that answers users."""
+    url: str
+    model: str
+    served_score: float  # NaN when the predictor gave none
+    own_score: float  # integrad's F(x)
+    relative_difference: float
+    consistent: bool
+    warning: str  # why not consistent; empty when consistent
+
+
+@dataclass(frozen=True)
 class Explanation:
     """The Integrated Gradients of one target for one input.
 
@@ -203,6 +216,7 @@ class Explanation:
     mask_png: Optional[bytes]  # what `render` asked for (image models)
     overlay_png: Optional[bytes]
     instance: int  # ExplainBatch: the index of the instance explained
+    predictor: Optional[PredictorCheck]  # None unless the server checks against a predictor
     proto: pb.Explanation = field(repr=False)
 
     @classmethod
@@ -237,6 +251,11 @@ class Explanation:
             mask_png=m.mask_png or None,
             overlay_png=m.overlay_png or None,
             instance=m.instance,
+            predictor=PredictorCheck(
+                m.predictor.url, m.predictor.model, m.predictor.served_score,
+                m.predictor.own_score, m.predictor.relative_difference,
+                m.predictor.consistent, m.predictor.warning,
+            ) if m.HasField("predictor") else None,
             proto=m,
         )
 
