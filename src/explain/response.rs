@@ -146,6 +146,10 @@ pub(super) fn explanation(
         words,
         // Set by the caller from the predictor's answer, when the server has one.
         predictor: None,
+        technique: pb::Technique::IntegratedGradients as i32,
+        noise_samples: 0,
+        regions: Vec::new(),
+        pixel_attributions: None,
     })
 }
 
