@@ -268,5 +268,6 @@ def run(args, pb, rpc, address, x_np, process=None):
         if len(ours) == 2:
             print(f"  ratio {ours[0]} / {ours[1]}: {medians[ours[0]] / medians[ours[1]]:.3f}")
 
+
 if __name__ == "__main__":
     main()
