@@ -10,12 +10,12 @@ top-1 class on the clean input:
   `GuidedIG().GetMask`, defaults), fed gradients of the PyTorch model that model.onnx was
   exported from (scripts/make_demo_model.py's `load_model`);
 - Guided IG again, fed ONNX Runtime gradients of integrad's own gradient model
-  (`integrad autodiff --objective probability`), so that integrad's Guided IG can be held to
-  the algorithm alone (its gradients are those);
+  (`integrad autodiff --objective probability`), so that integrad's Guided IG is compared on
+  the algorithm with (near enough) its own gradients;
 - the noise tunnel: Captum's `NoiseTunnel(IntegratedGradients)` (smoothgrad, smoothgrad_sq,
   vargrad) on coffee, with the per-pixel spread of its samples for a statistical comparison;
-- the self-noise of PAIR's Guided IG (1e-4 relative noise on the gradients), which sizes the
-  tolerances of the Guided IG comparisons.
+- the self-noise of PAIR's Guided IG (1e-4 relative noise on the PyTorch gradients; 1e-7 to
+  1e-5 on the ORT ones), which sizes the tolerances of the Guided IG comparisons.
 
 What each file is, the exact calls and the measured figures: the "Technique fixtures"
 section of tests/data/README.md; everything measured also goes to
@@ -24,6 +24,7 @@ tests/data/techniques/techniques.json.
 Run with the dev virtualenv (scripts/requirements-dev.txt) after `cargo build --release`
 (for `integrad autodiff`):
     .venv-dev/bin/python scripts/make_technique_fixtures.py [--integrad PATH] [--threads 1]
+        [--parts noise_tunnel,blur_ig,guided_ig,guided_ig_sensitivity]
 """
 
 import argparse
