@@ -48,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 
 import grpc
 import numpy as np
@@ -206,8 +207,8 @@ def run(args, pb, rpc, address, x_np, process=None):
     def two_igs():
         t1, r1 = explain(ig, steps=steps_x, baseline=black)
         t2, r2 = explain(ig, steps=steps_x, baseline=white)
-        r1.evaluations += r2.evaluations
-        return t1 + t2, r1
+        # Only the gradient evaluations add up; each run has its own sum and delta.
+        return t1 + t2, types.SimpleNamespace(evaluations=r1.evaluations + r2.evaluations)
 
     reports = []
     for name in args.only:
@@ -253,9 +254,11 @@ def run(args, pb, rpc, address, x_np, process=None):
             extra = ""
             if label in results:
                 r = results[label]
-                extra = (f" [{r.evaluations} evaluations, sum {r.attribution_sum:+.5f}, "
-                         f"delta {r.convergence_delta:+.5f}")
-                if r.regions:
+                extra = f" [{r.evaluations} evaluations"
+                if hasattr(r, "attribution_sum"):
+                    extra += (f", sum {r.attribution_sum:+.5f}, "
+                              f"delta {r.convergence_delta:+.5f}")
+                if getattr(r, "regions", None):
                     extra += f", {len(r.regions)} regions"
                 extra += "]"
             print(f"  {label}: median {medians[label]:.3f} s "
