@@ -3,11 +3,13 @@
 //! overlays and the saturation plots. A plain library (no tonic, no tokio).
 
 mod decode;
+pub mod gaussian;
 mod plot;
 mod preprocess;
 mod render;
 
 pub use decode::{decode, DecodeLimits};
+pub use gaussian::{gaussian_filter, Boundary, GaussianError};
 pub use plot::{
     features_png, saturation_png, tokens_png, FeatureBar, Highlight, PathSample, PlotError,
 };
