@@ -9,8 +9,9 @@
 //!   its sum; weights and sums in f64;
 //! - the line is extended beyond its ends by the [`Boundary`] mode, as far as the radius needs,
 //!   even when that is many times the line's length;
-//! - each output value is rounded to f32 before the next axis reads it (scipy writes every pass
-//!   into the float32 output array), and the sum is taken in scipy's order (the centre tap, then
+//! - each output value is rounded to the array's type before the next axis reads it (scipy
+//!   writes every pass into the output array, float32 for float32 input), and the sum is taken
+//!   in scipy's order (the centre tap, then
 //!   the pairs of taps at distance `radius` down to 1, each pair added before it is weighted), so
 //!   results agree with scipy's to the last bit or so.
 //!
@@ -19,6 +20,30 @@
 //! work on 2-D images only; matching scipy's radius, boundary modes and rounding is the point.
 //! Speed: separable passes over precomputed kernel halves and index tables, with contiguous
 //! inner loops the compiler vectorises; no allocation per element.
+
+/// The element types blurred: f32 (model tensors) and f64 (scikit-image's float64 images).
+pub trait Sample: Copy {
+    fn to_f64(self) -> f64;
+    fn from_f64(value: f64) -> Self;
+}
+
+impl Sample for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(value: f64) -> Self {
+        value as f32
+    }
+}
+
+impl Sample for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(value: f64) -> Self {
+        value
+    }
+}
 
 /// How a line is extended beyond its ends (scipy's `mode`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,13 +88,14 @@ pub enum GaussianError {
 
 /// Blurs the row-major array `values` of `shape`, axis by axis, with the Gaussian of standard
 /// deviation `sigmas[axis]` (0 leaves that axis alone), as
-/// `scipy.ndimage.gaussian_filter(values, sigmas, mode=..., cval=...)` does for a float32 array.
-pub fn gaussian_filter(
-    values: &[f32],
+/// `scipy.ndimage.gaussian_filter(values, sigmas, mode=..., cval=...)` does for a float32 (or
+/// float64) array.
+pub fn gaussian_filter<T: Sample>(
+    values: &[T],
     shape: &[usize],
     sigmas: &[f64],
     boundary: Boundary,
-) -> Result<Vec<f32>, GaussianError> {
+) -> Result<Vec<T>, GaussianError> {
     let expected = shape.iter().product::<usize>();
     if values.len() != expected {
         return Err(GaussianError::ShapeMismatch {
@@ -172,8 +198,8 @@ fn index_table(index: &mut Vec<usize>, n: usize, radius: usize, boundary: Bounda
 }
 
 /// One separable pass along `axis`, in place.
-fn filter_axis(
-    data: &mut [f32],
+fn filter_axis<T: Sample>(
+    data: &mut [T],
     shape: &[usize],
     axis: usize,
     half: &[f64],
@@ -195,17 +221,17 @@ fn filter_axis(
         }
     } else {
         for slab in data.chunks_exact_mut(n * inner).take(outer) {
-            filter_slab(slab, n, inner, half, cval, scratch);
+            filter_slab(slab, inner, half, cval, scratch);
         }
     }
 }
 
 /// A contiguous line: extended into a buffer, then each tap pair added over the whole line.
-fn filter_line(line: &mut [f32], half: &[f64], cval: f64, s: &mut Scratch) {
+fn filter_line<T: Sample>(line: &mut [T], half: &[f64], cval: f64, s: &mut Scratch) {
     let n = line.len();
     let radius = half.len() - 1;
     s.source.clear();
-    s.source.extend(line.iter().map(|&v| f64::from(v)));
+    s.source.extend(line.iter().map(|&v| v.to_f64()));
     s.source.push(cval);
     s.extended.clear();
     s.extended.extend(s.index.iter().map(|&i| s.source[i]));
@@ -222,16 +248,17 @@ fn filter_line(line: &mut [f32], half: &[f64], cval: f64, s: &mut Scratch) {
         }
     }
     for (o, a) in line.iter_mut().zip(&s.acc) {
-        *o = *a as f32;
+        *o = T::from_f64(*a);
     }
 }
 
-/// `n` lines of stride `inner`, interleaved (an axis that is not the last): whole rows of
-/// `inner` values are combined at a time, so the inner loop is contiguous.
-fn filter_slab(slab: &mut [f32], n: usize, inner: usize, half: &[f64], cval: f64, s: &mut Scratch) {
+/// Lines of stride `inner`, interleaved (an axis that is not the last; the slab holds the
+/// line's length times `inner` values): whole rows of `inner` values are combined at a time, so
+/// the inner loop is contiguous.
+fn filter_slab<T: Sample>(slab: &mut [T], inner: usize, half: &[f64], cval: f64, s: &mut Scratch) {
     let radius = half.len() - 1;
     s.source.clear();
-    s.source.extend(slab.iter().map(|&v| f64::from(v)));
+    s.source.extend(slab.iter().map(|&v| v.to_f64()));
     s.source.extend(std::iter::repeat_n(cval, inner));
     s.acc.clear();
     s.acc.resize(inner, 0.0);
@@ -250,7 +277,7 @@ fn filter_slab(slab: &mut [f32], n: usize, inner: usize, half: &[f64], cval: f64
             }
         }
         for (o, a) in out.iter_mut().zip(&s.acc) {
-            *o = *a as f32;
+            *o = T::from_f64(*a);
         }
     }
 }

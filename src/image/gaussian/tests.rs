@@ -160,3 +160,45 @@ fn refuses_what_it_cannot_blur() {
         }
     );
 }
+
+#[test]
+fn float64_input_is_blurred_without_float32_rounding() {
+    // An impulse: the output is the kernel itself, which float32 rounding would change.
+    let mut line = vec![0.0f64; 41];
+    line[20] = 1.0;
+    let out = gaussian_filter(&line, &[41], &[3.0], Boundary::Constant(0.0)).unwrap();
+    let half = half_kernel(3.0, 12);
+    for (i, v) in out.iter().enumerate() {
+        let want = half.get(i.abs_diff(20)).copied().unwrap_or(0.0);
+        assert_eq!(*v, want, "tap {i}");
+    }
+}
+
+/// The cost of one blur of a model input (3x224x224, both spatial axes) at a few sigmas, for
+/// docs/BENCHMARKS.md; run with
+/// `cargo test --release --lib gaussian_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn gaussian_timing() {
+    let (shape, image) = fixture("coffee_input.npy");
+    for sigma in [0.8, 3.0, 10.0, 25.0, 50.0] {
+        let mut times: Vec<_> = (0..7)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                let out = gaussian_filter(
+                    &image,
+                    &shape,
+                    &[0.0, sigma, sigma],
+                    Boundary::Constant(0.0),
+                );
+                std::hint::black_box(out.unwrap());
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "gaussian_filter 3x224x224, sigma {sigma}: median {:?}",
+            times[3]
+        );
+    }
+}
