@@ -18,7 +18,8 @@
 //! One difference: scikit-image sorts the edges with numpy's default (unstable) quicksort, so
 //! edges of exactly equal weight may be walked in an order that depends on numpy's build; here
 //! equal weights keep their listing order (a stable sort). Weights are sums of squares of f64
-//! differences, so exact ties are rare in photos (none in the three sample photos).
+//! differences, so exact ties are rare in photos (coffee and chelsea have none; rocket has 34
+//! among its 199,362 edges, and its labels still agree with scikit-image's everywhere).
 //!
 //! Hand-written: no maintained Rust crate implements this algorithm with scikit-image's
 //! conventions (its threshold rounding, edge order, label numbering), and matching them is what
