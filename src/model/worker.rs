@@ -404,12 +404,10 @@ impl Thread {
             }
             // NOTE: the group's reply senders are dropped while the panic unwinds, before the
             // reason is known here: their callers wait (briefly) for it ([`Submitted::answer`]).
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.execute(group)
-            }));
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute(group)));
             if let Err(panic) = ran {
-                let reason = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>())
-                {
+                let reason = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
                     (Some(text), _) => format!("its worker thread panicked: {text}"),
                     (_, Some(text)) => format!("its worker thread panicked: {text}"),
                     _ => "its worker thread panicked".to_string(),

@@ -16,9 +16,7 @@ impl From<Error> for Status {
             Error::Image(_) => Code::InvalidArgument,
             Error::Model(ModelError::WorkerGone { .. })
             | Error::Model(ModelError::Failed { .. })
-            | Error::Unavailable(_) => {
-                Code::Unavailable
-            }
+            | Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled => Code::Cancelled,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded => Code::DeadlineExceeded,

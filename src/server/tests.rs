@@ -123,7 +123,11 @@ async fn should_fail_a_model_whose_worker_panics_and_serve_the_others() {
             .await
             .unwrap_or_else(|_| panic!("{call} hangs"))
             .expect_err(call);
-        assert_eq!(refused.code(), tonic::Code::Unavailable, "{call}: {refused:?}");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unavailable,
+            "{call}: {refused:?}"
+        );
         assert!(
             refused.message().contains("panicked")
                 && refused.message().contains("injected by a test"),

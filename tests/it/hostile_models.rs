@@ -183,10 +183,7 @@ fn huge_gradient() -> Vec<u8> {
             node("AveragePool", "x", "pooled", vec![kernel]),
             node("Flatten", "pooled", "logits", vec![]),
         ],
-        input: vec![value_info(
-            "x",
-            &[None, Some(640), Some(128), Some(128)],
-        )],
+        input: vec![value_info("x", &[None, Some(640), Some(128), Some(128)])],
         output: vec![value_info("logits", &[None, Some(640)])],
         ..Default::default()
     })
