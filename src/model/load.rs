@@ -74,8 +74,8 @@ impl GradientLimits {
 
 impl Default for GradientLimits {
     fn default() -> Self {
-        // NOTE: the demo models' gradient graphs are at most about 3x their forward graphs'
-        // nodes and 1.0x their bytes (docs/reliability.md, "Huge gradient graphs"): these
+        // NOTE: the demo models' gradient graphs have at most 2.3x their forward graphs'
+        // nodes and 1.01x their bytes (docs/reliability.md, "Huge gradient graphs"): these
         // leave a wide margin for models with heavier backward rules.
         Self {
             nodes_ratio: 16.0,
