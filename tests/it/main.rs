@@ -35,6 +35,7 @@ mod python_client;
 mod python_package;
 mod security;
 mod shutdown;
+mod soak;
 mod tabular;
 mod telemetry;
 mod tensor_models;
