@@ -19,6 +19,9 @@
 //!   caller's buffer, scales the average gradient into attributions and checks completeness
 //!   (sum of attributions against F(x) - F(x')).
 //!
+//! - [`noise`], [`blur`] and [`guided`]: the techniques beside the straight path: a noise
+//!   tunnel over any of them (SmoothGrad, SmoothGrad-squared, VarGrad), Blur IG's path of
+//!   Gaussian blurs, and Guided IG's adaptive path.
 //! - [`xrai`] ranks image regions by their attributions as PAIR's XRAI does (the segments, the
 //!   greedy ranking), given the attributions.
 //!
@@ -26,6 +29,9 @@
 //! does the arithmetic around it, so that it can be tested against analytic functions.
 
 pub mod baseline;
+pub mod blur;
+pub mod guided;
+pub mod noise;
 pub mod path;
 pub mod quadrature;
 pub mod xrai;
