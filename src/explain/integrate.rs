@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::response::{draw, explanation, send, Summary};
 use super::served::ServedCalls;
+use super::technique::Technique;
 use super::{step, ExplainItem, ExplainJob, Instance, Targets};
 use crate::autodiff::Objective;
 use crate::engine::{sigmoid, softmax, softmax_at};
@@ -25,7 +26,13 @@ impl ExplainJob {
     /// Runs the job, sending events to `events`. Stops within one run when the receiver is
     /// gone (the client cancelled or its deadline passed), freeing the model for others.
     pub async fn run(self, events: mpsc::Sender<ExplainItem>) {
-        if let Err(error) = self.explain(&events).await {
+        let plain =
+            matches!(self.technique, Technique::IntegratedGradients) && self.noise.is_none();
+        let done = match plain {
+            true => self.explain(&events).await,
+            false => self.walk(&events).await,
+        };
+        if let Err(error) = done {
             let _ = events.send(Err(error)).await;
         }
     }
@@ -388,7 +395,7 @@ impl ExplainJob {
 
     /// Sends `explanations` (those of the instances that completed together): each its own
     /// `result` event, or in `results` events of up to [`ExplainJob::results_per_event`].
-    async fn deliver(
+    pub(super) async fn deliver(
         &self,
         explanations: Vec<pb::Explanation>,
         events: &mpsc::Sender<ExplainItem>,
@@ -467,15 +474,19 @@ impl ExplainJob {
                 steps,
                 evaluations,
             };
-            let mut explanation = explanation(
-                self,
-                instance,
-                &first.integrator,
-                j,
-                attributions,
-                &baseline_mean,
-                summary,
-            )?;
+            let path = first
+                .integrator
+                .path(j)
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .into_iter()
+                .map(|p| pb::PathPoint {
+                    alpha: p.alpha as f32,
+                    score: p.score,
+                    mean_abs_gradient: p.mean_abs_gradient,
+                })
+                .collect();
+            let mut explanation =
+                explanation(self, instance, path, attributions, &baseline_mean, summary)?;
             explanation.predictor = self.predictor_check(served, class, explanation.score_input)?;
             if instance.pictures.is_some() {
                 let span = tracing::info_span!("render", ig.target = class as i64);
@@ -490,11 +501,7 @@ impl ExplainJob {
 
     /// [`objective_scores`](Self::objective_scores)' value for `class` alone.
     pub(super) fn objective_score(&self, row: &[f32], class: usize) -> f32 {
-        match self.scored.objective {
-            Objective::Probability => softmax_at(row, class),
-            Objective::Sigmoid => sigmoid(row[class]),
-            Objective::Logit => row[class],
-        }
+        score(self.scored.objective, row, class)
     }
 
     /// The objective for every class at one input, from the scored tensor's row: its softmax,
@@ -512,7 +519,7 @@ impl ExplainJob {
     /// fixed). A scored tensor that is no output of the forward model (a final Sigmoid's
     /// logits) goes through the step worker, as do points at inner tensors other than an
     /// instance's own (a baseline embedding has no ids to feed the model).
-    async fn scores(&self, points: &[(usize, &[f32])]) -> Result<Vec<Vec<f32>>, Error> {
+    pub(super) async fn scores(&self, points: &[(usize, &[f32])]) -> Result<Vec<Vec<f32>>, Error> {
         let spec = &self.model.spec;
         if !spec.outputs.iter().any(|o| o.name == self.scored.of) {
             return self.scores_on_step_worker(points).await;
@@ -695,6 +702,15 @@ impl ExplainJob {
             worst = worst.max(c.relative_delta());
         }
         Some(worst as f32)
+    }
+}
+
+/// The `objective` for `class` at one input, from the scored tensor's row.
+pub(super) fn score(objective: Objective, row: &[f32], class: usize) -> f32 {
+    match objective {
+        Objective::Probability => softmax_at(row, class),
+        Objective::Sigmoid => sigmoid(row[class]),
+        Objective::Logit => row[class],
     }
 }
 

@@ -25,6 +25,8 @@ mod plan;
 mod response;
 mod served;
 pub mod step;
+pub mod technique;
+mod walk;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,6 +127,10 @@ pub struct ExplainJob {
     started: Instant,
     /// The model server each instance's score is checked against (`serve --predictor`).
     predictor: Option<Arc<crate::predictor::Predictor>>,
+    /// The technique (plain IG runs on the straight-path engine, the others walk: `walk`),
+    /// and its noise tunnel.
+    technique: technique::Technique,
+    noise: Option<crate::ig::noise::NoiseTunnel>,
 }
 
 /// One instance of a request: its inputs, the points at them, its baselines and targets.

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::gradients::{Differentiated, PointSet};
-use super::{
-    default_batch, shared_rows, ExplainJob, Instance, PictureRequest, Targets, DEFAULT_STEPS,
-    MAX_ROWS,
-};
+use super::technique;
+use super::{default_batch, shared_rows, ExplainJob, Instance, PictureRequest, Targets, MAX_ROWS};
 use crate::autodiff::Objective;
 use crate::engine::Engine;
 use crate::error::{Error, Field};
@@ -102,7 +100,17 @@ async fn plan_instances(
     }
 
     let (objective, what) = objective(&spec, request.objective)?;
-    let method = wire::method(request.method).map_err(|e| Error::invalid("method", e))?;
+    let requested_method = match request.method {
+        0 => None,
+        m => Some(wire::method(m).map_err(|e| Error::invalid("method", e))?),
+    };
+    let checked = technique::check(
+        &request,
+        &spec,
+        requested_method,
+        limits.max_baseline_samples,
+    )?;
+    let method = checked.method;
     let token_normalization = pb::TokenNormalization::try_from(request.token_normalization)
         .map_err(|_| {
             Error::invalid(
@@ -110,7 +118,7 @@ async fn plan_instances(
                 format!("unknown value {}", request.token_normalization),
             )
         })?;
-    let steps = match request.steps.unwrap_or(DEFAULT_STEPS) {
+    let steps = match request.steps.unwrap_or(checked.default_steps) {
         0 => {
             return Err(Error::invalid(
                 "steps",
@@ -273,8 +281,10 @@ async fn plan_instances(
         b => b,
     }
     .clamp(1, (MAX_ROWS / most_targets).max(1));
+    let walks = !matches!(checked.technique, technique::Technique::IntegratedGradients)
+        || checked.noise.is_some();
     let paths: usize = prepared.iter().map(|i| i.baselines.len()).sum();
-    let max_rows = if paths > 1 {
+    let max_rows = if paths > 1 || walks {
         shared_rows(input_len).max((batch * most_targets) as usize)
     } else {
         (batch * most_targets) as usize
@@ -298,6 +308,8 @@ async fn plan_instances(
         token_normalization,
         started,
         predictor: engine.predictor().cloned(),
+        technique: checked.technique,
+        noise: checked.noise,
     })
 }
 

@@ -5,7 +5,7 @@ use tokio::sync::mpsc;
 
 use super::{ExplainItem, ExplainJob, Instance, PictureRequest};
 use crate::error::Error;
-use crate::ig::{self, Integrator};
+use crate::ig;
 use crate::model::{ModelSpec, Point, TensorData, Values};
 use crate::proto::integrad::v1 as pb;
 use crate::wire;
@@ -53,13 +53,12 @@ pub(super) async fn draw(
 
 /// The Explanation of target `j` of `instance`: its (averaged) attributions at every point,
 /// per feature where inputs have named columns, the completeness numbers, and the path
-/// diagnostics of `integrator` (the first baseline's path). `baseline` is the (mean) baseline,
+/// diagnostics `path` (of the first baseline's path). `baseline` is the (mean) baseline,
 /// packed like the attributions.
 pub(super) fn explanation(
     job: &ExplainJob,
     instance: &Instance,
-    integrator: &Integrator,
-    j: usize,
+    path: Vec<pb::PathPoint>,
     attributions: Vec<f32>,
     baseline: &[f64],
     summary: Summary,
@@ -76,16 +75,6 @@ pub(super) fn explanation(
         t if t > 0.0 => f64::from(t),
         _ => ig::DEFAULT_CONVERGENCE_TOLERANCE,
     };
-    let path = integrator
-        .path(j)
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .into_iter()
-        .map(|p| pb::PathPoint {
-            alpha: p.alpha as f32,
-            score: p.score,
-            mean_abs_gradient: p.mean_abs_gradient,
-        })
-        .collect();
     // Each point's slice of the packed values.
     let mut slices = Vec::with_capacity(job.set.points.len());
     let mut offset = 0;
