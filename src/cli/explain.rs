@@ -32,12 +32,45 @@ pub struct ExplainOptions {
     /// go to a folder RANK-CLASS under --out (1-285, 2-281, ...).
     #[arg(long)]
     pub top_k: Option<u32>,
-    /// Intervals of the path integral.
-    #[arg(long, default_value_t = crate::explain::DEFAULT_STEPS)]
-    pub steps: u32,
-    /// trapezoid, left, right, midpoint or gauss-legendre.
-    #[arg(long, default_value = "trapezoid")]
-    pub method: crate::ig::Method,
+    /// ig (integrated gradients), blur-ig, guided-ig or xrai (image models).
+    #[arg(long, default_value = "ig")]
+    pub technique: String,
+    /// Intervals of the path integral (Guided IG: steps of its path) [default: 50 for ig,
+    /// 100 for blur-ig and xrai, 200 for guided-ig].
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// trapezoid, left, right, midpoint or gauss-legendre [default: trapezoid; right for
+    /// blur-ig, as PAIR sums; guided-ig takes none].
+    #[arg(long)]
+    pub method: Option<crate::ig::Method>,
+    /// Blur IG: the sigma its path starts from, in pixels of the model's input [default: 50].
+    #[arg(long)]
+    pub max_sigma: Option<f32>,
+    /// Blur IG: the sigma step of the path's derivative [default: 0.01].
+    #[arg(long)]
+    pub grad_step: Option<f32>,
+    /// Guided IG: the fraction of features moved at each step [default: 0.25].
+    #[arg(long)]
+    pub guided_fraction: Option<f32>,
+    /// Guided IG: how far (in alpha) a feature may get ahead of the straight path
+    /// [default: 0.02].
+    #[arg(long)]
+    pub guided_max_dist: Option<f32>,
+    /// XRAI: the fraction of the image mask.png and overlay.png show (the top regions)
+    /// [default: 0.3].
+    #[arg(long)]
+    pub xrai_top_fraction: Option<f32>,
+    /// A noise tunnel: the technique over this many noisy copies of the input, combined
+    /// (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub smooth_samples: u32,
+    /// The noise tunnel's standard deviation, a fraction of the input's range [default: 0.15].
+    #[arg(long)]
+    pub smooth_stdev: Option<f32>,
+    /// The noise tunnel's combination: smoothgrad (mean), smoothgrad-sq (mean of squares) or
+    /// vargrad (variance).
+    #[arg(long, default_value = "smoothgrad")]
+    pub smooth_kind: String,
     /// probability (the softmax of the logits, or the sigmoid of a binary head's logit), logit,
     /// or value (a regression head's output) [default: probability for classifiers, value for
     /// score heads].
@@ -48,7 +81,7 @@ pub struct ExplainOptions {
     /// tabular inputs, else zeros].
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Seed of the uniform baseline.
+    /// Seed of the uniform baseline and of the noise tunnel's noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Average over this many uniform baselines (expected gradients).
@@ -241,7 +274,8 @@ pub fn convergence_warning(r: &pb::Explanation, options: &ExplainOptions) -> Opt
             "{missed}: --tolerance {} ({tolerance}) was not reached; refinement stopped at {} steps. Raise --max-steps, or accept a larger --tolerance.",
             options.tolerance, r.steps
         )
-    } else if options.method == crate::ig::Method::Trapezoid {
+    } else if options.method.unwrap_or(crate::ig::Method::Trapezoid) == crate::ig::Method::Trapezoid
+    {
         format!(
             "{missed}, more than {tolerance}: {} steps are too few for this input. Pass --tolerance {} to refine until within {tolerance} (up to --max-steps), or raise --steps.",
             r.steps, r.convergence_tolerance
@@ -372,13 +406,57 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
         "viridis" => pb::Colormap::Viridis,
         other => anyhow::bail!("--colormap {other:?}: expected inferno or viridis"),
     };
-    let method = pb::Method::from(args.method);
-    if args.tolerance > 0.0 && args.method != crate::ig::Method::Trapezoid {
+    let method = args
+        .method
+        .map_or(pb::Method::Unspecified, pb::Method::from);
+    if let Some(m) = args
+        .method
+        .filter(|&m| args.tolerance > 0.0 && m != crate::ig::Method::Trapezoid)
+    {
         anyhow::bail!(
-            "--tolerance refines by doubling trapezoid steps (reusing every gradient): use it with --method trapezoid, or raise --steps for --method {}",
-            args.method
+            "--tolerance refines by doubling trapezoid steps (reusing every gradient): use it with --method trapezoid, or raise --steps for --method {m}"
         );
     }
+    let technique = match args.technique.as_str() {
+        "ig" => pb::Technique::IntegratedGradients,
+        "blur-ig" => pb::Technique::BlurIg,
+        "guided-ig" => pb::Technique::GuidedIg,
+        "xrai" => pb::Technique::Xrai,
+        other => anyhow::bail!("--technique {other:?}: expected ig, blur-ig, guided-ig or xrai"),
+    };
+    let blur_ig =
+        (args.max_sigma.is_some() || args.grad_step.is_some()).then(|| pb::BlurIgOptions {
+            max_sigma: args.max_sigma,
+            grad_step: args.grad_step,
+        });
+    let guided_ig = (args.guided_fraction.is_some() || args.guided_max_dist.is_some()).then(|| {
+        pb::GuidedIgOptions {
+            fraction: args.guided_fraction,
+            max_dist: args.guided_max_dist,
+        }
+    });
+    let xrai = args.xrai_top_fraction.map(|f| pb::XraiOptions {
+        top_fraction: Some(f),
+        ..Default::default()
+    });
+    let kind = match args.smooth_kind.as_str() {
+        "smoothgrad" => pb::NoiseKind::Smoothgrad,
+        "smoothgrad-sq" => pb::NoiseKind::SmoothgradSq,
+        "vargrad" => pb::NoiseKind::Vargrad,
+        other => {
+            anyhow::bail!("--smooth-kind {other:?}: expected smoothgrad, smoothgrad-sq or vargrad")
+        }
+    };
+    if args.smooth_samples <= 1 && (args.smooth_stdev.is_some() || args.smooth_kind != "smoothgrad")
+    {
+        anyhow::bail!("--smooth-stdev and --smooth-kind are the noise tunnel's: give --smooth-samples N (at least 2) too");
+    }
+    let noise_tunnel = (args.smooth_samples > 1).then(|| pb::NoiseTunnel {
+        samples: args.smooth_samples,
+        stdev: args.smooth_stdev,
+        kind: kind as i32,
+        seed: args.seed,
+    });
     let samples = match baseline {
         // The reference rows are the samples.
         Some(pb::baseline::Kind::Reference(_)) => 0,
@@ -392,7 +470,12 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
             samples,
         }),
         method: method as i32,
-        steps: Some(args.steps),
+        steps: args.steps,
+        technique: technique as i32,
+        blur_ig,
+        guided_ig,
+        xrai,
+        noise_tunnel,
         batch_size: args.batch_size.unwrap_or(0),
         tolerance: args.tolerance,
         max_steps: args.max_steps.unwrap_or(0),

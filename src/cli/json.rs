@@ -38,6 +38,16 @@ pub fn explanation(r: &pb::Explanation, values: bool) -> Value {
         "relative_delta": number(f64::from(r.relative_delta)),
         "converged": r.converged,
         "convergence_tolerance": r.convergence_tolerance,
+        "technique": pb::Technique::try_from(r.technique)
+            .map(|t| t.as_str_name())
+            .unwrap_or("TECHNIQUE_UNSPECIFIED"),
+        "noise_samples": r.noise_samples,
+        "regions": r.regions.iter().map(|g| json!({
+            "rank": g.rank,
+            "gain": g.gain,
+            "pixels": g.pixels,
+            "cumulative_area": g.cumulative_area,
+        })).collect::<Vec<_>>(),
         "steps": r.steps,
         "method": method,
         "objective": objective,

@@ -37,6 +37,7 @@ mod security;
 mod shutdown;
 mod soak;
 mod tabular;
+mod techniques;
 mod telemetry;
 mod tensor_models;
 mod text;
