@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::device::Device;
 use crate::image::DecodeLimits;
-use crate::model::{Batching, BatchingMode, LoadOptions};
+use crate::model::{Batching, BatchingMode, GradientLimits, LoadOptions};
 use crate::runtime::{Flavour, RuntimeOptions};
 
 #[derive(Debug, Parser)]
@@ -80,6 +80,26 @@ pub struct RuntimeArgs {
     /// need; true can shave a little off large single runs on an otherwise idle machine.
     #[arg(long, env = "INTEGRAD_INTRA_SPIN", default_value_t = false, action = clap::ArgAction::Set)]
     pub intra_spin: bool,
+    /// A model's gradient graph may have at most this many times the nodes of its forward
+    /// graph (counted from 1,000 nodes for smaller graphs); a model whose gradient graph would
+    /// be larger is not explainable (ListModels says why) and still serves Predict.
+    #[arg(long, env = "INTEGRAD_MAX_GRADIENT_NODES_RATIO", default_value_t = GradientLimits::default().nodes_ratio,
+          value_parser = parse_ratio)]
+    pub max_gradient_nodes_ratio: f64,
+    /// A model's gradient graph may hold at most this many times the initializer (weight)
+    /// bytes of its forward graph (counted from 8 MiB for smaller graphs), as for
+    /// --max-gradient-nodes-ratio.
+    #[arg(long, env = "INTEGRAD_MAX_GRADIENT_BYTES_RATIO", default_value_t = GradientLimits::default().bytes_ratio,
+          value_parser = parse_ratio)]
+    pub max_gradient_bytes_ratio: f64,
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if ratio.is_finite() && ratio >= 1.0 => Ok(ratio),
+        Ok(_) => Err(format!("{text}: expected a number of at least 1")),
+        Err(e) => Err(format!("{text}: {e}")),
+    }
 }
 
 /// An address to listen on: an IP address and port, or a host name and port resolved to the
@@ -124,6 +144,10 @@ impl RuntimeArgs {
             device: self.device,
             inter_threads: self.inter_threads.max(1),
             intra_spin: self.intra_spin,
+            gradient_limits: GradientLimits {
+                nodes_ratio: self.max_gradient_nodes_ratio,
+                bytes_ratio: self.max_gradient_bytes_ratio,
+            },
             batching: Batching {
                 mode: BatchingMode::Off,
                 ..Batching::default()

@@ -120,7 +120,13 @@ impl Engine {
         self.note_model(name);
         let entry = self.repository.get(name);
         match entry {
-            Some(ModelEntry::Ready(model)) => Ok(model),
+            Some(ModelEntry::Ready(model)) => match model.worker.failure() {
+                None => Ok(model),
+                Some(reason) => Err(Error::Model(crate::model::ModelError::Failed {
+                    model: name.to_string(),
+                    reason,
+                })),
+            },
             Some(ModelEntry::Failed { reason }) => Err(Error::ModelFailed {
                 name: name.to_string(),
                 reason: reason.clone(),

@@ -226,7 +226,15 @@ pub fn model_info(name: &str, entry: &ModelEntry) -> pb::ModelInfo {
             error: reason.clone(),
             ..Default::default()
         },
-        ModelEntry::Ready(model) => ready_info(&model.spec),
+        // A model whose worker failed after loading is described, as FAILED with the reason.
+        ModelEntry::Ready(model) => match model.worker.failure() {
+            Some(reason) => pb::ModelInfo {
+                state: pb::ModelState::Failed as i32,
+                error: reason,
+                ..ready_info(&model.spec)
+            },
+            None => ready_info(&model.spec),
+        },
     }
 }
 

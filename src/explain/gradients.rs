@@ -45,6 +45,8 @@ pub enum GradientError {
     Open(#[from] crate::model::LoadError),
     #[error("gradient warm-up run failed: {0}")]
     WarmUp(#[from] crate::model::ModelError),
+    #[error("its gradient graph would be too large to open: {0}")]
+    TooLarge(String),
 }
 
 /// A tensor of the model and the function of it that a gradient model differentiates.
@@ -381,6 +383,7 @@ fn build_set(
             },
         )?;
         let (step_model, step_layout) = step::build_step_model(&grad.model, &wrt)?;
+        check_size(graph, &step_model, &options.gradient_limits)?;
         let worker = WorkerOptions {
             merge: Merge::Paths(step_layout.rules()),
             batching: options.batching,
@@ -433,6 +436,60 @@ fn build_set(
         prefix_inputs,
         workers,
     })
+}
+
+/// Nodes and initializer bytes of a graph's top level.
+fn graph_size(model: &ModelProto) -> (usize, u64) {
+    let Some(graph) = &model.graph else {
+        return (0, 0);
+    };
+    let bytes = graph
+        .initializer
+        .iter()
+        .map(|t| {
+            let raw = t.raw_data.as_ref().map_or(0, Vec::len);
+            let typed = 4 * (t.float_data.len() + t.int32_data.len())
+                + 8 * (t.int64_data.len() + t.double_data.len() + t.uint64_data.len());
+            let strings: usize = t.string_data.iter().map(Vec::len).sum();
+            (raw + typed + strings) as u64
+        })
+        .sum();
+    (graph.node.len(), bytes)
+}
+
+/// Refuses a step model (the gradient graph ONNX Runtime would open) that is larger than
+/// `limits` allow relative to its forward graph, before a session holds it.
+fn check_size(
+    forward: &ModelProto,
+    step: &ModelProto,
+    limits: &crate::model::GradientLimits,
+) -> Result<(), GradientError> {
+    let (forward_nodes, forward_bytes) = graph_size(forward);
+    let (nodes, bytes) = graph_size(step);
+    tracing::debug!(
+        forward_nodes,
+        forward_bytes,
+        nodes,
+        bytes,
+        "gradient graph size"
+    );
+    if nodes > limits.max_nodes(forward_nodes) {
+        return Err(GradientError::TooLarge(format!(
+            "{nodes} nodes, the forward graph has {forward_nodes}; at most {} are allowed ({} x max({forward_nodes}, {}): --max-gradient-nodes-ratio)",
+            limits.max_nodes(forward_nodes),
+            limits.nodes_ratio,
+            crate::model::GradientLimits::MIN_NODES,
+        )));
+    }
+    if bytes > limits.max_bytes(forward_bytes) {
+        return Err(GradientError::TooLarge(format!(
+            "{bytes} bytes of initializers, the forward graph has {forward_bytes}; at most {} are allowed ({} x max({forward_bytes}, {}): --max-gradient-bytes-ratio)",
+            limits.max_bytes(forward_bytes),
+            limits.bytes_ratio,
+            crate::model::GradientLimits::MIN_BYTES,
+        )));
+    }
+    Ok(())
 }
 
 /// IG step runs per gradient worker at the default Explain batch and, with batching on, at the

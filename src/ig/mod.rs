@@ -19,12 +19,16 @@
 //!   caller's buffer, scales the average gradient into attributions and checks completeness
 //!   (sum of attributions against F(x) - F(x')).
 //!
+//! - [`xrai`] ranks image regions by their attributions as PAIR's XRAI does (the segments, the
+//!   greedy ranking), given the attributions.
+//!
 //! Evaluating F and its gradient is the caller's business (the model worker); this module only
 //! does the arithmetic around it, so that it can be tested against analytic functions.
 
 pub mod baseline;
 pub mod path;
 pub mod quadrature;
+pub mod xrai;
 
 #[cfg(test)]
 mod tests;

@@ -1,13 +1,18 @@
 //! Images in, model tensors out: decoding with limits, EXIF orientation, resize and
 //! normalisation exactly as a model's config asks; and pictures out: attribution masks,
-//! overlays and the saturation plots. A plain library (no tonic, no tokio).
+//! overlays and the saturation plots. Also the image algorithms the PAIR techniques need, with
+//! their reference packages' semantics: scipy's Gaussian blur ([`gaussian`]) and
+//! scikit-image's Felzenszwalb segmentation ([`segment`]). A plain library (no tonic, no tokio).
 
 mod decode;
+pub mod gaussian;
 mod plot;
 mod preprocess;
 mod render;
+pub mod segment;
 
 pub use decode::{decode, DecodeLimits};
+pub use gaussian::{gaussian_filter, Boundary, GaussianError, Sample};
 pub use plot::{
     curves_png, features_png, saturation_png, tokens_png, CurvePlot, FeatureBar, Highlight,
     PathSample, PlotError,

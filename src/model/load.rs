@@ -36,6 +36,52 @@ pub struct LoadOptions {
     pub batching: Batching,
     /// The workers of every session opened with these options (stopped together).
     pub workers: super::Workers,
+    /// How much larger than its forward graph a model's gradient graph may be.
+    pub gradient_limits: GradientLimits,
+}
+
+/// How much larger than the forward graph Explain lets a gradient graph be before it refuses
+/// to open it. A gradient graph is a few times its forward graph's size: the backward pass of
+/// each node is a handful of nodes, and the weights are shared. A rule that builds a constant
+/// the size of a tensor (AveragePool's window map and kernel of ones) can make it far larger
+/// than the forward graph, and so can a hostile model built for that; ONNX Runtime would then
+/// hold it, its optimised copy and its activations in memory beside every other model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradientLimits {
+    /// Nodes, as a multiple of the forward graph's (at least [`GradientLimits::MIN_NODES`]).
+    pub nodes_ratio: f64,
+    /// Initializer bytes, as a multiple of the forward graph's (at least
+    /// [`GradientLimits::MIN_BYTES`]).
+    pub bytes_ratio: f64,
+}
+
+impl GradientLimits {
+    /// A small graph is measured as if it had this many nodes.
+    pub const MIN_NODES: usize = 1000;
+    /// A graph with few weights is measured as if it had this many bytes of them.
+    pub const MIN_BYTES: u64 = 8 << 20;
+
+    /// The most nodes a gradient graph of a `forward`-node graph may have.
+    pub fn max_nodes(&self, forward: usize) -> usize {
+        (forward.max(Self::MIN_NODES) as f64 * self.nodes_ratio) as usize
+    }
+
+    /// The most initializer bytes a gradient graph of a graph with `forward` bytes may have.
+    pub fn max_bytes(&self, forward: u64) -> u64 {
+        (forward.max(Self::MIN_BYTES) as f64 * self.bytes_ratio) as u64
+    }
+}
+
+impl Default for GradientLimits {
+    fn default() -> Self {
+        // NOTE: the demo models' gradient graphs have at most 2.3x their forward graphs'
+        // nodes and 1.01x their bytes (docs/reliability.md, "Huge gradient graphs"): these
+        // leave a wide margin for models with heavier backward rules.
+        Self {
+            nodes_ratio: 16.0,
+            bytes_ratio: 4.0,
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -52,6 +98,7 @@ impl Default for LoadOptions {
             intra_spin: false,
             batching: Batching::default(),
             workers: super::Workers::default(),
+            gradient_limits: GradientLimits::default(),
         }
     }
 }

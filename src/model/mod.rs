@@ -18,9 +18,11 @@ use std::path::PathBuf;
 
 pub use batch::{Batching, BatchingMode, Merge, PathRules};
 pub use config::{ModelConfig, OutputKind};
-pub use load::{load_model, open_worker, LoadError, LoadOptions};
+pub use load::{load_model, open_worker, GradientLimits, LoadError, LoadOptions};
 pub use repository::{check_dir, ModelEntry, Repository};
 pub use tabular::{Lookup, Reference, Tabular};
+#[cfg(test)]
+pub(crate) use worker::panic_next_run;
 pub use worker::{Caller, Submitted, Worker, WorkerOptions, Workers};
 
 use crate::image::Preprocessing;
@@ -292,4 +294,6 @@ pub enum ModelError {
     Runtime { model: String, reason: String },
     #[error("model {model} is shutting down")]
     WorkerGone { model: String },
+    #[error("model {model} is out of service: {reason}")]
+    Failed { model: String, reason: String },
 }

@@ -26,6 +26,16 @@ pub enum ModelEntry {
     Failed { reason: String },
 }
 
+impl ModelEntry {
+    /// Why the model does not serve: it failed to load, or its worker failed since.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            ModelEntry::Ready(model) => model.worker.failure(),
+            ModelEntry::Failed { reason } => Some(reason.clone()),
+        }
+    }
+}
+
 /// A file in a model repository that names the model for requests that name none.
 pub const DEFAULT_FILE: &str = "default-model";
 

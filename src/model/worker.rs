@@ -8,6 +8,12 @@
 //! jobs; a lone request never waits. Each Explain has at most two jobs queued at a time (one
 //! running, its next one prepared meanwhile: [`Caller::submit`]), so concurrent Explains take
 //! turns run by run whatever their step counts.
+//!
+//! A panic on the thread (a bug: no input should cause one) is caught: the worker is failed
+//! for good with the panic's message ([`Worker::failure`]), the jobs of the run that panicked
+//! and every job queued or sent after it get [`ModelError::Failed`], and the thread ends (the
+//! session may be half-way through a run, so it is not trusted again). The server reports
+//! the model FAILED ([`Worker::failed`] tells it when).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +24,7 @@ use ort::memory::MemoryInfo;
 use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, ValueType};
 use tokio::sync::mpsc::{self, error::TryRecvError};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::batch::{self, Batching, Merge};
 use super::{ModelError, TensorData, Values};
@@ -43,6 +49,8 @@ pub struct Worker {
     /// Requests using the worker now ([`Caller`]s alive): the batcher waits for more jobs
     /// only when there is more than one.
     callers: Arc<AtomicUsize>,
+    /// Why the thread stopped serving for good (it panicked), once it has.
+    failure: watch::Receiver<Option<String>>,
 }
 
 /// The workers of one server (or command), so that it can end their runs before it exits: a
@@ -194,7 +202,9 @@ impl Worker {
         let callers = Arc::new(AtomicUsize::new(0));
         let runs = Arc::new(Runs::new().map_err(std::io::Error::other)?);
         workers.add(&runs);
+        let (failed, failure) = watch::channel(None);
         let thread = Thread {
+            failed,
             model: model.to_string(),
             session,
             runs,
@@ -215,7 +225,24 @@ impl Worker {
             model: model.to_string(),
             tx,
             callers,
+            failure,
         })
+    }
+
+    /// Why the worker stopped serving for good (its thread panicked); None while it serves.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Resolves when the worker fails, to why; to None if its thread ends without failing
+    /// (every handle to the worker was dropped). Holds no handle itself, so that waiting
+    /// does not keep the thread alive.
+    pub fn failed(&self) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let mut failure = self.failure.clone();
+        async move {
+            let failed = failure.wait_for(Option::is_some).await;
+            failed.ok().and_then(|reason| reason.clone())
+        }
     }
 
     /// Starts a request's use of the worker (see [`Caller`]).
@@ -240,10 +267,21 @@ impl Worker {
         answer.blocking_recv().map_err(|_| self.gone())?
     }
 
+    /// The error of a job the thread did not answer: it failed, or it is stopping.
     fn gone(&self) -> ModelError {
-        ModelError::WorkerGone {
-            model: self.model.clone(),
-        }
+        gone(&self.model, &self.failure)
+    }
+}
+
+fn gone(model: &str, failure: &watch::Receiver<Option<String>>) -> ModelError {
+    match failure.borrow().clone() {
+        Some(reason) => ModelError::Failed {
+            model: model.to_string(),
+            reason,
+        },
+        None => ModelError::WorkerGone {
+            model: model.to_string(),
+        },
     }
 }
 
@@ -265,7 +303,8 @@ impl Caller {
         worker.tx.send(job).await.map_err(|_| worker.gone())?;
         Ok(Submitted {
             answer,
-            gone: worker.gone(),
+            model: worker.model.clone(),
+            failure: worker.failure.clone(),
         })
     }
 }
@@ -273,13 +312,28 @@ impl Caller {
 /// A run queued by [`Caller::submit`].
 pub struct Submitted {
     answer: oneshot::Receiver<Reply>,
-    gone: ModelError,
+    model: String,
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl Submitted {
     /// The run's outputs, once it has run.
     pub async fn answer(self) -> Reply {
-        self.answer.await.map_err(|_| self.gone)?
+        let Self {
+            answer,
+            model,
+            mut failure,
+        } = self;
+        match answer.await {
+            Ok(reply) => reply,
+            Err(_) => {
+                // Dropped unanswered: its run panicked, and the thread records why as soon as
+                // the panic has unwound (a stopping worker answers its jobs instead).
+                let recorded = failure.wait_for(Option::is_some);
+                let _ = tokio::time::timeout(Duration::from_secs(1), recorded).await;
+                Err(gone(&model, &failure))
+            }
+        }
     }
 }
 
@@ -309,6 +363,8 @@ impl Job {
 
 /// The worker thread's state.
 struct Thread {
+    /// Set to the reason when the thread panics.
+    failed: watch::Sender<Option<String>>,
     model: String,
     session: Session,
     runs: Arc<Runs>,
@@ -346,7 +402,24 @@ impl Thread {
             if self.merge != Merge::Off && self.merge.mergeable(&group[0].inputs) {
                 next = self.gather(&mut group, timer.as_ref());
             }
-            self.execute(group);
+            // NOTE: the group's reply senders are dropped while the panic unwinds, before the
+            // reason is known here: their callers wait (briefly) for it ([`Submitted::answer`]).
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute(group)));
+            if let Err(panic) = ran {
+                let reason = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                    (Some(text), _) => format!("its worker thread panicked: {text}"),
+                    (_, Some(text)) => format!("its worker thread panicked: {text}"),
+                    _ => "its worker thread panicked".to_string(),
+                };
+                tracing::error!(model = %self.model, %reason, "model worker failed; its model is out of service");
+                self.failed.send_replace(Some(reason));
+                // Every job queued or sent from now on is refused with the reason.
+                self.rx.close();
+                drop(next.take());
+                while self.rx.try_recv().is_ok() {}
+                return;
+            }
         }
         tracing::debug!(model = %self.model, "model worker stopped");
     }
@@ -471,6 +544,8 @@ impl Thread {
     }
 
     fn run(&mut self, inputs: Vec<(String, TensorData)>, outputs: &[String]) -> Reply {
+        #[cfg(test)]
+        panic_if_asked(&self.model);
         let runs = self.runs.clone();
         let Some(_running) = runs.begin() else {
             return Err(ModelError::WorkerGone {
@@ -641,4 +716,28 @@ fn extract<T: ort::value::PrimitiveTensorElementType + Clone>(
         shape: shape.to_vec(),
         values: wrap(data.to_vec()),
     })
+}
+
+/// Worker names whose next run panics: how the unit tests make a worker thread panic (no
+/// input can: that would be a bug to fix, not a case to serve). Compiled into tests only.
+#[cfg(test)]
+static PANIC_ON_NEXT_RUN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Makes the next run of worker `model` panic (unit tests only).
+#[cfg(test)]
+pub(crate) fn panic_next_run(model: &str) {
+    PANIC_ON_NEXT_RUN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(model.to_string());
+}
+
+#[cfg(test)]
+fn panic_if_asked(model: &str) {
+    let mut asked = PANIC_ON_NEXT_RUN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = asked.iter().position(|m| m == model) {
+        asked.remove(i);
+        drop(asked);
+        panic!("injected by a test into worker {model}");
+    }
 }

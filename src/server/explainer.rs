@@ -80,7 +80,8 @@ impl Explainer for ExplainerService {
         // A model that failed to load is still described (with its reason), not an error.
         let name = match engine.model(&name) {
             Ok(model) => model.spec.name.clone(),
-            Err(Error::ModelFailed { name, .. }) => name,
+            Err(Error::ModelFailed { name, .. })
+            | Err(Error::Model(crate::model::ModelError::Failed { model: name, .. })) => name,
             Err(other) => return Err(other.into()),
         };
         let entry = engine

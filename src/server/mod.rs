@@ -135,6 +135,51 @@ fn note_kserve_arguments(args: &ServeArgs) {
     }
 }
 
+/// Health per model: the gRPC health service answers each model's name with SERVING, or
+/// NOT_SERVING for a model that failed to load. A model whose worker fails later is turned
+/// NOT_SERVING then, and when no model serves any more, so is the server (the empty name,
+/// the Explainer service, and so the HTTP API's `/v2/health/ready`).
+async fn watch_models(engine: &Arc<Engine>, reporter: &tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    for (name, entry) in engine.repository().iter() {
+        let status = match entry.failure() {
+            None => ServingStatus::Serving,
+            Some(_) => ServingStatus::NotServing,
+        };
+        reporter.set_service_status(name, status).await;
+        let crate::model::ModelEntry::Ready(model) = entry else {
+            continue;
+        };
+        let (name, failed) = (name.clone(), model.worker.failed());
+        // Weak: a stopped server's models are dropped, which ends this wait.
+        let (engine, reporter) = (Arc::downgrade(engine), reporter.clone());
+        tokio::spawn(async move {
+            let Some(reason) = failed.await else {
+                return;
+            };
+            tracing::error!(model = %name, %reason, "model is out of service; health says NOT_SERVING for it");
+            reporter
+                .set_service_status(&name, ServingStatus::NotServing)
+                .await;
+            let serving = engine.upgrade().is_some_and(|engine| {
+                engine
+                    .repository()
+                    .iter()
+                    .any(|(_, entry)| entry.failure().is_none())
+            });
+            if !serving {
+                tracing::error!("no model serves any more; health says NOT_SERVING");
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                reporter
+                    .set_not_serving::<ExplainerServer<ExplainerService>>()
+                    .await;
+            }
+        });
+    }
+}
+
 /// How long a stopping server waits for the model runs it terminated to end (ONNX Runtime
 /// checks its terminate flag between kernels, so one kernel's time).
 const RUNS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -231,15 +276,16 @@ pub async fn serve(
             .with_predictor(predictor);
             let engine = Arc::new(engine);
             service.set_engine(engine.clone());
-            inference.set_engine(engine);
-            Ok::<usize, ServeError>(ready)
+            inference.set_engine(engine.clone());
+            Ok::<(usize, Arc<Engine>), ServeError>((ready, engine))
         })
     };
     let health_flip = {
         let reporter = reporter.clone();
         async move {
             match loader.await {
-                Ok(Ok(ready)) if ready > 0 => {
+                Ok(Ok((ready, engine))) if ready > 0 => {
+                    watch_models(&engine, &reporter).await;
                     reporter
                         .set_serving::<ExplainerServer<ExplainerService>>()
                         .await;
@@ -249,7 +295,8 @@ pub async fn serve(
                     tracing::info!("SERVING");
                     Ok(())
                 }
-                Ok(Ok(_)) => {
+                Ok(Ok((_, engine))) => {
+                    watch_models(&engine, &reporter).await;
                     tracing::error!("no model loaded; health stays NOT_SERVING");
                     Ok(())
                 }
@@ -431,3 +478,6 @@ pub async fn serve(
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::triton::datatype;
-use crate::model::{DType, Model, ModelEntry, ModelSpec, TensorData, TensorSpec, Values};
+use crate::model::{DType, Model, ModelSpec, TensorData, TensorSpec, Values};
 use crate::proto::inference as pb;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use crate::proto::inference::infer_parameter::ParameterChoice;
@@ -152,7 +152,7 @@ impl GrpcInferenceService for InferenceService {
             engine
                 .repository()
                 .iter()
-                .any(|(_, entry)| matches!(entry, ModelEntry::Ready(_)))
+                .any(|(_, entry)| entry.failure().is_none())
         });
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }

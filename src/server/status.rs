@@ -14,9 +14,9 @@ impl From<Error> for Status {
                 Code::FailedPrecondition
             }
             Error::Image(_) => Code::InvalidArgument,
-            Error::Model(ModelError::WorkerGone { .. }) | Error::Unavailable(_) => {
-                Code::Unavailable
-            }
+            Error::Model(ModelError::WorkerGone { .. })
+            | Error::Model(ModelError::Failed { .. })
+            | Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled => Code::Cancelled,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded => Code::DeadlineExceeded,

@@ -1,7 +1,9 @@
 //! Hostile model files in a repository beside a good model: not ONNX, cut short, a graph with
 //! a cycle, an initializer that claims terabytes, external data outside the model's folder
 //! (relative with `..`, absolute) or past its file's end, an operator from an unknown domain. Each is refused at load
-//! with its reason in ListModels; the good model serves.
+//! with its reason in ListModels; the good model serves. And a model whose gradient graph
+//! would be far larger than its forward graph: it loads, but Explain's gradient models are
+//! refused, with the reason in ListModels.
 
 use crate::common;
 
@@ -154,4 +156,72 @@ async fn should_refuse_hostile_model_files_with_their_reason_and_serve_the_other
         })
         .await;
     assert!(predicted.is_ok(), "the good model serves: {predicted:?}");
+}
+
+/// logits = Flatten(AveragePool(x, kernel 128 x 128)), x `[batch, 640, 128, 128]`: a model of
+/// two nodes and no weights, whose gradient graph holds a kernel of ones for the pool's
+/// backward pass (640 x 128 x 128 floats: 40 MiB), five times the 8 MiB a weightless
+/// forward graph is allowed by default.
+fn huge_gradient() -> Vec<u8> {
+    let node = |op: &str, input: &str, output: &str, attribute| onnx::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(op.into()),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let kernel = onnx::AttributeProto {
+        name: Some("kernel_shape".into()),
+        r#type: Some(onnx::attribute_proto::AttributeType::Ints as i32),
+        ints: vec![128, 128],
+        ..Default::default()
+    };
+    model_bytes(onnx::GraphProto {
+        name: Some("huge-gradient".into()),
+        node: vec![
+            node("AveragePool", "x", "pooled", vec![kernel]),
+            node("Flatten", "pooled", "logits", vec![]),
+        ],
+        input: vec![value_info("x", &[None, Some(640), Some(128), Some(128)])],
+        output: vec![value_info("logits", &[None, Some(640)])],
+        ..Default::default()
+    })
+}
+
+/// A model whose gradient graph would be huge next to its forward graph is not made
+/// explainable (ListModels says why, naming the flag that sets the limit); it still serves
+/// Predict's model, and the others are explainable.
+#[tokio::test]
+async fn should_refuse_a_huge_gradient_graph_with_its_reason_and_serve_the_others() {
+    let repo = demo_repository(&["penguins"]);
+    std::fs::create_dir(repo.path().join("huge-gradient")).unwrap();
+    std::fs::write(
+        repo.path().join("huge-gradient/model.onnx"),
+        huge_gradient(),
+    )
+    .unwrap();
+    let server = TestServer::start(&["--models", repo.path().to_str().unwrap()]).await;
+    let mut client = server.client().await;
+    let listed = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let huge = listed
+        .models
+        .iter()
+        .find(|m| m.name == "huge-gradient")
+        .unwrap();
+    assert_eq!(huge.state(), pb::ModelState::Ready, "{huge:?}");
+    assert!(!huge.explainable);
+    let reason = &huge.not_explainable_reason;
+    assert!(
+        reason.contains("gradient graph would be too large")
+            && reason.contains("bytes of initializers, the forward graph has 0;")
+            && reason.contains("--max-gradient-bytes-ratio"),
+        "says why and how to allow it: {reason}"
+    );
+    let penguins = listed.models.iter().find(|m| m.name == "penguins").unwrap();
+    assert!(penguins.explainable, "{penguins:?}");
 }

@@ -36,6 +36,7 @@ mod python_client;
 mod python_package;
 mod security;
 mod shutdown;
+mod soak;
 mod tabular;
 mod telemetry;
 mod tensor_models;

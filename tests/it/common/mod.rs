@@ -517,6 +517,13 @@ impl BinaryServer {
     }
 }
 
+impl BinaryServer {
+    /// The server process's id (for reading its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for BinaryServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
