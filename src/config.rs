@@ -36,6 +36,9 @@ pub enum Command {
     /// Explain every row of a data set (JSON lines or CSV) into a JSON-lines file, in
     /// ExplainBatch calls, through a server or in-process.
     ExplainBatch(crate::cli::ExplainBatchArgs),
+    /// Measure how faithful a saliency map is (deletion, insertion, SIC, AIC curves), through a
+    /// server or in-process.
+    Evaluate(crate::cli::EvaluateArgs),
     /// Write the gradient model of an ONNX file (runs in any ONNX Runtime).
     Autodiff(crate::cli::AutodiffArgs),
     /// Build the weights files that model folders describe in a weights.json (from their

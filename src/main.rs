@@ -46,6 +46,7 @@ fn run() -> anyhow::Result<()> {
             Command::Predict(args) => integrad::cli::run_predict(args).await,
             Command::Explain(args) => integrad::cli::run_explain(args).await,
             Command::ExplainBatch(args) => integrad::cli::run_explain_batch(args).await,
+            Command::Evaluate(args) => integrad::cli::run_evaluate(args).await,
             Command::FetchWeights(args) => {
                 tokio::task::spawn_blocking(move || integrad::cli::run_fetch_weights(args)).await?
             }

@@ -3,6 +3,7 @@
 
 mod autodiff;
 pub(crate) mod connect;
+mod evaluate;
 mod explain;
 mod explain_batch;
 mod fetch_weights;
@@ -11,6 +12,7 @@ mod predict;
 
 pub use autodiff::{run_autodiff, AutodiffArgs};
 pub use connect::{connect, BearerToken, Client, ConnectArgs};
+pub use evaluate::{run_evaluate, EvaluateArgs};
 pub use explain::{run_explain, ExplainArgs, ExplainOptions};
 pub use explain_batch::{run_explain_batch, ExplainBatchArgs};
 pub use fetch_weights::{run_fetch_weights, FetchWeightsArgs};

@@ -14,9 +14,12 @@ pub mod segment;
 pub use decode::{decode, DecodeLimits};
 pub use gaussian::{gaussian_filter, Boundary, GaussianError, Sample};
 pub use plot::{
-    features_png, saturation_png, tokens_png, FeatureBar, Highlight, PathSample, PlotError,
+    curves_png, features_png, saturation_png, tokens_png, CurvePlot, FeatureBar, Highlight,
+    PathSample, PlotError,
 };
-pub use preprocess::{preprocess, Geometry, Layout, Preprocessing, ResizePolicy};
+pub use preprocess::{
+    model_picture, picture_tensor, preprocess, Geometry, Layout, Preprocessing, ResizePolicy,
+};
 pub use render::{
     channel_sum_abs, picture_from_input, png, render, Colormap, Pictures, RenderOptions,
 };

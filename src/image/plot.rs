@@ -76,6 +76,69 @@ fn line_chart<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    xy_chart(area, title, "alpha", y_label, xs, ys, colour)
+}
+
+/// One faithfulness curve to draw: its title (the metric and its area) and axes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurvePlot {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+}
+
+/// PNG bytes of up to four curves side by side, two per row, titled on top with `title`
+/// (the evaluated target): the deletion, insertion, SIC and AIC curves of an Evaluate.
+pub fn curves_png(title: &str, curves: &[CurvePlot]) -> Result<Vec<u8>, PlotError> {
+    register();
+    let rows = curves.len().div_ceil(2).max(1) as u32;
+    let size = (1200u32, 40 + 420 * rows);
+    let colours = [
+        RGBColor(214, 39, 40),
+        RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
+    let mut buffer = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| PlotError(e.to_string()))?;
+        let root = root
+            .titled(title, ("sans-serif", 22))
+            .map_err(|e| PlotError(e.to_string()))?;
+        let cells = root.split_evenly((rows as usize, 2));
+        for (i, (curve, cell)) in curves.iter().zip(&cells).enumerate() {
+            xy_chart(
+                cell,
+                &curve.title,
+                &curve.x_label,
+                &curve.y_label,
+                &curve.x,
+                &curve.y,
+                &colours[i % colours.len()],
+            )?;
+        }
+        root.present().map_err(|e| PlotError(e.to_string()))?;
+    }
+    let image = image::RgbImage::from_raw(size.0, size.1, buffer)
+        .ok_or_else(|| PlotError("plot buffer size".into()))?;
+    Ok(super::png(&image))
+}
+
+fn xy_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    xs: &[f64],
+    ys: &[f64],
+    colour: &RGBColor,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| PlotError(e.to_string());
     let (lo, hi) = ys
         .iter()
@@ -96,7 +159,7 @@ where
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("alpha")
+        .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
         .draw()
@@ -276,6 +339,23 @@ mod tests {
         let image = image::load_from_memory(&png).unwrap().to_rgb8();
         let has = |c: [u8; 3]| image.pixels().any(|p| p.0 == c);
         assert!(has([214, 39, 40]) && has([31, 119, 180]));
+    }
+
+    #[test]
+    fn curves_are_drawn_in_their_colours() {
+        let line = |title: &str| CurvePlot {
+            title: title.into(),
+            x_label: "fraction of pixels".into(),
+            y_label: "probability".into(),
+            x: vec![0.0, 0.5, 1.0],
+            y: vec![0.9, 0.2, 0.1],
+        };
+        let png = curves_png("test", &[line("deletion"), line("insertion")]).unwrap();
+        let image = image::load_from_memory(&png).unwrap().to_rgb8();
+        let has = |c: [u8; 3]| image.pixels().any(|p| p.0 == c);
+        // The first two colours, one per curve; the third is unused.
+        assert!(has([214, 39, 40]) && has([31, 119, 180]));
+        assert!(!has([44, 160, 44]));
     }
 
     #[test]

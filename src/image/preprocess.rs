@@ -157,6 +157,18 @@ impl Preprocessing {
     }
 }
 
+/// The picture at the model's input size: `image` resized and cropped as [`preprocess`] does,
+/// before normalising (the 8-bit pixels the model's input stands for).
+pub fn model_picture(image: &RgbImage, p: &Preprocessing) -> RgbImage {
+    resize(image, p)
+}
+
+/// The model's input tensor of a picture already at the model's input size (normalised and
+/// laid out, no resize).
+pub fn picture_tensor(image: &RgbImage, p: &Preprocessing) -> Vec<f32> {
+    normalise(image, p)
+}
+
 fn resize(image: &RgbImage, p: &Preprocessing) -> RgbImage {
     let (w, h) = image.dimensions();
     let g = p.geometry(w, h);

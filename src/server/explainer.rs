@@ -140,6 +140,35 @@ impl Explainer for ExplainerService {
             deadline,
         )))
     }
+
+    async fn evaluate(
+        &self,
+        request: Request<pb::EvaluateRequest>,
+    ) -> Result<Response<pb::EvaluateResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|t| tokio::time::Instant::now() + t);
+        let engine = self.engine()?;
+        engine.note_model(&request.get_ref().model);
+        // An Evaluate runs the model tens of times: it takes an Explain slot, so that the
+        // server's bound on concurrent heavy requests holds for both.
+        let _slot = self.gate.acquire(deadline, &self.shutdown).await?;
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        // A client that goes away drops this future, and with it the evaluation between two
+        // model runs.
+        let response = tokio::select! {
+            response = engine.evaluate(request.into_inner()) => response?,
+            _ = expired => return Err(Error::DeadlineExceeded.into()),
+            _ = self.shutdown.cancelling() => {
+                let reason = format!("the server is shutting down and its grace period ({} s) is over; the Evaluate was cancelled", self.grace_s);
+                return Err(Error::Unavailable(reason).into());
+            }
+        };
+        Ok(Response::new(response))
+    }
 }
 
 impl ExplainerService {

@@ -16,6 +16,7 @@ mod batching;
 mod cli;
 mod config;
 mod devices;
+mod evaluate;
 mod explain;
 mod explain_captum;
 mod faults;

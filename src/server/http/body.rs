@@ -145,6 +145,103 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// The Evaluate request of `parameters`, for `model` (its one instance fills in the
+    /// input). `saliency` is a Tensor object or nested lists of numbers (height x width, or
+    /// the input's shape); `metrics`, `objective` and `reduction` take names without their
+    /// prefix (`"deletion"`, `"logit"`, `"abs-sum"`).
+    pub fn evaluate_request(&self, model: &str) -> Result<pb::EvaluateRequest, HttpError> {
+        let mut parameters = Map::new();
+        for (key, value) in &self.parameters {
+            let value = match key.as_str() {
+                "model" | "input" | "inputs" => {
+                    return Err(HttpError::invalid(
+                        format!("parameters.{key}"),
+                        "comes from the URL and the instances, not from parameters",
+                    ))
+                }
+                "target" => target(value),
+                "objective" => enum_value(value, "OBJECTIVE_"),
+                "reduction" => enum_value(value, "SALIENCY_REDUCTION_"),
+                "metrics" => match value {
+                    Value::Array(list) => {
+                        Value::Array(list.iter().map(|m| enum_value(m, "METRIC_")).collect())
+                    }
+                    other => other.clone(),
+                },
+                "saliency" => nested_tensor(value).map_err(|e| e.field("parameters.saliency"))?,
+                _ => value.clone(),
+            };
+            parameters.insert(key.clone(), value);
+        }
+        let descriptor = crate::proto::message_descriptor("integrad.v1.EvaluateRequest");
+        let message = DynamicMessage::deserialize_with_options(
+            descriptor,
+            Value::Object(parameters),
+            &DeserializeOptions::new(),
+        )
+        .map_err(|e| HttpError::invalid("parameters", e.to_string()))?;
+        let mut request: pb::EvaluateRequest = message
+            .transcode_to()
+            .map_err(|e| HttpError::invalid("parameters", e.to_string()))?;
+        request.model = model.to_string();
+        Ok(request)
+    }
+}
+
+/// Nested lists of numbers as a float32 Tensor object (base64 data, as protobuf's JSON
+/// mapping writes bytes); any other value as it is (a Tensor object).
+fn nested_tensor(value: &Value) -> Result<Value, HttpError> {
+    if !value.is_array() {
+        return Ok(value.clone());
+    }
+    let mut shape = Vec::new();
+    let mut level = value;
+    while let Value::Array(items) = level {
+        shape.push(items.len() as i64);
+        match items.first() {
+            Some(first) => level = first,
+            None => break,
+        }
+    }
+    let mut data = Vec::new();
+    fn flatten(
+        value: &Value,
+        depth: usize,
+        shape: &[i64],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        match value {
+            Value::Array(items) if depth < shape.len() && items.len() as i64 == shape[depth] => {
+                items
+                    .iter()
+                    .try_for_each(|v| flatten(v, depth + 1, shape, out))
+            }
+            Value::Number(n) if depth == shape.len() => {
+                out.extend_from_slice(&(n.as_f64().unwrap_or(f64::NAN) as f32).to_le_bytes());
+                Ok(())
+            }
+            _ => Err(format!(
+                "nested lists must be rectangular numbers of shape {shape:?}"
+            )),
+        }
+    }
+    flatten(value, 0, &shape, &mut data)
+        .map_err(|e| HttpError::invalid("parameters.saliency", e))?;
+    let base64 = base64::engine::general_purpose::STANDARD;
+    Ok(json!({
+        "shape": shape,
+        "dtype": "DATA_TYPE_FLOAT32",
+        "data": base64.encode(&data),
+    }))
+}
+
+/// An Evaluate response in protobuf's JSON mapping (field names as in the proto; the plot
+/// in base64).
+pub fn evaluation(response: &pb::EvaluateResponse) -> Value {
+    proto_json(response, "integrad.v1.EvaluateResponse")
+}
+
 /// `3` is a class index, `"cat"` a label; an object is the proto's `Target`.
 fn target(value: &Value) -> Value {
     match value {

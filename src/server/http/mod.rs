@@ -8,6 +8,7 @@
 //! | `GET /v1/models/{name}` | `{"name", "ready", ...}`; 503 while not ready |
 //! | `POST /v1/models/{name}:predict` | `{"predictions": [...]}` for `{"instances": [...]}` |
 //! | `POST /v1/models/{name}:explain` | `{"explanations": [...]}`, or server-sent events |
+//! | `POST /v1/models/{name}:evaluate` | `{"evaluation": EvaluateResponse}` for one instance |
 //! | `GET /` | `{"status": "alive"}` (KServe's V1 liveness); with `--web`, the page to browsers |
 //! | `GET /v2/health/live`, `/v2/health/ready` | 200, or 503 while not ready |
 //! | `GET /ui/...` | with `--web`, the web viewer's files ([`web`]) |
@@ -168,7 +169,7 @@ async fn not_found(request: Request) -> HttpError {
     HttpError::new(
         tonic::Code::NotFound,
         format!(
-            "no route {} {}; this server answers GET /v1/models, GET /v1/models/NAME, POST /v1/models/NAME:predict, POST /v1/models/NAME:explain and GET /v2/health/live|ready",
+            "no route {} {}; this server answers GET /v1/models, GET /v1/models/NAME, POST /v1/models/NAME:predict, POST /v1/models/NAME:explain, POST /v1/models/NAME:evaluate and GET /v2/health/live|ready",
             request.method(),
             request.uri().path()
         ),
@@ -244,9 +245,10 @@ async fn model_verb(
             let stream = wants_events(&headers);
             explain(&api, &info, payload, stream).await
         }
+        "evaluate" => evaluate(&api, &info, payload).await,
         other => Err(HttpError::new(
             tonic::Code::NotFound,
-            format!("unknown verb {other:?}: POST /v1/models/NAME:predict or :explain"),
+            format!("unknown verb {other:?}: POST /v1/models/NAME:predict, :explain or :evaluate"),
         )),
     }
 }
@@ -284,6 +286,33 @@ async fn predict(
         predictions.push(body::prediction(&response.into_inner()));
     }
     Ok(Json(json!({ "predictions": predictions })).into_response())
+}
+
+/// `POST /v1/models/{name}:evaluate`: one instance, the Evaluate options in `parameters`.
+async fn evaluate(
+    api: &HttpApi,
+    info: &pb::ModelInfo,
+    payload: body::Payload,
+) -> Result<Response, HttpError> {
+    let options = payload.evaluate_request(&info.name)?;
+    if payload.instances.len() != 1 {
+        return Err(HttpError::invalid(
+            "instances",
+            format!(
+                "an evaluation takes one instance (its saliency map is in parameters), got {}",
+                payload.instances.len()
+            ),
+        ));
+    }
+    let (input, inputs) =
+        body::instance(info, &payload.instances[0]).map_err(|e| e.at_instance(0))?;
+    let request = pb::EvaluateRequest {
+        input,
+        inputs,
+        ..options
+    };
+    let response = api.service.evaluate(GrpcRequest::new(request)).await?;
+    Ok(Json(json!({ "evaluation": body::evaluation(&response.into_inner()) })).into_response())
 }
 
 async fn explain(
