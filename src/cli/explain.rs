@@ -425,16 +425,16 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
         other => anyhow::bail!("--technique {other:?}: expected ig, blur-ig, guided-ig or xrai"),
     };
     let blur_ig =
-        (args.max_sigma.is_some() || args.grad_step.is_some()).then(|| pb::BlurIgOptions {
+        (args.max_sigma.is_some() || args.grad_step.is_some()).then_some(pb::BlurIgOptions {
             max_sigma: args.max_sigma,
             grad_step: args.grad_step,
         });
-    let guided_ig = (args.guided_fraction.is_some() || args.guided_max_dist.is_some()).then(|| {
+    let guided_ig = (args.guided_fraction.is_some() || args.guided_max_dist.is_some()).then_some(
         pb::GuidedIgOptions {
             fraction: args.guided_fraction,
             max_dist: args.guided_max_dist,
-        }
-    });
+        },
+    );
     let xrai = args.xrai_top_fraction.map(|f| pb::XraiOptions {
         top_fraction: Some(f),
         ..Default::default()
@@ -451,7 +451,7 @@ pub fn options_request(args: &ExplainOptions) -> anyhow::Result<pb::ExplainReque
     {
         anyhow::bail!("--smooth-stdev and --smooth-kind are the noise tunnel's: give --smooth-samples N (at least 2) too");
     }
-    let noise_tunnel = (args.smooth_samples > 1).then(|| pb::NoiseTunnel {
+    let noise_tunnel = (args.smooth_samples > 1).then_some(pb::NoiseTunnel {
         samples: args.smooth_samples,
         stdev: args.smooth_stdev,
         kind: kind as i32,

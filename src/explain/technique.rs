@@ -115,7 +115,7 @@ pub fn check(
         pb::Technique::BlurIg => {
             no_baseline("its path starts at the input blurred by max_sigma")?;
             let axes = image_axes(request, spec, name)?;
-            let o = request.blur_ig.clone().unwrap_or_default();
+            let o = request.blur_ig.unwrap_or_default();
             let defaults = BlurParams::default();
             let params = BlurParams {
                 max_sigma: o.max_sigma.map_or(defaults.max_sigma, f64::from),
@@ -133,7 +133,7 @@ pub fn check(
                     "Guided IG's path is not a straight line: it takes no quadrature rule (leave method unset)",
                 ));
             }
-            let o = request.guided_ig.clone().unwrap_or_default();
+            let o = request.guided_ig.unwrap_or_default();
             let defaults = GuidedParams::default();
             let params = GuidedParams {
                 steps: request.steps.unwrap_or(GUIDED_IG_STEPS),
@@ -150,7 +150,7 @@ pub fn check(
         pb::Technique::Xrai => {
             no_baseline("it integrates from black and from white and averages the two")?;
             let axes = image_axes(request, spec, name)?;
-            let o = request.xrai.clone().unwrap_or_default();
+            let o = request.xrai.unwrap_or_default();
             let defaults = crate::ig::xrai::XraiParams::default();
             let params = crate::ig::xrai::XraiParams {
                 min_pixel_diff: o

@@ -370,7 +370,7 @@ impl ExplainJob {
                 ..
             } = &walk.course
             {
-                let want = (self.batch as usize).max(1).min(BLUR_AHEAD);
+                let want = (self.batch as usize).clamp(1, BLUR_AHEAD);
                 let take = want.saturating_sub(ready.len()).min(nodes.len() - next);
                 if take > 0 {
                     work.push((
@@ -775,12 +775,12 @@ impl ExplainJob {
                 .collect();
             let mut tensor = vec![0f32; h * w * c];
             for ch in 0..c {
-                for p in 0..h * w {
+                for (p, &rank) in rank_of.iter().enumerate() {
                     let to = match axes.channels_first {
                         true => ch * h * w + p,
                         false => p * c + ch,
                     };
-                    tensor[to] = rank_of[p] / c as f32;
+                    tensor[to] = rank / c as f32;
                 }
             }
             let mut drawn = pb::Explanation::default();

@@ -150,14 +150,14 @@ impl GuidedPath {
         while gamma > 1.0 {
             let x_old = self.x.clone();
             // Features that fell behind the slowest allowed point catch up with it.
-            for i in 0..n {
+            for (i, x) in self.x.iter_mut().enumerate() {
                 let span = self.input[i] - self.baseline[i];
                 let x_alpha = match span != 0.0 {
-                    true => (self.x[i] - self.baseline[i]) / span,
+                    true => (*x - self.baseline[i]) / span,
                     false => alpha_max,
                 };
                 if x_alpha < alpha_min {
-                    self.x[i] = x_min[i];
+                    *x = x_min[i];
                 }
             }
             let l1_current = l1(&self.x, &self.input);
