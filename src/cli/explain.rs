@@ -274,6 +274,11 @@ pub fn convergence_warning(r: &pb::Explanation, options: &ExplainOptions) -> Opt
             "{missed}: --tolerance {} ({tolerance}) was not reached; refinement stopped at {} steps. Raise --max-steps, or accept a larger --tolerance.",
             options.tolerance, r.steps
         )
+    } else if options.technique != "ig" || options.smooth_samples > 1 {
+        format!(
+            "{missed}, more than {tolerance}: raise --steps ({} now) to bring the path's sum closer",
+            r.steps
+        )
     } else if options.method.unwrap_or(crate::ig::Method::Trapezoid) == crate::ig::Method::Trapezoid
     {
         format!(

@@ -186,9 +186,16 @@ pub fn check(
         (None, Technique::BlurIg { .. }) => Method::Right,
         (None, _) => Method::Trapezoid,
     };
+    let noise = noise_tunnel(request.noise_tunnel.as_ref(), max_samples)?;
+    if noise.is_some() && request.tolerance > 0.0 {
+        return Err(Error::invalid(
+            "tolerance",
+            "adaptive refinement is for a single path; a noise tunnel takes a fixed number of steps (tolerance 0)",
+        ));
+    }
     Ok(Checked {
         technique,
-        noise: noise_tunnel(request.noise_tunnel.as_ref(), max_samples)?,
+        noise,
         default_steps,
         method,
     })

@@ -758,7 +758,7 @@ impl ExplainJob {
             .collect();
         if let Some(pictures) = instance.pictures.as_ref() {
             // The pictures show the top regions up to `top_fraction` of the image, each at
-            // its rank's strength (best brightest), the rest dark.
+            // its rank's strength (best brightest, the last at half of it), the rest dark.
             let shown = ranked
                 .regions
                 .iter()
@@ -769,7 +769,8 @@ impl ExplainJob {
                 .ranks
                 .iter()
                 .map(|&rank| match (rank as usize).checked_sub(1) {
-                    Some(r) if r < shown => (shown - r) as f32,
+                    // Half to full strength, so the last shown region still shows.
+                    Some(r) if r < shown => 1.0 + (shown - r) as f32 / shown as f32,
                     _ => 0.0,
                 })
                 .collect();
