@@ -608,6 +608,16 @@ impl ExplainJob {
         let len = instance.x.len();
         let samples = ends.samples.len().max(1);
         let starts = ends.starts.len().max(1);
+        // The (mean) start of the paths, for the features' baselines: Blur IG's start is no
+        // baseline, and its features report none.
+        let mut baseline_mean = vec![0f64; len];
+        if !matches!(self.technique, Technique::BlurIg { .. }) {
+            for start in &self.starts(instance).await? {
+                for (m, &b) in baseline_mean.iter_mut().zip(start.iter()) {
+                    *m += f64::from(b) / starts as f64;
+                }
+            }
+        }
         let mut out = Vec::with_capacity(ends.targets.len());
         for (j, &class) in ends.targets.iter().enumerate() {
             let mine: Vec<&&Walk> = walks.iter().filter(|w| w.target == j).collect();
@@ -638,14 +648,6 @@ impl ExplainJob {
             let attributions: Vec<f32> = combined.iter().map(|&a| a as f32).collect();
             let f_start =
                 ends.starts.iter().map(|s| f64::from(s[class])).sum::<f64>() / starts as f64;
-            let mut baseline_mean = vec![0f64; len];
-            if !matches!(self.technique, Technique::BlurIg { .. }) {
-                for start in &self.starts(instance).await? {
-                    for (m, &b) in baseline_mean.iter_mut().zip(start.iter()) {
-                        *m += f64::from(b) / starts as f64;
-                    }
-                }
-            }
             let path = mine
                 .first()
                 .map(|w| {

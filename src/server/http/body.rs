@@ -130,19 +130,26 @@ impl Payload {
             };
             parameters.insert(key.clone(), value);
         }
-        let descriptor = crate::proto::message_descriptor("integrad.v1.ExplainRequest");
-        let message = DynamicMessage::deserialize_with_options(
-            descriptor,
-            Value::Object(parameters),
-            &DeserializeOptions::new(),
-        )
-        .map_err(|e| HttpError::invalid("parameters", e.to_string()))?;
-        let mut request: pb::ExplainRequest = message
-            .transcode_to()
-            .map_err(|e| HttpError::invalid("parameters", e.to_string()))?;
+        let mut request: pb::ExplainRequest =
+            from_parameters("integrad.v1.ExplainRequest", parameters)?;
         request.model = model.to_string();
         Ok(request)
     }
+}
+
+/// The message `name` read from `parameters` in protobuf's JSON mapping.
+fn from_parameters<T: prost::Message + Default>(
+    name: &str,
+    parameters: Map<String, Value>,
+) -> Result<T, HttpError> {
+    DynamicMessage::deserialize_with_options(
+        crate::proto::message_descriptor(name),
+        Value::Object(parameters),
+        &DeserializeOptions::new(),
+    )
+    .map_err(|e| HttpError::invalid("parameters", e.to_string()))?
+    .transcode_to()
+    .map_err(|e| HttpError::invalid("parameters", e.to_string()))
 }
 
 impl Payload {
@@ -174,16 +181,8 @@ impl Payload {
             };
             parameters.insert(key.clone(), value);
         }
-        let descriptor = crate::proto::message_descriptor("integrad.v1.EvaluateRequest");
-        let message = DynamicMessage::deserialize_with_options(
-            descriptor,
-            Value::Object(parameters),
-            &DeserializeOptions::new(),
-        )
-        .map_err(|e| HttpError::invalid("parameters", e.to_string()))?;
-        let mut request: pb::EvaluateRequest = message
-            .transcode_to()
-            .map_err(|e| HttpError::invalid("parameters", e.to_string()))?;
+        let mut request: pb::EvaluateRequest =
+            from_parameters("integrad.v1.EvaluateRequest", parameters)?;
         request.model = model.to_string();
         Ok(request)
     }
