@@ -17,13 +17,6 @@ fn image_input(name: &str) -> Option<pb::Input> {
     })
 }
 
-fn floats(t: &pb::Tensor) -> Vec<f32> {
-    t.data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 /// Explains of different photos, targets, objectives, step and batch counts.
 fn explain_requests() -> Vec<pb::ExplainRequest> {
     let class = |c: i64| {

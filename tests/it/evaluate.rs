@@ -9,14 +9,6 @@ use crate::common;
 use common::*;
 use integrad::proto::integrad::v1 as pb;
 
-fn tensor(shape: &[usize], data: &[f32]) -> pb::Tensor {
-    pb::Tensor {
-        shape: shape.iter().map(|&d| d as i64).collect(),
-        dtype: pb::DataType::Float32 as i32,
-        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
 fn npy_tensor(name: &str) -> pb::Tensor {
     let (shape, data) = fixture(name);
     tensor(&shape, &data)

@@ -34,13 +34,6 @@ async fn explain(
     Ok((progress, results))
 }
 
-fn floats(t: &pb::Tensor) -> Vec<f32> {
-    t.data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 #[tokio::test]
 async fn should_stream_progress_then_an_explanation_that_adds_up() {
     let server = TestServer::start(&["--models", demo_models().to_str().unwrap()]).await;

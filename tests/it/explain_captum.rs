@@ -7,21 +7,6 @@ use crate::common;
 use common::*;
 use integrad::proto::integrad::v1 as pb;
 
-fn tensor(shape: &[usize], data: &[f32]) -> pb::Tensor {
-    pb::Tensor {
-        shape: shape.iter().map(|&d| d as i64).collect(),
-        dtype: pb::DataType::Float32 as i32,
-        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
-fn floats(t: &pb::Tensor) -> Vec<f32> {
-    t.data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 /// ||a - b|| / ||b|| and the Pearson correlation of a and b, in f64.
 fn compare(a: &[f32], b: &[f32]) -> (f64, f64) {
     assert_eq!(a.len(), b.len());

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{first_explanation, relative_l2, root, TestServer};
+use common::{first_explanation, relative_l2, root, tensor, TestServer};
 use integrad::proto::integrad::v1 as pb;
 use tonic::Code;
 
@@ -29,14 +29,6 @@ fn npy(model: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
     match integrad::npy::read(&heads().join(model).join(name)).unwrap() {
         integrad::npy::NpyArray::F32 { shape, data } => (shape, data),
         other => panic!("{model}/{name}: expected float32, got {other:?}"),
-    }
-}
-
-fn tensor(shape: &[usize], data: &[f32]) -> pb::Tensor {
-    pb::Tensor {
-        shape: shape.iter().map(|&d| d as i64).collect(),
-        dtype: pb::DataType::Float32 as i32,
-        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }
 

@@ -11,21 +11,6 @@ use integrad::proto::integrad::v1 as pb;
 
 const PHOTOS: [(&str, i64); 3] = [("coffee", 967), ("chelsea", 282), ("rocket", 657)];
 
-fn tensor(shape: &[usize], data: &[f32]) -> pb::Tensor {
-    pb::Tensor {
-        shape: shape.iter().map(|&d| d as i64).collect(),
-        dtype: pb::DataType::Float32 as i32,
-        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
-fn floats(t: &pb::Tensor) -> Vec<f32> {
-    t.data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 /// The Pearson correlation of a and b, in f64.
 fn correlation(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());

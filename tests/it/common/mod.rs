@@ -50,6 +50,23 @@ pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(root().join("samples").join(name)).unwrap()
 }
 
+/// A float32 Tensor message of `shape` holding `data`.
+pub fn tensor(shape: &[usize], data: &[f32]) -> pb::Tensor {
+    pb::Tensor {
+        shape: shape.iter().map(|&d| d as i64).collect(),
+        dtype: pb::DataType::Float32 as i32,
+        data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// The values of a float32 Tensor message.
+pub fn floats(t: &pb::Tensor) -> Vec<f32> {
+    t.data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 pub fn fixture(name: &str) -> (Vec<usize>, Vec<f32>) {
     match integrad::npy::read(&root().join("tests/data").join(name)).unwrap() {
         integrad::npy::NpyArray::F32 { shape, data } => (shape, data),
