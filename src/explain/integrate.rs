@@ -72,12 +72,7 @@ impl ExplainJob {
             let score_input = if input_first[i] { known.next() } else { None };
             let targets: Vec<usize> = match (&instance.targets, &score_input) {
                 (Targets::Classes(c), _) => c.clone(),
-                (Targets::TopK(k), Some(scores)) => {
-                    let mut order: Vec<usize> = (0..scores.len()).collect();
-                    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-                    order.truncate(*k);
-                    order
-                }
+                (Targets::TopK(k), Some(scores)) => top_k(scores, *k),
                 (Targets::TopK(_), None) => {
                     return Err(Error::Internal("top-k without F(x)".into()))
                 }
@@ -703,6 +698,14 @@ impl ExplainJob {
         }
         Some(worst as f32)
     }
+}
+
+/// The `k` classes of highest score, best first (ties: the lower class first).
+pub(super) fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
 }
 
 /// The `objective` for `class` at one input, from the scored tensor's row.

@@ -184,12 +184,7 @@ impl ExplainJob {
                 (0..starts[i].len()).filter_map(|_| scores.next()).collect();
             let targets: Vec<usize> = match &instance.targets {
                 Targets::Classes(c) => c.clone(),
-                Targets::TopK(k) => {
-                    let mut order: Vec<usize> = (0..f_input.len()).collect();
-                    order.sort_by(|&a, &b| f_input[b].total_cmp(&f_input[a]).then(a.cmp(&b)));
-                    order.truncate(*k);
-                    order
-                }
+                Targets::TopK(k) => super::integrate::top_k(&f_input, *k),
             };
             let from = walks.len();
             for (j, &class) in targets.iter().enumerate() {
@@ -200,10 +195,21 @@ impl ExplainJob {
                 }
             }
             own.push(from..walks.len());
+            // The mean start of the paths, for the features' baselines: Blur IG's start is no
+            // baseline, and its features report none.
+            let mut start_mean = vec![0f64; instance.x.len()];
+            if !matches!(self.technique, Technique::BlurIg { .. }) {
+                for start in &starts[i] {
+                    for (m, &b) in start_mean.iter_mut().zip(start.iter()) {
+                        *m += f64::from(b) / starts[i].len() as f64;
+                    }
+                }
+            }
             ends.push(Ends {
                 input: f_input,
                 samples: f_samples,
                 starts: f_starts,
+                start_mean,
                 targets,
             });
         }
@@ -608,16 +614,6 @@ impl ExplainJob {
         let len = instance.x.len();
         let samples = ends.samples.len().max(1);
         let starts = ends.starts.len().max(1);
-        // The (mean) start of the paths, for the features' baselines: Blur IG's start is no
-        // baseline, and its features report none.
-        let mut baseline_mean = vec![0f64; len];
-        if !matches!(self.technique, Technique::BlurIg { .. }) {
-            for start in &self.starts(instance).await? {
-                for (m, &b) in baseline_mean.iter_mut().zip(start.iter()) {
-                    *m += f64::from(b) / starts as f64;
-                }
-            }
-        }
         let mut out = Vec::with_capacity(ends.targets.len());
         for (j, &class) in ends.targets.iter().enumerate() {
             let mine: Vec<&&Walk> = walks.iter().filter(|w| w.target == j).collect();
@@ -673,7 +669,7 @@ impl ExplainJob {
                 instance,
                 path,
                 attributions.clone(),
-                &baseline_mean,
+                &ends.start_mean,
                 summary,
             )?;
             e.technique = self.technique.proto() as i32;
@@ -818,6 +814,8 @@ struct Ends {
     samples: Vec<Vec<f32>>,
     /// At each start of a path.
     starts: Vec<Vec<f32>>,
+    /// The mean start of the paths (zeros for Blur IG, whose start is no baseline).
+    start_mean: Vec<f64>,
     targets: Vec<usize>,
 }
 
