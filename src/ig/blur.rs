@@ -23,7 +23,7 @@
 use ndarray::{Array2, ArrayView2};
 
 pub use crate::image::gaussian::Boundary;
-use crate::image::gaussian::{gaussian_filter, TRUNCATE};
+use crate::image::gaussian::{gaussian_filter, half_kernel, MAX_RADIUS, TRUNCATE};
 
 use super::quadrature::Node;
 
@@ -65,7 +65,22 @@ impl BlurParams {
 /// holds the weights output i gives to each input, the edges folded in as `boundary` says.
 /// It is [`gaussian_filter`] (scipy's semantics, for any sigma) applied to the identity's
 /// columns, so the two blurs are one filter.
+///
+/// With zeros beyond the edges (Blur IG's boundary) nothing folds back, and that filter puts
+/// the kernel's tap `|i - j|` at row i, column j: the same numbers (a filtered unit column is
+/// one tap plus zeros), written directly instead of by a convolution of the identity, which
+/// for the widest kernels cost more than the blur itself.
 pub fn axis_filter(n: usize, sigma: f64, boundary: Boundary) -> Array2<f32> {
+    let radius = (TRUNCATE * sigma + 0.5) as usize;
+    if boundary == Boundary::Constant(0.0) && radius >= 1 && radius <= MAX_RADIUS {
+        let half: Vec<f32> = half_kernel(sigma, radius)
+            .into_iter()
+            .map(|w| w as f32)
+            .collect();
+        return Array2::from_shape_fn((n, n), |(i, j)| {
+            half.get(i.abs_diff(j)).copied().unwrap_or(0.0)
+        });
+    }
     let mut identity = vec![0f32; n * n];
     for i in 0..n {
         identity[i * n + i] = 1.0;
@@ -105,7 +120,10 @@ impl ImageAxes {
         }
         let (c, h, w) = (self.channels, self.height, self.width);
         let rows = axis_filter(h, sigma, boundary);
-        let cols = axis_filter(w, sigma, boundary).reversed_axes();
+        let cols = match w == h {
+            true => rows.t().to_owned(),
+            false => axis_filter(w, sigma, boundary).reversed_axes(),
+        };
         let mut out = vec![0f32; values.len()];
         let mut plane = Array2::<f32>::zeros((h, w));
         for ch in 0..c {
@@ -179,6 +197,27 @@ mod tests {
     }
 
     #[test]
+    fn should_write_the_zero_boundary_filter_as_the_convolution_makes_it() {
+        // The direct fill must be the identity's columns filtered, value for value (each a
+        // single tap in f64 cast to f32), from a narrow kernel to one wider than the axis.
+        for (n, sigma) in [(7, 0.8), (31, 3.0), (224, 50.0), (5, 10.0)] {
+            let direct = axis_filter(n, sigma, Boundary::Constant(0.0));
+            let mut identity = vec![0f32; n * n];
+            for i in 0..n {
+                identity[i * n + i] = 1.0;
+            }
+            let filtered =
+                gaussian_filter(&identity, &[n, n], &[sigma, 0.0], Boundary::Constant(0.0))
+                    .unwrap();
+            assert_eq!(
+                direct.as_slice().unwrap(),
+                filtered.as_slice(),
+                "n {n} sigma {sigma}"
+            );
+        }
+    }
+
+    #[test]
     fn should_blur_only_the_spatial_axes() {
         let first = ImageAxes {
             channels: 2,
@@ -242,5 +281,47 @@ mod tests {
             (total - expected).abs() < 0.01 * expected.abs().max(1.0),
             "{total} vs {expected}"
         );
+    }
+
+    /// One Blur IG point (two blurs of the coffee photo's 3x224x224 input) at a few sigmas,
+    /// for docs/BENCHMARKS.md:
+    /// `cargo test --release --lib blur_point_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn blur_point_timing() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee_input.npy");
+        let crate::npy::NpyArray::F32 { data: input, .. } = crate::npy::read(&path).unwrap() else {
+            panic!("coffee_input.npy is float32");
+        };
+        let axes = ImageAxes {
+            channels: 3,
+            height: 224,
+            width: 224,
+            channels_first: true,
+        };
+        let params = BlurParams::default();
+        let mut total = 0.0;
+        for alpha in [0.0, 0.5, 0.9, 0.99] {
+            let node = Node {
+                alpha,
+                weight: 0.01,
+            };
+            let mut times: Vec<f64> = (0..7)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    std::hint::black_box(blur_point(&input, &axes, &params, node));
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            total += times[3];
+            println!(
+                "blur point, sigma {:.1}: {:.2} ms (median of 7)",
+                (1.0 - alpha) * 50.0,
+                times[3]
+            );
+        }
+        println!("mean of the four: {:.2} ms", total / 4.0);
     }
 }

@@ -147,7 +147,7 @@ pub fn gaussian_filter<T: Sample>(
 /// The kernel's weights for offsets `0..=radius` (it is symmetric), as scipy's
 /// `_gaussian_kernel1d` computes them: `exp(-0.5 / sigma^2 * x^2)` over `-radius..=radius`,
 /// divided by their sum.
-fn half_kernel(sigma: f64, radius: usize) -> Vec<f64> {
+pub(crate) fn half_kernel(sigma: f64, radius: usize) -> Vec<f64> {
     let factor = -0.5 / (sigma * sigma);
     let half: Vec<f64> = (0..=radius)
         .map(|x| (factor * (x * x) as f64).exp())
