@@ -9,9 +9,10 @@ top-1 class on the clean input:
 - Blur IG and Guided IG: PAIR's `saliency` package (its own `BlurIG().GetMask` and
   `GuidedIG().GetMask`, defaults), fed gradients of the PyTorch model that model.onnx was
   exported from (scripts/make_demo_model.py's `load_model`);
-- Guided IG again, fed ONNX Runtime gradients of integrad's own gradient model
-  (`integrad autodiff --objective probability`), so that integrad's Guided IG is compared on
-  the algorithm with (near enough) its own gradients;
+- Guided IG again, fed exactly the gradients integrad's Explain computes: ONNX Runtime
+  running the IG step model Explain runs (`integrad autodiff --objective probability
+  --step`) on the inputs Explain feeds it for one Guided IG point, with Explain's session
+  settings, so that integrad's Guided IG is compared on the algorithm alone;
 - the noise tunnel: Captum's `NoiseTunnel(IntegratedGradients)` (smoothgrad, smoothgrad_sq,
   vargrad) on coffee, with the per-pixel spread of its samples for a statistical comparison;
 - the self-noise of PAIR's Guided IG (1e-4 relative noise on the PyTorch gradients; 1e-7 to
@@ -128,9 +129,13 @@ class TorchGradients:
 
 
 class OrtGradients:
-    """The same gradients from integrad's gradient model in ONNX Runtime: inputs `input` and
-    `cotangent` (a one-hot of the target: the probability objective's derivative is taken
-    inside the graph), output `grad`."""
+    """The same gradients as integrad's Explain computes them: its IG step model
+    (src/explain/step.rs) in ONNX Runtime, fed what Explain's walks feed it for a free point
+    (src/explain/walk.rs): one run per point, of one row, the path from the point to itself
+    at alpha 1 (`ig_alpha` 1, `ig_one_minus_alpha` 0: exactly the point), `ig_path` 0, no
+    sums (`ig_weights` [0, 1]), a one-hot `cotangent` of the target (the probability
+    objective's derivative is taken inside the graph); output `ig_grads`, the row's gradient.
+    PAIR hands over float64 points; Explain's walk rounds them to float32 as this does."""
 
     def __init__(self, session, target):
         self.session, self.target = session, target
@@ -138,11 +143,23 @@ class OrtGradients:
 
     def __call__(self, x_batch, call_model_args=None, expected_keys=None):
         x = np.ascontiguousarray(x_batch, dtype=np.float32)
-        cot = np.zeros((x.shape[0], 1000), dtype=np.float32)
-        cot[:, self.target] = 1.0
-        (g,) = self.session.run(["grad"], {"input": x, "cotangent": cot})
+        grads = []
+        for point in x:
+            row = point[None]
+            cot = np.zeros((1, 1000), dtype=np.float32)
+            cot[0, self.target] = 1.0
+            ones = (1,) * row.ndim
+            (g,) = self.session.run(["ig_grads"], {
+                "ig_input": row, "ig_baseline": row,
+                "ig_path": np.zeros(1, dtype=np.int64),
+                "ig_alpha": np.ones(ones, dtype=np.float32),
+                "ig_one_minus_alpha": np.zeros(ones, dtype=np.float32),
+                "ig_weights": np.zeros((0, 1), dtype=np.float32),
+                "cotangent": cot,
+            })
+            grads.append(g.reshape(point.shape))
         self.calls += x.shape[0]
-        return {pair.INPUT_OUTPUT_GRADIENTS: g}
+        return {pair.INPUT_OUTPUT_GRADIENTS: np.stack(grads)}
 
 
 class NoisyOrtGradients(OrtGradients):
@@ -166,6 +183,21 @@ class RecordingNoiseTunnel(NoiseTunnel):
     def _compute_smoothing(self, expected, expected_sq, nt_type):
         self.recorded = (expected, expected_sq)
         return NoiseTunnel._compute_smoothing(expected, expected_sq, nt_type)
+
+
+def explain_session_options(threads):
+    """The session settings integrad opens its models with (src/model/load.rs,
+    `session_builder`, with its defaults): every graph optimization, sequential execution,
+    one inter-op thread, no spinning. Its intra-op threads default to the cores; `threads`
+    here (measured: 1 and 2 give the same bits on this model)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
 
 
 def pearson(a, b):
@@ -245,12 +277,10 @@ def main():
         blur_ig(meta, model, inputs, targets)
     if "guided_ig" in parts or "guided_ig_sensitivity" in parts:
         with tempfile.TemporaryDirectory() as tmp:
-            grad_path = os.path.join(tmp, "grad.onnx")
+            step_path = os.path.join(tmp, "step.onnx")
             subprocess.run([args.integrad, "autodiff", MODEL, "--objective", "probability",
-                            "-o", grad_path], check=True)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            session = ort.InferenceSession(grad_path, so,
+                            "--step", "-o", step_path], check=True)
+            session = ort.InferenceSession(step_path, explain_session_options(args.threads),
                                            providers=["CPUExecutionProvider"])
             if "guided_ig" in parts:
                 guided_ig(meta, model, session, inputs, targets)
@@ -315,8 +345,9 @@ def guided_ig(meta, model, session, inputs, targets):
         name = save(f"guided_ig_{photo}_ort.npy", attr_ort.astype(np.float32))
         meta["files"][name] = {
             "what": "PAIR GuidedIG().GetMask, defaults (x_steps 200, fraction 0.25, "
-                    "max_dist 0.02), baseline zeros, ONNX Runtime gradients of integrad's "
-                    "gradient model",
+                    "max_dist 0.02), baseline zeros, ONNX Runtime gradients of the IG step "
+                    "model integrad's Explain runs (integrad autodiff --step), fed as "
+                    "Explain feeds it",
             "dtype": "float32", "shape": list(attr_ort.shape), "target": target,
             "gradient_evaluations": ort_grads.calls,
             "score_input": f_x, "score_baseline": f_0,

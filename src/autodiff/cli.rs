@@ -1,5 +1,9 @@
 //! The work behind `integrad autodiff MODEL.onnx --output GRAD.onnx`: read, differentiate,
 //! write, report. The clap subcommand lives in `src/cli`; this is a plain function.
+//!
+//! With `--step` the file written is instead the IG step model Explain runs for the same
+//! gradient (`crate::explain::step`): the same bytes ONNX Runtime gets from the server, so
+//! that a script outside integrad can compute exactly the gradients Explain computes.
 
 use std::path::Path;
 
@@ -9,14 +13,16 @@ use prost::Message;
 use super::{build_gradient, GradOptions, Objective, COTANGENT, GRAD};
 use crate::proto::onnx::ModelProto;
 
-/// Writes the gradient model of `model` to `output` (and, for an inner `wrt`, the prefix model
-/// next to it as `<output stem>.prefix.onnx`); returns a human-readable report.
+/// Writes the gradient model of `model` to `output`, or with `step` the IG step model that
+/// wraps it (module docs), and, for an inner `wrt`, the prefix model next to it as
+/// `<output stem>.prefix.onnx`; returns a human-readable report.
 pub fn run_autodiff_cli(
     model: &Path,
     output: &Path,
     wrt: &[String],
     of: Option<&str>,
     objective: Objective,
+    step: bool,
 ) -> anyhow::Result<String> {
     let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let mut proto = ModelProto::decode(bytes.as_slice())
@@ -34,13 +40,28 @@ pub fn run_autodiff_cli(
         },
     )
     .with_context(|| format!("differentiating {}", model.display()))?;
+    let wrapped = match step {
+        true => Some(
+            crate::explain::step::build_step_model(&grad.model, &grad.wrt)
+                .with_context(|| format!("wrapping the gradient of {}", model.display()))?
+                .0,
+        ),
+        false => None,
+    };
     let elapsed = started.elapsed();
-    std::fs::write(output, grad.model.encode_to_vec())
-        .with_context(|| format!("writing {}", output.display()))?;
+    std::fs::write(
+        output,
+        wrapped.as_ref().unwrap_or(&grad.model).encode_to_vec(),
+    )
+    .with_context(|| format!("writing {}", output.display()))?;
     let mut report = format!(
-        "wrote {}: {GRAD} = d sum({COTANGENT} * {objective:?}({of})) / d {wrt}{more}, built in {:.0} ms\n",
+        "wrote {}: {what}{GRAD} = d sum({COTANGENT} * {objective:?}({of})) / d {wrt}{more}, built in {:.0} ms\n",
         output.display(),
         elapsed.as_secs_f64() * 1e3,
+        what = match step {
+            true => "the IG step model of ",
+            false => "",
+        },
         of = grad.of,
         wrt = grad.wrt[0],
         more = if grad.wrt.len() > 1 {

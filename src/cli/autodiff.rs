@@ -1,4 +1,4 @@
-//! `integrad autodiff`: write the gradient model of an ONNX file.
+//! `integrad autodiff`: write the gradient model of an ONNX file (or Explain's step model of it).
 
 use std::path::PathBuf;
 
@@ -25,6 +25,12 @@ pub struct AutodiffArgs {
     /// logit: the output as is; probability: its softmax over the last axis.
     #[arg(long, default_value = "logit")]
     pub objective: Objective,
+    /// Write the IG step model Explain runs for this gradient instead (inputs ig_input,
+    /// ig_baseline, ig_path, ig_alpha, ig_one_minus_alpha, ig_weights, cotangent; outputs
+    /// ig_sums, ig_abs_sums, ig_grads, then the model's): to reproduce Explain's gradients
+    /// bit for bit outside integrad (docs/autodiff.md).
+    #[arg(long)]
+    pub step: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -38,6 +44,7 @@ pub fn run_autodiff(args: AutodiffArgs) -> anyhow::Result<()> {
         &args.wrt,
         args.of.as_deref(),
         args.objective,
+        args.step,
     )?;
     println!("{report}");
     Ok(())

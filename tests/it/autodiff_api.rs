@@ -1,13 +1,16 @@
 //! The builder's contract beyond single ops: refusals name the op and node, ops off the path do
-//! not matter, inner tensors (a prefix model plus a gradient model), and the CLI entry point.
+//! not matter, inner tensors (a prefix model plus a gradient model), and the CLI entry point
+//! (the gradient model, or with `--step` the IG step model Explain runs).
 
 use crate::ad_support;
+use crate::common;
 
 use ad_support::*;
 use integrad::autodiff::registry::{Class, Registry};
 use integrad::autodiff::{
     build_gradient, run_autodiff_cli, AutodiffError, GradOptions, Objective, COTANGENT, GRAD,
 };
+use integrad::explain::step;
 use integrad::proto::onnx::{ModelProto, NodeProto, OperatorSetIdProto};
 use prost::Message;
 
@@ -329,7 +332,7 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
     let out = dir.path().join("grad.onnx");
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/efficientnet-lite0/model.onnx");
-    let report = run_autodiff_cli(&model, &out, &[], None, Objective::Probability).unwrap();
+    let report = run_autodiff_cli(&model, &out, &[], None, Objective::Probability, false).unwrap();
     assert!(
         report.contains("Conv") && report.contains("Clip"),
         "{report}"
@@ -346,8 +349,70 @@ fn should_write_a_gradient_model_from_the_cli_entry_point() {
         .output("y", F32)
         .build();
     std::fs::write(&bad, m.encode_to_vec()).unwrap();
-    let err = run_autodiff_cli(&bad, &out, &[], None, Objective::Logit).unwrap_err();
+    let err = run_autodiff_cli(&bad, &out, &[], None, Objective::Logit, false).unwrap_err();
     assert!(format!("{err:#}").contains("Sin"), "{err:#}");
+}
+
+#[test]
+fn should_write_explains_step_model_with_step() {
+    // `--step`: the IG step model Explain runs, so that a script can compute Explain's
+    // gradients outside integrad (scripts/make_technique_fixtures.py's Guided IG).
+    let dir = tempfile::tempdir().unwrap();
+    let (grad_path, step_path) = (dir.path().join("grad.onnx"), dir.path().join("step.onnx"));
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/efficientnet-lite0/model.onnx");
+    run_autodiff_cli(&model, &grad_path, &[], None, Objective::Probability, false).unwrap();
+    let report =
+        run_autodiff_cli(&model, &step_path, &[], None, Objective::Probability, true).unwrap();
+    assert!(report.contains("the IG step model of grad"), "{report}");
+    let read = |path: &std::path::Path| {
+        ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+    };
+    let (grad, written) = (read(&grad_path), read(&step_path));
+    let g = written.graph.as_ref().unwrap();
+    let names = |values: &[integrad::proto::onnx::ValueInfoProto]| -> Vec<String> {
+        values.iter().map(|v| v.name().to_string()).collect()
+    };
+    let mut inputs = names(&g.input);
+    inputs.sort();
+    let mut expected: Vec<String> = step::STEP_INPUTS.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(inputs, expected);
+    assert_eq!(
+        names(&g.output[..3]),
+        [step::STEP_SUMS, step::STEP_ABS, step::STEP_GRADS]
+    );
+
+    // One row from the photo to itself at alpha 1, as Explain asks for the gradient at a free
+    // point (Guided IG's, Blur IG's): the gradient file's gradient there, bit for bit (the
+    // interpolation at alpha 1 is the point exactly, and the backward graph is the same).
+    let (shape, x) = common::fixture("coffee_input.npy");
+    let mut shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    shape.insert(0, 1);
+    let point = T::new(F32, &shape, x.iter().map(|&v| f64::from(v)).collect());
+    let mut one_hot = vec![0.0; 1000];
+    one_hot[967] = 1.0;
+    let cotangent = T::new(F32, &[1, 1000], one_hot);
+    let from_grad = run(&grad, &[("input", &point), (COTANGENT, &cotangent)]);
+    let from_step = run(
+        &written,
+        &[
+            (step::STEP_INPUT, &point),
+            (step::STEP_BASELINE, &point),
+            (step::STEP_PATH, &T::ints(&[1], &[0])),
+            (step::STEP_ALPHA, &T::new(F32, &[1, 1, 1, 1], vec![1.0])),
+            (
+                step::STEP_ONE_MINUS_ALPHA,
+                &T::new(F32, &[1, 1, 1, 1], vec![0.0]),
+            ),
+            (step::STEP_WEIGHTS, &T::new(F32, &[0, 1], vec![])),
+            (COTANGENT, &cotangent),
+        ],
+    );
+    let (want, got) = (&from_grad[GRAD].data, &from_step[step::STEP_GRADS].data);
+    assert_eq!(want.len(), x.len());
+    let differ = want.iter().zip(got).filter(|(a, b)| a != b).count();
+    assert_eq!((got.len(), differ), (x.len(), 0));
 }
 
 #[test]

@@ -138,26 +138,29 @@ async fn should_match_pair_guided_ig_on_the_same_gradients_and_on_pytorchs() {
         let (_, ort) = fixture(&format!("techniques/guided_ig_{photo}_ort.npy"));
         let (_, pytorch) = fixture(&format!("techniques/guided_ig_{photo}_pytorch.npy"));
         let same = correlation(&ours, &ort);
-        let same_blocks = correlation(&blocks16(&ours), &blocks16(&ort));
+        let differ = ours.iter().zip(&ort).filter(|(a, b)| a != b).count();
         let blocks = correlation(&blocks16(&ours), &pytorch);
         report.push(format!(
-            "{photo}: vs PAIR on ORT gradients {same:.4} (16x16 blocks {same_blocks:.5}), 16x16 blocks vs PAIR on PyTorch {blocks:.4}, delta {:+.4}",
+            "{photo}: vs PAIR on Explain's gradients {same:.9} per pixel ({differ} values differ), 16x16 blocks vs PAIR on PyTorch's {blocks:.4}, delta {:+.4}",
             r.convergence_delta
         ));
         assert_eq!((r.steps, r.evaluations), (200, 200));
-        results.push((photo, same_blocks, blocks));
+        results.push((photo, same, blocks));
     }
     eprintln!("{report:#?}");
-    for (photo, same_blocks, blocks) in results {
-        // The walk is PAIR's arithmetic (ig::guided's unit test: PAIR's numbers to 1e-12),
-        // but Explain's gradients come from integrad's step model, not from the `integrad
-        // autodiff` file the fixture ran: a different graph whose float32 gradients differ
-        // in the last bits, and Guided IG's path is chaotic in them (the README: 1e-5
-        // relative noise takes PAIR's own pixel maps to 0.80 / 0.93 / 0.95). Measured per
-        // pixel 0.84 / 0.95 / 0.98 here, so the maps are compared over 16x16 blocks of
-        // |attribution|, whose floor under 1e-5 noise is 0.9907 (coffee) / 0.996 / 0.998.
-        let floor = if photo == "coffee" { 0.98 } else { 0.99 };
-        assert!(same_blocks > floor, "{report:#?}");
+    for (photo, same, blocks) in results {
+        // The fixture is PAIR's own Guided IG fed the gradients of the step model Explain
+        // runs (`integrad autodiff --step`, in ONNX Runtime with Explain's inputs), and the
+        // walk sums in NumPy's order (ig::guided): on the same ONNX Runtime build and CPU the
+        // two maps are the same float32 values (measured: correlation 1, no pixel differs).
+        // The path is chaotic in the gradients' last bits, so anything short of that shows:
+        // 1e-7 relative gradient noise (about one float32 rounding; tests/data/README.md)
+        // already takes coffee to 0.995 per pixel, and summing the walk's L1 distances left
+        // to right took it to 0.84. 0.999 is above both: a gradient or an arithmetic that is
+        // not the fixture's fails. A CPU on which ONNX Runtime picks other kernels (the
+        // fixtures were made on an AVX-512 x86-64) computes other last bits: regenerate
+        // the fixtures there.
+        assert!(same > 0.999, "{photo}: {report:#?}");
         // Against PyTorch's gradients: the worst measured among PAIR's own runs is 0.983.
         assert!(blocks > 0.9, "{report:#?}");
     }
