@@ -98,6 +98,7 @@ impl Pic {
     /// Blurs `image` (8-bit RGB, height x width x 3) for every threshold of `thresholds`
     /// (ascending): the pixels of `random_mask` and those at or above the saliency quantile
     /// 1 - threshold are kept. CPU work: a Delaunay triangulation and a WebP encode per image.
+    /// Err: the picture cannot be interpolated ([`create_blurred_image`]).
     pub fn new(
         image: &[u8],
         height: usize,
@@ -105,12 +106,12 @@ impl Pic {
         saliency: &[f32],
         random_mask: &[bool],
         thresholds: &[f64],
-    ) -> Self {
+    ) -> Result<Self, MetricsError> {
         let blur = |keep: &[bool]| create_blurred_image(image, height, width, 3, keep);
         let size = |img: &[u8]| webp_lossless_size(img, width, height).unwrap_or(img.len());
         let mut sorted = saliency.to_vec();
         sorted.sort_by(f32::total_cmp);
-        let mut images = vec![blur(random_mask)];
+        let mut images = vec![blur(random_mask)?];
         for &t in thresholds {
             let q = quantile(&sorted, 1.0 - t);
             let keep: Vec<bool> = saliency
@@ -118,15 +119,15 @@ impl Pic {
                 .zip(random_mask)
                 .map(|(&s, &r)| s >= q || r)
                 .collect();
-            images.push(blur(&keep));
+            images.push(blur(&keep)?);
         }
         let entropies = images.iter().map(|i| size(i)).collect();
-        Self {
+        Ok(Self {
             images,
             entropies,
             original_entropy: size(image),
             thresholds: thresholds.to_vec(),
-        }
+        })
     }
 
     /// The curve from the model's scores: `original` of the image itself, `scores` of
