@@ -5,7 +5,7 @@ loopback; next to PAIR's own compute_pic_metric (Python, the model in ONNX Runti
 numpy RISE of scripts/make_metric_fixtures.py on the same input.
 
     cargo build --release
-    .venv-dev/bin/python scripts/bench_evaluate.py [--repeats 3]
+    .venv-dev/bin/python scripts/bench_evaluate.py [--repeats 3] [--integrad-only]
 
 Prints a Markdown table of median wall times (ms) for docs/BENCHMARKS.md.
 """
@@ -45,6 +45,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--binary", default=bench_common.BINARY)
+    parser.add_argument("--integrad-only", action="store_true",
+                        help="time integrad's Evaluate alone, not the Python references")
     args = parser.parse_args()
 
     x = np.load(os.path.join(DATA, "chelsea_input.npy"))
@@ -76,6 +78,9 @@ def main():
                 ms = median_ms(lambda: stub.Evaluate(request, timeout=600), args.repeats)
                 rows.append((f"integrad Evaluate: {name}", ms, response.images, response.runs))
 
+    if args.integrad_only:
+        print_rows(rows)
+        return
     model = fixtures.Model()
     rows.append(("numpy RISE deletion (ONNX Runtime, batches of 16)",
                  median_ms(lambda: fixtures.causal(model, x, saliency, 282, "deletion", "black"),
@@ -86,11 +91,14 @@ def main():
     rows.append(("PAIR compute_pic_metric, SIC alone",
                  median_ms(lambda: fixtures.pic_metric(model, crop, saliency, mask.astype(bool),
                                                        282, "sic", 0.0), args.repeats), 15, 15))
+    print_rows(rows)
 
-    print("| what | median ms | images scored | model runs |")
+
+def print_rows(rows):
+    print("| what | median ms | pictures scored | model runs |")
     print("| --- | ---: | ---: | ---: |")
     for name, ms, images, runs in rows:
-        print(f"| {name} | {ms:.0f} | {images} | {runs} |")
+        print(f"| {name} | {ms:,.0f} | {images} | {runs} |")
 
 
 if __name__ == "__main__":
