@@ -16,6 +16,10 @@ ARG ORT_VERSION=1.31.1
 
 # ---- build: the integrad binary (and the demo model, unless DEMO_MODEL=false)
 FROM ${RUST_IMAGE} AS build
+# libclang: the qhull crate's bindgen (Evaluate's Delaunay triangulation, Qhull's C source).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libclang-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -5,9 +5,10 @@ loopback; next to PAIR's own compute_pic_metric (Python, the model in ONNX Runti
 numpy RISE of scripts/make_metric_fixtures.py on the same input.
 
     cargo build --release
-    .venv-dev/bin/python scripts/bench_evaluate.py [--repeats 3]
+    .venv-dev/bin/python scripts/bench_evaluate.py [--repeats 3] [--integrad-only]
 
-Prints a Markdown table of median wall times (ms) for docs/BENCHMARKS.md.
+Prints a Markdown table of median wall times (ms) for docs/BENCHMARKS.md, with the server's
+CPU time for integrad's rows.
 """
 
 import argparse
@@ -41,10 +42,32 @@ def median_ms(fn, repeats):
     return statistics.median(times)
 
 
+def cpu_ms(process):
+    """The process's CPU time so far (user + system, all its threads), in ms."""
+    with open(f"/proc/{process.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
+def median_server_ms(fn, process, repeats):
+    """Median wall time of `fn` and the median CPU time the server spent on it: CPU time
+    moves less than wall time with the machine's load, and shows work that runs on several
+    cores at once."""
+    times, cpus = [], []
+    for _ in range(repeats):
+        cpu, start = cpu_ms(process), time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+        cpus.append(cpu_ms(process) - cpu)
+    return statistics.median(times), statistics.median(cpus)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--binary", default=bench_common.BINARY)
+    parser.add_argument("--integrad-only", action="store_true",
+                        help="time integrad's Evaluate alone, not the Python references")
     args = parser.parse_args()
 
     x = np.load(os.path.join(DATA, "chelsea_input.npy"))
@@ -57,7 +80,7 @@ def main():
     with tempfile.TemporaryDirectory() as out:
         pb2, pb2_grpc = bench_common.stubs(out)
         models = os.path.join(bench_common.REPO, "models")
-        with bench_common.server(["--models", models], binary=args.binary) as (address, _):
+        with bench_common.server(["--models", models], binary=args.binary) as (address, server):
             channel = grpc.insecure_channel(address, options=bench_common.CHANNEL_OPTIONS)
             stub = pb2_grpc.ExplainerStub(channel)
             inp = pb2.Input(tensor=tensor(pb2, x))
@@ -73,24 +96,33 @@ def main():
                     target=pb2.Target(class_index=282), metrics=metrics,
                     pic=pb2.PicOptions(random_mask=tensor(pb2, mask), min_pred_value=0.0))
                 response = stub.Evaluate(request, timeout=600)  # warm-up, and the counts
-                ms = median_ms(lambda: stub.Evaluate(request, timeout=600), args.repeats)
-                rows.append((f"integrad Evaluate: {name}", ms, response.images, response.runs))
+                ms, cpu = median_server_ms(lambda: stub.Evaluate(request, timeout=600), server,
+                                           args.repeats)
+                rows.append((f"integrad Evaluate: {name}", ms, cpu, response.images,
+                             response.runs))
 
+    if args.integrad_only:
+        print_rows(rows)
+        return
     model = fixtures.Model()
     rows.append(("numpy RISE deletion (ONNX Runtime, batches of 16)",
                  median_ms(lambda: fixtures.causal(model, x, saliency, 282, "deletion", "black"),
-                           args.repeats), 29, 2))
+                           args.repeats), None, 29, 2))
     rows.append(("numpy RISE insertion",
                  median_ms(lambda: fixtures.causal(model, x, saliency, 282, "insertion", "blur"),
-                           args.repeats), 29, 2))
-    rows.append(("PAIR compute_pic_metric, SIC alone",
-                 median_ms(lambda: fixtures.pic_metric(model, crop, saliency, mask.astype(bool),
-                                                       282, "sic", 0.0), args.repeats), 15, 15))
+                           args.repeats), None, 29, 2))
+    pair_ms = median_ms(lambda: fixtures.pic_metric(model, crop, saliency, mask.astype(bool),
+                                                    282, "sic", 0.0), args.repeats)
+    rows.append(("PAIR compute_pic_metric, SIC alone", pair_ms, None, 15, 15))
+    print_rows(rows)
 
-    print("| what | median ms | images scored | model runs |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, ms, images, runs in rows:
-        print(f"| {name} | {ms:.0f} | {images} | {runs} |")
+
+def print_rows(rows):
+    print("| what | median ms | server CPU ms | pictures scored | model runs |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, ms, cpu, images, runs in rows:
+        cpu = "" if cpu is None else f"{cpu:,.0f}"
+        print(f"| {name} | {ms:,.0f} | {cpu} | {images} | {runs} |")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,18 @@ async fn plan(engine: &Engine, request: pb::EvaluateRequest) -> Result<Plan, Err
     let deletion = causal_plan(request.deletion, "deletion", pb::Substrate::Black, width)?;
     let insertion = causal_plan(request.insertion, "insertion", pb::Substrate::Blur, width)?;
     let pic = pic_plan(request.pic, height, width)?;
+    if (height < 2 || width < 2)
+        && metrics
+            .iter()
+            .any(|m| matches!(m, pb::Metric::Sic | pb::Metric::Aic))
+    {
+        // PIC interpolates over a triangulation of the kept pixels, which a single row or
+        // column does not have.
+        return Err(Error::invalid(
+            "metrics",
+            format!("SIC and AIC need a picture of at least 2 x 2 pixels; model {name:?} takes {height} x {width}"),
+        ));
+    }
     let rows = match request.batch_size {
         0 => (2 * crate::explain::default_batch(3 * pixels)).min(MAX_ROWS),
         n if n > MAX_ROWS => {
@@ -527,13 +539,16 @@ async fn run(plan: Plan, received: Instant) -> Result<pb::EvaluateResponse, Erro
                     ),
                 ));
             }
-            let pic = pic_inputs.map(|(picture, saliency, mask, thresholds)| {
-                Pic::new(&picture, h, w, &saliency, &mask, &thresholds)
-            });
-            Work { causal, pic }
+            let pic = pic_inputs
+                .map(|(picture, saliency, mask, thresholds)| {
+                    Pic::new(&picture, h, w, &saliency, &mask, &thresholds)
+                })
+                .transpose()?;
+            Ok::<_, metrics::MetricsError>(Work { causal, pic })
         })
         .await
         .map_err(|e| Error::Internal(format!("evaluation images: {e}")))?
+        .map_err(|e| Error::Internal(format!("PIC's blurred pictures: {e}")))?
     };
 
     let mut curves: HashMap<pb::Metric, pb::Curve> = HashMap::new();

@@ -24,6 +24,9 @@ pub enum MetricsError {
     NotFinite { what: &'static str, index: usize },
     #[error("{0}")]
     Option(String),
+    /// PIC's blurred picture could not be interpolated (see [`create_blurred_image`]).
+    #[error("{0}")]
+    Interpolation(String),
 }
 
 /// How a map with channels becomes one saliency per pixel.

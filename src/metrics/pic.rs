@@ -6,6 +6,8 @@
 //! the softmax of the target (SIC) or whether the target is top-1 (AIC). A faithful map
 //! reaches the original score with little information revealed (a high area).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{create_blurred_image, trapezoid, webp_lossless_size, MetricsError};
 
 /// PAIR's pic_metrics notebook thresholds: the fractions of the most salient pixels revealed.
@@ -97,7 +99,9 @@ pub struct PicCurve {
 impl Pic {
     /// Blurs `image` (8-bit RGB, height x width x 3) for every threshold of `thresholds`
     /// (ascending): the pixels of `random_mask` and those at or above the saliency quantile
-    /// 1 - threshold are kept. CPU work: a Delaunay triangulation and a WebP encode per image.
+    /// 1 - threshold are kept. CPU work: a Delaunay triangulation and a WebP encode per image,
+    /// spread over the cores the process may use ([`in_parallel`]).
+    /// Err: the picture cannot be interpolated ([`create_blurred_image`]).
     pub fn new(
         image: &[u8],
         height: usize,
@@ -105,28 +109,38 @@ impl Pic {
         saliency: &[f32],
         random_mask: &[bool],
         thresholds: &[f64],
-    ) -> Self {
-        let blur = |keep: &[bool]| create_blurred_image(image, height, width, 3, keep);
+    ) -> Result<Self, MetricsError> {
         let size = |img: &[u8]| webp_lossless_size(img, width, height).unwrap_or(img.len());
         let mut sorted = saliency.to_vec();
         sorted.sort_by(f32::total_cmp);
-        let mut images = vec![blur(random_mask)];
+        // The random mask alone (the fully blurred image), then each threshold's.
+        let mut masks = vec![random_mask.to_vec()];
         for &t in thresholds {
             let q = quantile(&sorted, 1.0 - t);
-            let keep: Vec<bool> = saliency
-                .iter()
-                .zip(random_mask)
-                .map(|(&s, &r)| s >= q || r)
-                .collect();
-            images.push(blur(&keep));
+            masks.push(
+                saliency
+                    .iter()
+                    .zip(random_mask)
+                    .map(|(&s, &r)| s >= q || r)
+                    .collect(),
+            );
         }
-        let entropies = images.iter().map(|i| size(i)).collect();
-        Self {
+        let made = in_parallel(masks.len(), |i| {
+            let blurred = create_blurred_image(image, height, width, 3, &masks[i])?;
+            let entropy = size(&blurred);
+            Ok::<_, MetricsError>((blurred, entropy))
+        });
+        let (images, entropies) = made
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        Ok(Self {
             images,
             entropies,
             original_entropy: size(image),
             thresholds: thresholds.to_vec(),
-        }
+        })
     }
 
     /// The curve from the model's scores: `original` of the image itself, `scores` of
@@ -180,6 +194,41 @@ impl Pic {
         let auc = trapezoid(&x, &y);
         Ok(PicCurve { x, y, auc, points })
     }
+}
+
+/// `f(0)`, ..., `f(n - 1)`, in that order, computed on as many threads as the process may use
+/// (its CPU quota), at most `n`. The largest index is started first: PIC's later masks keep
+/// more pixels, and their triangulations take longest (Qhull's time grows faster than the
+/// number of points on a dense grid, where many lifted points are coplanar and merged).
+fn in_parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |c| c.get())
+        .min(n);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            if k >= n {
+                return done;
+            }
+            done.push((n - 1 - k, f(n - 1 - k)));
+        }
+    };
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut done = work();
+        for worker in workers {
+            done.extend(
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        done
+    });
+    done.sort_by_key(|&(i, _)| i);
+    done.into_iter().map(|(_, t)| t).collect()
 }
 
 /// numpy's `quantile(values, q)` (method "linear") of ascending `sorted` float32 values, in
@@ -280,6 +329,13 @@ mod tests {
         assert_eq!(curve.points, vec![(0.5, 0.5)]);
         assert_eq!(curve.x.len(), 1001);
         assert!((curve.auc - 0.5).abs() < 1e-12, "{}", curve.auc);
+    }
+
+    #[test]
+    fn in_parallel_keeps_the_order() {
+        let squares = in_parallel(50, |i| i * i);
+        assert_eq!(squares, (0..50).map(|i| i * i).collect::<Vec<_>>());
+        assert!(in_parallel(0, |i| i).is_empty());
     }
 
     #[test]
