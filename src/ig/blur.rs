@@ -72,7 +72,7 @@ impl BlurParams {
 /// for the widest kernels cost more than the blur itself.
 pub fn axis_filter(n: usize, sigma: f64, boundary: Boundary) -> Array2<f32> {
     let radius = (TRUNCATE * sigma + 0.5) as usize;
-    if boundary == Boundary::Constant(0.0) && radius >= 1 && radius <= MAX_RADIUS {
+    if boundary == Boundary::Constant(0.0) && (1..=MAX_RADIUS).contains(&radius) {
         let half: Vec<f32> = half_kernel(sigma, radius)
             .into_iter()
             .map(|w| w as f32)
