@@ -184,6 +184,18 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
     })
 }
 
+/// A float32 fixture of the crate's tests/data folder (unit tests and timings).
+#[cfg(test)]
+pub(crate) fn test_f32(name: &str) -> Vec<f32> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    match read(&path) {
+        Ok(NpyArray::F32 { data, .. }) => data,
+        other => panic!("{name}: expected a float32 array, got {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

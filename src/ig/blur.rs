@@ -289,11 +289,7 @@ mod tests {
     #[test]
     #[ignore]
     fn blur_point_timing() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee_input.npy");
-        let crate::npy::NpyArray::F32 { data: input, .. } = crate::npy::read(&path).unwrap() else {
-            panic!("coffee_input.npy is float32");
-        };
+        let input = crate::npy::test_f32("coffee_input.npy");
         let axes = ImageAxes {
             channels: 3,
             height: 224,

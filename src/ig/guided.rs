@@ -548,11 +548,7 @@ mod tests {
     #[test]
     #[ignore]
     fn guided_timing() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee_input.npy");
-        let crate::npy::NpyArray::F32 { data: input, .. } = crate::npy::read(&path).unwrap() else {
-            panic!("coffee_input.npy is float32");
-        };
+        let input = crate::npy::test_f32("coffee_input.npy");
         // A gradient of varied magnitudes (a fixed pseudo-random weight per feature), so that
         // the steps select and move features as on a real model.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
