@@ -9,8 +9,8 @@ from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Union
 import grpc
 
 from . import _requests
-from ._requests import ImageLike, InputValue, explain_request
-from ._types import Explanation, ModelInfo, PredictResult, Progress
+from ._requests import ImageLike, InputValue, evaluate_request, explain_request
+from ._types import Evaluation, Explanation, ModelInfo, PredictResult, Progress
 from .v1 import explainer_pb2 as pb
 from .v1 import explainer_pb2_grpc as pb_grpc
 
@@ -164,13 +164,15 @@ class Client:
     def explain(self, image: Optional[ImageLike] = None, *,
                 on_progress: Optional[Callable[[Progress], None]] = None,
                 **options) -> Union[Explanation, List[Explanation]]:
-        """Integrated Gradients of one input: the Explanation of its target (by default the
-        top-1 class), or with top_k=k the list of the k best classes' Explanations.
+        """The attributions of one input (Integrated Gradients, or the request's `technique`):
+        the Explanation of its target (by default the top-1 class), or with top_k=k the list
+        of the k best classes' Explanations.
 
         The input and the options are the keywords of `integrad.explain_request` (model,
         image, text, pair, features, tensor, inputs, target, top_k, steps, method, objective,
         baseline, baselines, tolerance, max_steps, batch_size, attribute_to,
-        token_normalization, render); on_progress is called with each Progress.
+        token_normalization, render, technique, blur_ig, guided_ig, xrai, noise_tunnel);
+        on_progress is called with each Progress.
         """
         explanations = []
         for event in self.explain_stream(image, **options):
@@ -203,6 +205,15 @@ class Client:
                     yield item
                 elif on_progress is not None:
                     on_progress(item)
+
+    def evaluate(self, image: Optional[ImageLike] = None, *, saliency, **options) -> Evaluation:
+        """How faithful a saliency map (an Explanation, or an array) is to the model on this
+        image: its deletion, insertion, SIC and AIC curves (docs/evaluate.md). Takes the
+        keywords of `integrad.evaluate_request` (model, tensor, inputs, target, objective,
+        metrics, reduction, deletion, insertion, pic, batch_size, plot). Image models with a
+        softmax head only."""
+        request = evaluate_request(image=image, saliency=saliency, **options)
+        return Evaluation.from_proto(self._call(self._stub.Evaluate, request))
 
 
 def _events(event: pb.ExplainEvent) -> Iterator[Event]:

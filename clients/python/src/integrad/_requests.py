@@ -41,6 +41,67 @@ def enum_name(enum, prefix: str, value: int) -> str:
     return enum.Name(value)[len(prefix):].lower().replace("_", "-")
 
 
+# The techniques by the CLI's names (`integrad explain --technique`); "ig" is
+# TECHNIQUE_INTEGRATED_GRADIENTS, whose proto name is long.
+TECHNIQUES = {
+    "ig": pb.TECHNIQUE_INTEGRATED_GRADIENTS,
+    "blur-ig": pb.TECHNIQUE_BLUR_IG,
+    "guided-ig": pb.TECHNIQUE_GUIDED_IG,
+    "xrai": pb.TECHNIQUE_XRAI,
+}
+
+
+def technique_value(technique: Union[str, int]) -> int:
+    """A Technique from its CLI name (ig, blur-ig, guided-ig, xrai; case-insensitive, '_' for
+    '-' too), the proto's short name (integrated-gradients) or the enum value."""
+    if isinstance(technique, int):
+        return technique
+    value = TECHNIQUES.get(technique.strip().lower().replace("_", "-"))
+    if value is not None:
+        return value
+    try:
+        return enum_value(pb.Technique, "TECHNIQUE_", technique)
+    except ValueError:
+        raise ValueError(f"technique {technique!r} is not one of {', '.join(TECHNIQUES)}") from None
+
+
+def technique_name(value: int) -> str:
+    """The CLI name of a Technique (unspecified is integrated gradients: "ig")."""
+    for name, v in TECHNIQUES.items():
+        if v == value:
+            return name
+    return "ig" if value == pb.TECHNIQUE_UNSPECIFIED else str(value)
+
+
+def options_message(message_type, value, argument: str, enums: Optional[Mapping[str, Any]] = None):
+    """A message of `message_type` from a dict of its fields (enum fields by name, through
+    `enums`: field -> (enum, prefix)), or the message as is. Unknown fields are refused."""
+    if value is None:
+        return None
+    if isinstance(value, message_type):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{argument}= takes a dict of {message_type.DESCRIPTOR.name} fields or the "
+                        f"message, not {type(value).__name__}")
+    fields = dict(value)
+    known = [f.name for f in message_type.DESCRIPTOR.fields]
+    unknown = [k for k in fields if k not in known]
+    if unknown:
+        raise ValueError(f"{argument}= has no field {', '.join(map(repr, unknown))}: "
+                         f"its fields are {', '.join(known)}")
+    for name, (enum, prefix) in (enums or {}).items():
+        if name in fields and fields[name] is not None:
+            fields[name] = enum_value(enum, prefix, fields[name])
+    return message_type(**fields)
+
+
+def noise_tunnel_options(noise_tunnel) -> Optional[pb.NoiseTunnel]:
+    """A NoiseTunnel from a dict (samples, stdev, kind: smoothgrad, smoothgrad-sq or vargrad,
+    seed), or the message as is."""
+    return options_message(pb.NoiseTunnel, noise_tunnel, "noise_tunnel",
+                           {"kind": (pb.NoiseKind, "NOISE_KIND_")})
+
+
 def make_input(
     image: Optional[ImageLike] = None,
     text: Optional[str] = None,
@@ -199,6 +260,11 @@ def explain_request(
     attribute_to: Optional[Sequence[str]] = None,
     token_normalization: Union[str, int, None] = None,
     render: Union[bool, Mapping[str, Any], None] = None,
+    technique: Union[str, int, None] = None,
+    blur_ig: Union[Mapping[str, Any], pb.BlurIgOptions, None] = None,
+    guided_ig: Union[Mapping[str, Any], pb.GuidedIgOptions, None] = None,
+    xrai: Union[Mapping[str, Any], pb.XraiOptions, None] = None,
+    noise_tunnel: Union[Mapping[str, Any], pb.NoiseTunnel, None] = None,
 ) -> pb.ExplainRequest:
     """An ExplainRequest. Every argument left None leaves the server's default.
 
@@ -216,6 +282,13 @@ def explain_request(
         (layer attribution) instead of the model's default attribution points.
     token_normalization: none, l1 or l2 (text models' tokens and words).
     render: True for the mask and overlay PNGs (images), or a dict of RenderOptions fields.
+    technique: ig (the default), blur-ig, guided-ig or xrai (image models), or a Technique.
+    blur_ig / guided_ig / xrai: that technique's options, a dict of the fields of
+        BlurIgOptions (max_sigma, grad_step), GuidedIgOptions (fraction, max_dist) or
+        XraiOptions (min_pixel_diff, area_threshold, top_fraction), or the message. The
+        server refuses one given for another technique (INVALID_ARGUMENT).
+    noise_tunnel: a dict of samples, stdev, kind (smoothgrad, smoothgrad-sq or vargrad) and
+        seed, or a NoiseTunnel: the technique averaged over noisy copies of the input.
     """
     return pb.ExplainRequest(
         model=model or "",
@@ -234,6 +307,101 @@ def explain_request(
         token_normalization=None if token_normalization is None
         else enum_value(pb.TokenNormalization, "TOKEN_NORMALIZATION_", token_normalization),
         render=render_options(render),
+        technique=None if technique is None else technique_value(technique),
+        blur_ig=options_message(pb.BlurIgOptions, blur_ig, "blur_ig"),
+        guided_ig=options_message(pb.GuidedIgOptions, guided_ig, "guided_ig"),
+        xrai=options_message(pb.XraiOptions, xrai, "xrai"),
+        noise_tunnel=noise_tunnel_options(noise_tunnel),
+    )
+
+
+def _saliency_tensor(saliency) -> pb.Tensor:
+    """The map of an EvaluateRequest: an Explanation's attributions, an array, or a Tensor."""
+    from ._types import Explanation  # _types imports this module
+
+    if isinstance(saliency, Explanation):
+        saliency = saliency.attributions
+    if isinstance(saliency, pb.Tensor):
+        return saliency
+    array = np.asarray(saliency)
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"saliency= takes numbers, not an array of {array.dtype}")
+    # The API's maps are float32 (an integer ranking is a map too).
+    return _tensors.to_tensor(array.astype(np.float32, copy=False))
+
+
+def _metric_values(metrics: Union[str, int, Sequence[Union[str, int]], None]) -> list:
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, int)):
+        metrics = [metrics]
+    return [enum_value(pb.Metric, "METRIC_", m) for m in metrics]
+
+
+def _causal_options(options, argument: str) -> Optional[pb.CausalOptions]:
+    return options_message(pb.CausalOptions, options, argument, {"substrate": (pb.Substrate, "SUBSTRATE_")})
+
+
+def _pic_options(options) -> Optional[pb.PicOptions]:
+    if isinstance(options, Mapping) and options.get("random_mask") is not None:
+        mask = options["random_mask"]
+        if not isinstance(mask, pb.Tensor):
+            mask = _tensors.to_tensor(np.asarray(mask, dtype=np.float32))
+        options = {**options, "random_mask": mask}
+    return options_message(pb.PicOptions, options, "pic")
+
+
+def evaluate_request(
+    *,
+    saliency,
+    model: Optional[str] = None,
+    image: Optional[ImageLike] = None,
+    tensor=None,
+    inputs: Optional[Mapping[str, InputValue]] = None,
+    target: Union[int, str, None] = None,
+    objective: Union[str, int, None] = None,
+    metrics: Union[str, int, Sequence[Union[str, int]], None] = None,
+    reduction: Union[str, int, None] = None,
+    deletion: Union[Mapping[str, Any], pb.CausalOptions, None] = None,
+    insertion: Union[Mapping[str, Any], pb.CausalOptions, None] = None,
+    pic: Union[Mapping[str, Any], pb.PicOptions, None] = None,
+    batch_size: Optional[int] = None,
+    plot: bool = False,
+) -> pb.EvaluateRequest:
+    """An EvaluateRequest: how faithful `saliency` is to the model on this input.
+
+    saliency: an Explanation (its attributions; its target_class is the default target), an
+        array of the input's shape or height x width (XRAI's region map is one), or a Tensor.
+    image / tensor / inputs: the input the map explains, as for `explain_request`.
+    target: class index or label (default: the Explanation's class, else the top-1).
+    objective: probability or logit (deletion and insertion's score).
+    metrics: deletion, insertion, sic, aic, or a list of them (default: all four).
+    reduction: abs-sum (default) or sum: how a map with channels becomes one value a pixel.
+    deletion / insertion: dicts of CausalOptions fields (pixels_per_step, substrate: black,
+        zeros or blur, blur_size, blur_sigma); pic: of PicOptions fields (thresholds,
+        random_mask_fraction, seed, random_mask as an array, min_pred_value,
+        keep_monotonous, num_data_points). batch_size: images per model run. plot: return
+        the curves drawn as a PNG.
+    """
+    from ._types import Explanation
+
+    if target is None and isinstance(saliency, Explanation):
+        target = saliency.target_class
+    return pb.EvaluateRequest(
+        model=model or "",
+        input=make_input(image=image, tensor=tensor),
+        inputs=input_map(inputs),
+        saliency=_saliency_tensor(saliency),
+        reduction=None if reduction is None
+        else enum_value(pb.SaliencyReduction, "SALIENCY_REDUCTION_", reduction),
+        target=make_target(target),
+        objective=None if objective is None else enum_value(pb.Objective, "OBJECTIVE_", objective),
+        metrics=_metric_values(metrics),
+        deletion=_causal_options(deletion, "deletion"),
+        insertion=_causal_options(insertion, "insertion"),
+        pic=_pic_options(pic),
+        batch_size=batch_size or 0,
+        plot=plot,
     )
 
 

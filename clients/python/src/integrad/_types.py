@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import _tensors
-from ._requests import enum_name
+from ._requests import enum_name, technique_name
 from .v1 import explainer_pb2 as pb
 
 
@@ -182,13 +182,26 @@ class PredictorCheck:
 
 
 @dataclass(frozen=True)
+class XraiRegion:
+    """One of XRAI's ranked regions: the pixels it adds (none of better-ranked regions'), its
+    gain (the attribution it adds per pixel) and the fraction of the image covered with it."""
+    rank: int
+    gain: float
+    pixels: int
+    cumulative_area: float
+
+
+@dataclass(frozen=True)
 class Explanation:
-    """The Integrated Gradients of one target for one input.
+    """The attributions of one target for one input, by `technique` (Integrated Gradients
+    unless the request chose another).
 
     `attributions` is in the model's input space, the input's shape (no batch dimension);
     a model attributed at several tensors has each in `tensor_attributions` (in `attributed`
     order; `attributions` is the first). Completeness: attribution_sum, the sum over all of
-    them, is score_input - score_baseline up to convergence_delta.
+    them, is score_input - score_baseline up to convergence_delta. XRAI's `attributions` is
+    its region map instead (height x width, each pixel its region's gain), `regions` its
+    ranking and `pixel_attributions` the IG attributions it ranked.
     """
     attributions: np.ndarray
     tensor_attributions: Dict[str, np.ndarray] = field(repr=False)
@@ -217,6 +230,10 @@ class Explanation:
     overlay_png: Optional[bytes]
     instance: int  # ExplainBatch: the index of the instance explained
     predictor: Optional[PredictorCheck]  # None unless the server checks against a predictor
+    technique: str  # ig, blur-ig, guided-ig or xrai
+    noise_samples: int  # the noise tunnel's samples; 0: none
+    regions: List[XraiRegion]  # XRAI: most attributed first; empty for other techniques
+    pixel_attributions: Optional[np.ndarray] = field(repr=False)  # XRAI: input's shape; else None
     proto: pb.Explanation = field(repr=False)
 
     @classmethod
@@ -256,6 +273,11 @@ class Explanation:
                 m.predictor.own_score, m.predictor.relative_difference,
                 m.predictor.consistent, m.predictor.warning,
             ) if m.HasField("predictor") else None,
+            technique=technique_name(m.technique),
+            noise_samples=m.noise_samples,
+            regions=[XraiRegion(r.rank, r.gain, r.pixels, r.cumulative_area) for r in m.regions],
+            pixel_attributions=_tensors.to_numpy(m.pixel_attributions)
+            if m.HasField("pixel_attributions") else None,
             proto=m,
         )
 
@@ -289,3 +311,64 @@ class Explanation:
                 feature_names=names,
             )
         return shap.Explanation(values=self.attributions, base_values=self.score_baseline)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One faithfulness metric's curve: x ascending in [0, 1], y the score (see
+    docs/evaluate.md), auc its area (NaN when `skipped` says why PAIR's rules skip it).
+    SIC and AIC also carry each threshold's raw score and normalised point."""
+    metric: str  # deletion, insertion, sic or aic
+    x: np.ndarray
+    y: np.ndarray
+    auc: float
+    skipped: str
+    thresholds: np.ndarray
+    scores: np.ndarray
+    information: np.ndarray
+    normalized_scores: np.ndarray
+    original_score: float
+    blurred_score: float
+
+    @classmethod
+    def from_proto(cls, m: pb.Curve) -> Curve:
+        def floats(values) -> np.ndarray:
+            return np.array(values, dtype=np.float32)
+
+        return cls(enum_name(pb.Metric, "METRIC_", m.metric), floats(m.x), floats(m.y), m.auc, m.skipped,
+                   floats(m.thresholds), floats(m.scores), floats(m.information),
+                   floats(m.normalized_scores), m.original_score, m.blurred_score)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluate's answer: one Curve per metric asked (in the request's order), the target
+    they follow, and the curves drawn as a PNG when the request asked for the plot."""
+    model: str
+    target_class: int
+    label: str
+    objective: str  # deletion and insertion's score
+    curves: List[Curve]
+    plot_png: Optional[bytes]
+    runs: int  # model runs (batches of perturbed images)
+    images: int  # images scored
+    elapsed_ms: float
+    proto: pb.EvaluateResponse = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, m: pb.EvaluateResponse) -> Evaluation:
+        return cls(m.model, m.target_class, m.label, enum_name(pb.Objective, "OBJECTIVE_", m.objective),
+                   [Curve.from_proto(c) for c in m.curves], m.plot_png or None, m.runs, m.images,
+                   m.elapsed_ms, m)
+
+    def curve(self, metric: str) -> Curve:
+        """The curve of a metric by name (deletion, insertion, sic, aic)."""
+        for c in self.curves:
+            if c.metric == metric:
+                return c
+        raise KeyError(f"no {metric!r} curve: this evaluation has {', '.join(c.metric for c in self.curves)}")
+
+    @property
+    def auc(self) -> Dict[str, float]:
+        """Each metric's area under its curve, by name."""
+        return {c.metric: c.auc for c in self.curves}
