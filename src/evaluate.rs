@@ -104,14 +104,7 @@ async fn plan(engine: &Engine, request: pb::EvaluateRequest) -> Result<Plan, Err
             ))
         }
     };
-    let classes = spec
-        .output_spec()
-        .shape
-        .last()
-        .copied()
-        .filter(|&k| k > 0)
-        .unwrap_or(spec.labels().len() as i64) as usize;
-    if spec.output_spec().shape.len() != 2 || classes == 0 {
+    let Some(classes) = spec.classes() else {
         return Err(Error::invalid(
             "model",
             format!(
@@ -120,7 +113,7 @@ async fn plan(engine: &Engine, request: pb::EvaluateRequest) -> Result<Plan, Err
                 spec.output_spec().shape
             ),
         ));
-    }
+    };
     let objective = match pb::Objective::try_from(request.objective) {
         Ok(pb::Objective::Unspecified | pb::Objective::Probability) => pb::Objective::Probability,
         Ok(pb::Objective::Logit) if kind == OutputKind::Logits => pb::Objective::Logit,

@@ -81,14 +81,7 @@ async fn plan_instances(
             ))
         }
     };
-    let classes = spec
-        .output_spec()
-        .shape
-        .last()
-        .copied()
-        .filter(|&k| k > 0)
-        .unwrap_or(spec.labels().len() as i64) as usize;
-    if spec.output_spec().shape.len() != 2 || classes == 0 {
+    let Some(classes) = spec.classes() else {
         return Err(Error::FailedPrecondition {
             field: "model".into(),
             reason: format!(
@@ -97,7 +90,7 @@ async fn plan_instances(
                 spec.output_spec().shape
             ),
         });
-    }
+    };
 
     let (objective, what) = objective(&spec, request.objective)?;
     let requested_method = match request.method {

@@ -259,6 +259,18 @@ impl ModelSpec {
             .expect("output validated at load")
     }
 
+    /// The classes (scores) of a `[batch, classes]` output: its last dimension, or the
+    /// number of labels where that is unknown; None for any other output shape or none.
+    pub fn classes(&self) -> Option<usize> {
+        let shape = &self.output_spec().shape;
+        let classes = shape
+            .last()
+            .copied()
+            .filter(|&k| k > 0)
+            .unwrap_or(self.labels().len() as i64) as usize;
+        (shape.len() == 2 && classes > 0).then_some(classes)
+    }
+
     /// Class (or score) names, or empty.
     pub fn labels(&self) -> &[String] {
         match &self.head {
