@@ -127,6 +127,22 @@ struct Ask {
     alphas: Vec<f64>,
 }
 
+impl Ask {
+    /// The gradient at one point of walk `walk` (Blur IG's, Guided IG's) for its (instance,
+    /// class): the path from the point to itself, at alpha 1.
+    fn free_point(walk: usize, (instance, class): (usize, usize), point: Vec<f32>) -> Self {
+        let at = Arc::new(point);
+        Self {
+            walk,
+            instance,
+            class,
+            input: at.clone(),
+            baseline: at,
+            alphas: vec![1.0],
+        }
+    }
+}
+
 /// A run queued on the worker.
 struct Queued {
     asks: Vec<Ask>,
@@ -431,6 +447,7 @@ impl ExplainJob {
             if *shape_of_run.get_or_insert(shapes) != shapes {
                 continue;
             }
+            let of = (walk.instance, walk.class);
             match &mut walk.course {
                 Course::Straight {
                     input,
@@ -458,30 +475,14 @@ impl ExplainJob {
                         let Some(point) = ready.pop_front() else {
                             break;
                         };
-                        let at = Arc::new(point.point.clone());
-                        asks.push(Ask {
-                            walk: w,
-                            instance: walk.instance,
-                            class: walk.class,
-                            input: at.clone(),
-                            baseline: at,
-                            alphas: vec![1.0],
-                        });
+                        asks.push(Ask::free_point(w, of, point.point.clone()));
                         asked.push_back(point);
                         room -= 1;
                     }
                 }
                 Course::Guided { path, asked } => {
                     if !*asked {
-                        let at = Arc::new(path.point().to_vec());
-                        asks.push(Ask {
-                            walk: w,
-                            instance: walk.instance,
-                            class: walk.class,
-                            input: at.clone(),
-                            baseline: at,
-                            alphas: vec![1.0],
-                        });
+                        asks.push(Ask::free_point(w, of, path.point().to_vec()));
                         *asked = true;
                         room -= 1;
                     }
