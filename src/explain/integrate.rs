@@ -755,7 +755,7 @@ struct InFlight {
 /// Whether a run of `sums` weighted sums over points of `len` values asks for its rows'
 /// gradients and sums them here: when its weights (`sums` per row) would be larger than the
 /// gradients (`len` per row).
-fn host_sums(sums: usize, len: usize) -> bool {
+pub(super) fn host_sums(sums: usize, len: usize) -> bool {
     sums > len
 }
 

@@ -7,8 +7,9 @@
 //! the gradient at the last one (Guided IG). Every walk asks for gradients at points; the points
 //! of all walks that are ready go into one gradient run (the step model's rows: a straight
 //! walk's rows interpolate inside the graph, a free point is the path from the point to itself
-//! at alpha 1) and come back as each row's gradient, which the walk folds in on the host. The
-//! next run is queued before the one in flight is taken back, progress goes out after every
+//! at alpha 1). A run of straight walks comes back as each walk's weighted sum, taken inside
+//! the graph as IG's are; a run of free points as each row's gradient, which the walk folds in
+//! on the host. The next run is queued before the one in flight is taken back, progress goes out after every
 //! run, and the job stops within a run when its client is gone, as IG's does.
 //!
 //! When all walks of an instance are done, its attributions per target are the walks' averaged
@@ -125,6 +126,9 @@ struct Ask {
     input: Arc<Vec<f32>>,
     baseline: Arc<Vec<f32>>,
     alphas: Vec<f64>,
+    /// A straight walk's quadrature weights of these alphas (its rows' share of the walk's
+    /// weighted sum, which the step model can take inside the graph); empty for a free point.
+    weights: Vec<f32>,
 }
 
 impl Ask {
@@ -139,6 +143,7 @@ impl Ask {
             input: at.clone(),
             baseline: at,
             alphas: vec![1.0],
+            weights: Vec::new(),
         }
     }
 }
@@ -148,6 +153,9 @@ struct Queued {
     asks: Vec<Ask>,
     runs: Vec<Vec<(String, TensorData)>>,
     requested: Vec<String>,
+    /// Whether the run sums its rows inside the graph (outputs: sums, |gradient| sums,
+    /// scores) or returns each row's gradient (outputs: gradients, scores).
+    in_graph: bool,
     started: Instant,
     rows: usize,
     submitted: crate::model::Submitted,
@@ -465,6 +473,10 @@ impl ExplainJob {
                             input: input.clone(),
                             baseline: baseline.clone(),
                             alphas: nodes[*next..*next + take].iter().map(|n| n.alpha).collect(),
+                            weights: nodes[*next..*next + take]
+                                .iter()
+                                .map(|n| n.weight as f32)
+                                .collect(),
                         });
                         *next += take;
                         room -= take;
@@ -492,13 +504,23 @@ impl ExplainJob {
         asks
     }
 
-    /// Queues one gradient run over `asks`, asking for each row's gradient.
+    /// Queues one gradient run over `asks`. Straight walks' rows are summed inside the graph
+    /// with their quadrature weights, one sum per ask, as IG's are (unless the weights would
+    /// outgrow the rows' gradients: [`super::integrate::host_sums`]); free points (and such
+    /// runs) ask for each row's gradient.
     async fn queue(
         &self,
         gradient: &crate::model::Caller,
         asks: Vec<Ask>,
     ) -> Result<Queued, Error> {
         let layout = &self.set.layout;
+        let len = asks
+            .iter()
+            .map(|a| self.instances[a.instance].x.len())
+            .max()
+            .unwrap_or(0);
+        let in_graph = asks.iter().all(|a| !a.weights.is_empty())
+            && !super::integrate::host_sums(asks.len(), len);
         let mut runs = Vec::with_capacity(asks.len());
         for ask in &asks {
             let instance = &self.instances[ask.instance];
@@ -514,12 +536,22 @@ impl ExplainJob {
                 alphas: &ask.alphas,
                 targets: &class,
                 classes: self.classes,
-                weights: Vec::new(),
+                weights: match in_graph {
+                    true => ask.weights.clone(),
+                    false => Vec::new(),
+                },
             };
             runs.push(run.inputs(layout));
         }
         let rows: usize = asks.iter().map(|a| a.alphas.len()).sum();
-        let requested = vec![step::STEP_GRADS.to_string(), self.scored.of.clone()];
+        let requested = match in_graph {
+            true => vec![
+                step::STEP_SUMS.to_string(),
+                step::STEP_ABS.to_string(),
+                self.scored.of.clone(),
+            ],
+            false => vec![step::STEP_GRADS.to_string(), self.scored.of.clone()],
+        };
         let merged = match runs.len() {
             1 => runs.pop().expect("one run"),
             _ => step::merge_runs(layout, &runs),
@@ -538,6 +570,7 @@ impl ExplainJob {
             asks,
             runs,
             requested,
+            in_graph,
             started: Instant::now(),
             rows,
             submitted,
@@ -551,6 +584,7 @@ impl ExplainJob {
             asks,
             runs,
             requested,
+            in_graph,
             started,
             rows,
             submitted,
@@ -575,7 +609,10 @@ impl ExplainJob {
             for (ask, outputs) in fed {
                 let score =
                     |row: &[f32], class: usize| super::integrate::score(objective, row, class);
-                feed(&mut all[ask.walk], &ask, &outputs, classes, &score)?;
+                match in_graph {
+                    true => feed_sums(&mut all[ask.walk], &ask, &outputs, classes, &score)?,
+                    false => feed(&mut all[ask.walk], &ask, &outputs, classes, &score)?,
+                }
             }
             Ok(all)
         })
@@ -828,13 +865,7 @@ fn feed(
     classes: usize,
     score: &dyn Fn(&[f32], usize) -> f32,
 ) -> Result<(), Error> {
-    let float = |i: usize| {
-        outputs
-            .get(i)
-            .and_then(|o| o.as_f32())
-            .ok_or_else(|| Error::Internal("gradient output is not float32".into()))
-    };
-    let (grads, out) = (float(0)?, float(1)?);
+    let (grads, out) = (float_output(outputs, 0)?, float_output(outputs, 1)?);
     let rows = ask.alphas.len();
     if grads.is_empty() || grads.len() % rows != 0 || out.len() != rows * classes {
         return Err(Error::Internal(format!(
@@ -876,4 +907,52 @@ fn feed(
         walk.points.push((alpha, f, mean_abs));
     }
     Ok(())
+}
+
+/// Folds one straight walk's share of a run that summed inside the graph (its weighted sum,
+/// its rows' |gradient| sums, then the scored tensor) into the walk.
+fn feed_sums(
+    walk: &mut Walk,
+    ask: &Ask,
+    outputs: &[TensorData],
+    classes: usize,
+    score: &dyn Fn(&[f32], usize) -> f32,
+) -> Result<(), Error> {
+    let (sum, abs, out) = (
+        float_output(outputs, 0)?,
+        float_output(outputs, 1)?,
+        float_output(outputs, 2)?,
+    );
+    let Course::Straight { nodes, sums, .. } = &mut walk.course else {
+        return Err(Error::Internal(
+            "in-graph sums for a walk that is not straight".into(),
+        ));
+    };
+    let rows = ask.alphas.len();
+    if sum.len() != sums.len() || abs.len() != rows || out.len() != rows * classes {
+        return Err(Error::Internal(format!(
+            "a run of {rows} rows returned {} summed, {} |gradient| and {} score values",
+            sum.len(),
+            abs.len(),
+            out.len()
+        )));
+    }
+    for (s, &g) in sums.iter_mut().zip(sum) {
+        *s += f64::from(g);
+    }
+    let len = sums.len().max(1) as f32;
+    for (&a, row) in abs.iter().zip(out.chunks_exact(classes)) {
+        let alpha = nodes[walk.evaluations].alpha;
+        walk.evaluations += 1;
+        walk.points.push((alpha, score(row, walk.class), a / len));
+    }
+    Ok(())
+}
+
+/// Output `i` of a gradient run, as float32 values.
+fn float_output(outputs: &[TensorData], i: usize) -> Result<&[f32], Error> {
+    outputs
+        .get(i)
+        .and_then(|o| o.as_f32())
+        .ok_or_else(|| Error::Internal("gradient output is not float32".into()))
 }
