@@ -217,18 +217,14 @@ fn main() {
 }
 
 /// A session with the server's settings (`model::load`): all graph optimisations, one intra-op
-/// thread per available core, spinning.
+/// thread per available core, spinning during runs.
 fn session(env: &ort::environment::Environment, bytes: &[u8]) -> Session {
     let options = LoadOptions::default();
-    Session::builder(env)
+    let builder = Session::builder(env)
         .unwrap()
         .with_optimization_level(GraphOptimizationLevel::All)
-        .unwrap()
-        .with_intra_threads(options.intra_threads)
-        .unwrap()
-        .with_inter_threads(options.inter_threads)
-        .unwrap()
-        .with_intra_op_spinning(options.intra_spin)
+        .unwrap();
+    integrad::model::with_threads(builder, &options)
         .unwrap()
         .commit_from_memory(bytes)
         .unwrap()

@@ -30,7 +30,8 @@ pub struct LoadOptions {
     pub intra_threads: usize,
     /// ONNX Runtime inter-op threads per session; above 1 turns on parallel execution.
     pub inter_threads: usize,
-    /// Whether idle pool threads spin before sleeping during a run.
+    /// Whether idle pool threads spin before sleeping during a run (and only then:
+    /// [`with_threads`]).
     pub intra_spin: bool,
     /// Cross-request batching in every worker.
     pub batching: Batching,
@@ -95,7 +96,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             intra_threads: cores,
             inter_threads: 1,
-            intra_spin: false,
+            intra_spin: true,
             batching: Batching::default(),
             workers: super::Workers::default(),
             gradient_limits: GradientLimits::default(),
@@ -336,15 +337,33 @@ fn session_builder(
     options: &LoadOptions,
     placement: Placement,
 ) -> ort::Result<ort::session::builder::SessionBuilder> {
-    let mut builder = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::All)?
+    let builder = Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::All)?;
+    let mut builder = with_threads(builder, options)?;
+    crate::device::register(&mut builder, placement)?;
+    Ok(builder)
+}
+
+/// A session's threads as `options` say: intra-op and inter-op pool sizes, parallel execution
+/// above one inter-op thread, and spinning.
+///
+/// NOTE: with `intra_spin` the pool threads spin for the next operator *during* a run and stop
+/// when it returns (ONNX Runtime's `session.force_spinning_stop`): its default spinning goes
+/// on after a run, on the cores that integrad's own work between runs and a model server
+/// beside it need (docs/devices.md).
+pub fn with_threads(
+    builder: ort::session::builder::SessionBuilder,
+    options: &LoadOptions,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Ok(builder
         .with_intra_threads(options.intra_threads)?
         .with_inter_threads(options.inter_threads)?
         .with_parallel_execution(options.inter_threads > 1)?
         .with_intra_op_spinning(options.intra_spin)?
-        .with_inter_op_spinning(options.intra_spin)?;
-    crate::device::register(&mut builder, placement)?;
-    Ok(builder)
+        .with_inter_op_spinning(options.intra_spin)?
+        .with_config_entry(
+            "session.force_spinning_stop",
+            if options.intra_spin { "1" } else { "0" },
+        )?)
 }
 
 fn spec(name: &str, ty: &ValueType) -> TensorSpec {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 pub use batch::{Batching, BatchingMode, Merge, PathRules};
 pub use config::{ModelConfig, OutputKind};
-pub use load::{load_model, open_worker, GradientLimits, LoadError, LoadOptions};
+pub use load::{load_model, open_worker, with_threads, GradientLimits, LoadError, LoadOptions};
 pub use repository::{check_dir, ModelEntry, Repository};
 pub use tabular::{Lookup, Reference, Tabular};
 #[cfg(test)]

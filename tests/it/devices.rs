@@ -190,7 +190,7 @@ async fn should_place_each_model_as_its_config_says() {
         "--inter-threads",
         "2",
         "--intra-spin",
-        "true",
+        "false",
     ])
     .await;
     let mut client = server.client().await;
