@@ -39,8 +39,8 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use prost::Message;
 
-/// Rows per ONNX Runtime run: the server's default batch for a 224x224 RGB input
-/// (`explain::DEFAULT_BATCH`), one target.
+/// Rows per ONNX Runtime run, one target: 16 (the server's default batch for a 224x224 RGB
+/// input was 16 when these figures were first published; it is now `explain::DEFAULT_BATCH`).
 const ROWS: usize = 16;
 const CLASSES: usize = 1000;
 /// Espresso: the coffee photo's top class.

@@ -28,9 +28,12 @@ const RISE_BLUR_SIGMA: f32 = 5.0;
 const RISE_ROWS_PER_STEP: usize = 8;
 /// PAIR's default fraction of pixels kept at random in the fully blurred image.
 const PAIR_RANDOM_FRACTION: f32 = 0.01;
-/// Rows per forward run by default and at most: a forward run holds no gradients, so twice
-/// an Explain's default gradient batch fits the same memory.
+/// Rows per forward run at most.
 const MAX_ROWS: u32 = 256;
+/// Rows of one forward run of the curves by default for a 224x224 RGB input (scaled by input
+/// size for other models, up to 128): a forward run holds no activations for a backward pass,
+/// so 32 rows fit the memory of a gradient run of 16.
+const FORWARD_ROWS: u32 = 32;
 /// The widest blur kernel accepted (RISE's is 11).
 const MAX_BLUR_SIZE: u32 = 255;
 /// Curve points of a PIC at most (PAIR's default is 1000).
@@ -166,7 +169,9 @@ async fn plan(engine: &Engine, request: pb::EvaluateRequest) -> Result<Plan, Err
         ));
     }
     let rows = match request.batch_size {
-        0 => (2 * crate::explain::default_batch(3 * pixels)).min(MAX_ROWS),
+        0 => {
+            (crate::explain::rows_for_input(FORWARD_ROWS, 3 * pixels).min(128) as u32).min(MAX_ROWS)
+        }
         n if n > MAX_ROWS => {
             return Err(Error::invalid(
                 "batch_size",

@@ -43,17 +43,25 @@ use crate::proto::integrad::v1 as pb;
 
 /// Steps when the request says 0 (the classic recipe's figure).
 pub const DEFAULT_STEPS: u32 = 50;
-/// Alphas per gradient run by default for a 224x224 RGB input: 17 x 3 runs measured as fast as
-/// 51 at once with a third of the peak memory (docs/autodiff.md). Other models scale it
-/// by their input size, since activation memory grows with it (see [`default_batch`]).
-pub const DEFAULT_BATCH: u32 = 16;
+/// Alphas per gradient run by default for a 224x224 RGB input. Measured on the demo model
+/// (docs/BENCHMARKS.md, "Rows per run"): a row costs about 12 % less in runs of 4 than of 16
+/// (the activations of a small run stay in cache; ONNX Runtime's threads spin during runs),
+/// and Explains of 101 alphas, 100 blurs or 10 x 21 noisy alphas were as fast or faster.
+/// Other models scale it by their input size, since activation memory grows with it (see
+/// [`default_batch`]).
+pub const DEFAULT_BATCH: u32 = 4;
 const DEFAULT_BATCH_INPUT: usize = 3 * 224 * 224;
+
+/// `rows` for a 224x224 RGB input, scaled for an input of `input_len` values: more for smaller
+/// inputs, fewer for larger ones, at least 1.
+pub fn rows_for_input(rows: u32, input_len: usize) -> usize {
+    (rows as usize * DEFAULT_BATCH_INPUT / input_len.max(1)).max(1)
+}
 
 /// The default alphas per run for an input of `input_len` values: DEFAULT_BATCH at 224x224
 /// RGB, more for smaller inputs (up to 64), fewer for larger ones (down to 1).
 pub fn default_batch(input_len: usize) -> u32 {
-    let scaled = DEFAULT_BATCH as usize * DEFAULT_BATCH_INPUT / input_len.max(1);
-    scaled.clamp(1, 64) as u32
+    rows_for_input(DEFAULT_BATCH, input_len).min(64) as u32
 }
 /// Rows per gradient run at most (alphas x targets), whatever the request asks.
 pub(crate) const MAX_ROWS: u32 = 256;
