@@ -536,3 +536,110 @@ fn webp_sizes_and_the_blur_match_pillow_and_scipy() {
         sizes["chelsea_fully_blurred"].as_u64().unwrap()
     );
 }
+
+type Client =
+    integrad::proto::integrad::v1::explainer_client::ExplainerClient<tonic::transport::Channel>;
+
+/// An Evaluate of a deletion curve one pixel per step: 50,176 steps, minutes of model runs.
+fn long_evaluate() -> pb::EvaluateRequest {
+    pb::EvaluateRequest {
+        model: "efficientnet-lite0".into(),
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Tensor(npy_tensor("chelsea_input.npy"))),
+        }),
+        saliency: Some(npy_tensor("metrics/chelsea_ig.npy")),
+        metrics: vec![pb::Metric::Deletion as i32],
+        deletion: Some(pb::CausalOptions {
+            pixels_per_step: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A short Explain, admitted or refused at once by a server with one Explain slot and no
+/// queue: whether the slot is free.
+async fn slot_is_free(client: &mut Client) -> bool {
+    let request = pb::ExplainRequest {
+        input: Some(pb::Input {
+            kind: Some(pb::input::Kind::Image(sample("rocket.jpg"))),
+        }),
+        steps: Some(4),
+        ..Default::default()
+    };
+    match client.explain(request).await {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            while stream.message().await.unwrap().is_some() {}
+            true
+        }
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => false,
+        Err(status) => panic!("the Explain failed otherwise: {status:?}"),
+    }
+}
+
+/// Waits up to 10 s (an Evaluate ended between two of its 60 ms model runs frees its slot in
+/// well under a second; the evaluation itself would take minutes) for the slot to be free.
+async fn slot_frees_soon(client: &mut Client) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        if slot_is_free(client).await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_evaluate_ends_at_its_deadline_or_when_its_client_goes_and_frees_its_slot() {
+    // Evaluate takes an Explain slot: one slot, no queue, so a second heavy request is refused
+    // while it runs and admitted once it has ended.
+    let server = TestServer::start(&[
+        "--models",
+        demo_models().to_str().unwrap(),
+        "--max-concurrent-explains",
+        "1",
+        "--max-queued-explains",
+        "0",
+    ])
+    .await;
+    let mut client = server.client().await;
+
+    // The client goes away: the evaluation holds the slot while it runs, then frees it.
+    let mut other = server.client().await;
+    let running = tokio::spawn(async move { other.evaluate(long_evaluate()).await });
+    // A probe sent before the Evaluate arrives would take the slot itself: give it a second
+    // (it arrives within milliseconds), then the slot must be taken.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        !slot_is_free(&mut client).await,
+        "the long Evaluate does not hold the slot (it ended: {})",
+        running.is_finished()
+    );
+    running.abort();
+    assert!(
+        slot_frees_soon(&mut client).await,
+        "an abandoned Evaluate kept its slot"
+    );
+
+    // Its deadline passes: DEADLINE_EXCEEDED (tonic's own side may say CANCELLED first), long
+    // before the evaluation would have ended, and the slot is free again.
+    let mut request = tonic::Request::new(long_evaluate());
+    request.set_timeout(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let expired = client.evaluate(request).await.unwrap_err();
+    assert!(
+        matches!(
+            expired.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{expired:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        slot_frees_soon(&mut client).await,
+        "an Evaluate past its deadline kept its slot"
+    );
+    server.stop().await;
+}
