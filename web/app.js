@@ -149,6 +149,10 @@ function updateBaselinePreview() {
   const kind = state.editor && state.editor.kind;
   const isImage = kind === "image";
   document.querySelectorAll(".blur-only").forEach((e) => (e.hidden = !(isImage && baselineParameter($("baseline").value)?.blur)));
+  // Blur IG and XRAI need an image; a hidden choice is not sent.
+  document.querySelectorAll("#technique .image-only").forEach((e) => (e.hidden = !isImage));
+  if ($("technique").selectedOptions[0]?.hidden) $("technique").value = "";
+  document.querySelectorAll(".noise-only").forEach((e) => (e.hidden = !(Number($("noise-samples").value) > 1)));
   const photo = isImage && state.editor.photo();
   figure.hidden = !isImage;
   if (!isImage) return;
@@ -241,16 +245,27 @@ function showPrediction(prediction) {
 function parameters(overrides = {}) {
   const baselineIndex = overrides.baseline ?? $("baseline").value;
   const p = {};
+  const technique = $("technique").selectedOptions[0];
+  if (technique && technique.value && !technique.hidden) p.technique = technique.value;
+  // Blur IG's path starts at the blurred input and XRAI integrates from black and from white:
+  // neither takes a baseline.
+  const ownPath = ["blur-ig", "xrai"].includes(p.technique);
   const baseline = baselineParameter(baselineIndex);
-  if (baseline !== undefined) p.baseline = baseline;
+  if (baseline !== undefined && !ownPath) p.baseline = baseline;
   p.steps = overrides.steps ?? (Number($("steps").value) || 32);
   const tolerance = Number($("tolerance").value);
   if (tolerance > 0) p.tolerance = tolerance / 100;
   if ($("method").value) p.method = $("method").value;
+  const samples = Number($("noise-samples").value) || 0;
+  if (samples > 1) p.noise_tunnel = { samples, kind: $("noise-kind").value };
   if ($("objective").value) p.objective = $("objective").value;
   if (state.target !== null) p.target = state.target;
   if (state.editor.kind === "image") p.render = { mask: true };
-  const title = `${baselineName(baselineIndex)} · ${p.steps} steps${p.method ? ` · ${p.method}` : ""}`;
+  const how = [p.technique && !ownPath ? technique.textContent : "", p.noise_tunnel ? `${$("noise-kind").selectedOptions[0].textContent} × ${samples}` : ""]
+    .filter(Boolean)
+    .map((part) => ` · ${part}`)
+    .join("");
+  const title = `${ownPath ? technique.textContent : baselineName(baselineIndex)} · ${p.steps} steps${p.method ? ` · ${p.method}` : ""}${how}`;
   return { parameters: p, title };
 }
 
@@ -343,6 +358,7 @@ function wire() {
   $("model").addEventListener("change", (event) => chooseModel(event.target.value).catch((e) => say(describe(e))));
   $("baseline").addEventListener("change", updateBaselinePreview);
   $("blur-sigma").addEventListener("input", updateBaselinePreview);
+  $("noise-samples").addEventListener("input", updateBaselinePreview);
   $("explain").addEventListener("click", () => explainAll([{}]));
   $("compare").addEventListener("click", () => explainAll(comparisonVariations()));
   $("cancel").addEventListener("click", () => state.running && state.running.abort());

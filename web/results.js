@@ -152,6 +152,10 @@ function numbers(explanation) {
     ["Steps", `${explanation.steps} (${explanation.method.replace("METHOD_", "").toLowerCase()})`, "steps"],
     ["Time", `${Math.round(explanation.elapsed_ms)} ms`, "elapsed_ms"],
   ];
+  // What ran, as the server says (not as the form asked).
+  const technique = (explanation.technique || "").replace("TECHNIQUE_", "");
+  if (technique && technique !== "UNSPECIFIED") rows.unshift(["Technique", technique.toLowerCase().replaceAll("_", " "), "technique"]);
+  if (explanation.noise_samples > 1) rows.unshift(["Noise samples", String(explanation.noise_samples), "noise_samples"]);
   const table = element("dl", { class: "numbers" });
   for (const [name, value, key] of rows) {
     table.append(element("dt", { text: name }), element("dd", { text: value, "data-key": key }));

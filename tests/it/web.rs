@@ -206,6 +206,8 @@ async fn should_explain_a_photo_a_text_and_a_row_in_the_browser() {
         seen["photo"]["progress_events"].as_u64().unwrap() >= 1,
         "{seen}"
     );
+    assert_eq!(seen["techniques"]["blur_ig"], "blur ig", "{seen}");
+    assert_eq!(seen["techniques"]["noise_samples"], "2", "{seen}");
     assert_eq!(seen["cancel"]["next"], "done", "{seen}");
     assert_eq!(
         seen["tabular"]["bars"].as_array().unwrap().len(),

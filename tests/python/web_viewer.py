@@ -107,6 +107,26 @@ def photo_flow(page):
     page.screenshot(path=str(OUT / "viewer-photo.png"), full_page=True)
 
 
+def technique_flow(page):
+    """Blur IG on the photo, then IG under a VarGrad noise tunnel: the server says what ran."""
+    page.select_option("#technique", "blur-ig")
+    card = explain_and_wait(page, 8)
+    ran = card.locator('[data-key="technique"]').inner_text().strip()
+    check(ran == "blur ig", f"asked for Blur IG, the server ran {ran!r}")
+    check("Blur IG" in card.locator("h3").first.inner_text(), card.locator("h3").first.inner_text())
+    check(card.locator(".mask img").evaluate("i => i.naturalWidth") > 0, "Blur IG's mask did not render")
+    page.select_option("#technique", "")
+    check(page.locator("#noise-kind").is_hidden(), "the noise tunnel's kind shows with no samples")
+    page.fill("#noise-samples", "2")
+    page.select_option("#noise-kind", "vargrad")
+    card = explain_and_wait(page, 4)
+    samples = card.locator('[data-key="noise_samples"]').inner_text().strip()
+    check(samples == "2", f"asked for 2 noise samples, the server ran {samples!r}")
+    check("VarGrad × 2" in card.locator("h3").first.inner_text(), card.locator("h3").first.inner_text())
+    page.fill("#noise-samples", "0")
+    seen["techniques"] = {"blur_ig": ran, "noise_samples": samples}
+
+
 def cancel_flow(page):
     """A long Explain cancelled: the page says so and the server's one slot is free again."""
     page.fill("#steps", "2048")
@@ -256,6 +276,7 @@ def main():
         check_headers(page)
         page.goto(URL)
         photo_flow(page)
+        technique_flow(page)
         cancel_flow(page)
         text_flow(page)
         tabular_flow(page)

@@ -11,8 +11,10 @@
 //!
 //! Explain's `parameters` are `ExplainRequest`'s fields in protobuf's JSON mapping (either
 //! spelling of a name), with shorthands: `"target": 3` or `"target": "cat"`, enum values
-//! without their prefix in any case (`"method": "gauss-legendre"`, `"objective": "logit"`),
-//! and `"baseline": "black"` (white, zeros, uniform, reference, and pad, unk, mask for texts).
+//! without their prefix in any case (`"method": "gauss-legendre"`, `"objective": "logit"`,
+//! `"technique": "blur-ig"`, `"ig"` for integrated gradients, and a noise tunnel's `"kind":
+//! "vargrad"`), and `"baseline": "black"` (white, zeros, uniform, reference, and pad, unk, mask
+//! for texts).
 //! Nothing is ignored: an unknown key is a 400 naming it.
 
 use std::collections::HashMap;
@@ -109,6 +111,24 @@ impl Payload {
                 }
                 "target" => target(value),
                 "method" => enum_value(value, "METHOD_"),
+                "technique" => match value {
+                    Value::String(name) if matches!(name.trim(), "ig" | "IG") => {
+                        Value::String("TECHNIQUE_INTEGRATED_GRADIENTS".into())
+                    }
+                    other => enum_value(other, "TECHNIQUE_"),
+                },
+                "noise_tunnel" | "noiseTunnel" => match value {
+                    Value::Object(tunnel) => Value::Object(
+                        tunnel
+                            .iter()
+                            .map(|(k, v)| match k.as_str() {
+                                "kind" => (k.clone(), enum_value(v, "NOISE_KIND_")),
+                                _ => (k.clone(), v.clone()),
+                            })
+                            .collect(),
+                    ),
+                    other => other.clone(),
+                },
                 "objective" => enum_value(value, "OBJECTIVE_"),
                 "token_normalization" | "tokenNormalization" => {
                     enum_value(value, "TOKEN_NORMALIZATION_")
