@@ -595,15 +595,7 @@ async fn slot_frees_soon(client: &mut Client) -> bool {
 async fn an_evaluate_ends_at_its_deadline_or_when_its_client_goes_and_frees_its_slot() {
     // Evaluate takes an Explain slot: one slot, no queue, so a second heavy request is refused
     // while it runs and admitted once it has ended.
-    let server = TestServer::start(&[
-        "--models",
-        demo_models().to_str().unwrap(),
-        "--max-concurrent-explains",
-        "1",
-        "--max-queued-explains",
-        "0",
-    ])
-    .await;
+    let server = TestServer::one_explain_slot().await;
     let mut client = server.client().await;
 
     // The client goes away: the evaluation holds the slot while it runs, then frees it.

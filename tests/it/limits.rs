@@ -80,15 +80,7 @@ async fn should_refuse_messages_over_the_limit_both_ways_and_keep_serving() {
 
 #[tokio::test]
 async fn should_refuse_an_explain_at_once_with_a_retry_hint_when_the_queue_is_full() {
-    let server = TestServer::start(&[
-        "--models",
-        demo_models().to_str().unwrap(),
-        "--max-concurrent-explains",
-        "1",
-        "--max-queued-explains",
-        "0",
-    ])
-    .await;
+    let server = TestServer::one_explain_slot().await;
     let mut client = server.client().await;
     // The response headers come once the Explain holds its slot.
     let mut running = client.explain(long_explain()).await.unwrap().into_inner();

@@ -83,6 +83,20 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The demo models with room for one Explain (or Evaluate) and no queue: while one runs,
+    /// a second is refused at once with RESOURCE_EXHAUSTED.
+    pub async fn one_explain_slot() -> Self {
+        Self::start(&[
+            "--models",
+            demo_models().to_str().unwrap(),
+            "--max-concurrent-explains",
+            "1",
+            "--max-queued-explains",
+            "0",
+        ])
+        .await
+    }
+
     /// Starts `integrad serve <args>` in-process on a free loopback port and waits for SERVING.
     pub async fn start(args: &[&str]) -> Self {
         Self::start_with(args, None).await
