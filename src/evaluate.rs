@@ -169,9 +169,8 @@ async fn plan(engine: &Engine, request: pb::EvaluateRequest) -> Result<Plan, Err
         ));
     }
     let rows = match request.batch_size {
-        0 => {
-            (crate::explain::rows_for_input(FORWARD_ROWS, 3 * pixels).min(128) as u32).min(MAX_ROWS)
-        }
+        // At most 128, half of MAX_ROWS.
+        0 => crate::explain::rows_for_input(FORWARD_ROWS, 3 * pixels).min(128) as u32,
         n if n > MAX_ROWS => {
             return Err(Error::invalid(
                 "batch_size",
