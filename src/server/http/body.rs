@@ -112,7 +112,7 @@ impl Payload {
                 "target" => target(value),
                 "method" => enum_value(value, "METHOD_"),
                 "technique" => match value {
-                    Value::String(name) if matches!(name.trim(), "ig" | "IG") => {
+                    Value::String(name) if name.trim().eq_ignore_ascii_case("ig") => {
                         Value::String("TECHNIQUE_INTEGRATED_GRADIENTS".into())
                     }
                     other => enum_value(other, "TECHNIQUE_"),
