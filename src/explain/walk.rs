@@ -9,8 +9,8 @@
 //! walk's rows interpolate inside the graph, a free point is the path from the point to itself
 //! at alpha 1). A run of straight walks comes back as each walk's weighted sum, taken inside
 //! the graph as IG's are; a run of free points as each row's gradient, which the walk folds in
-//! on the host. The next run is queued before the one in flight is taken back, progress goes out after every
-//! run, and the job stops within a run when its client is gone, as IG's does.
+//! on the host. The next run is queued before the one in flight is taken back, progress goes
+//! out after every run, and the job stops within a run when its client is gone, as IG's does.
 //!
 //! When all walks of an instance are done, its attributions per target are the walks' averaged
 //! over the baselines (XRAI's two), combined over the noise samples as the tunnel says, and
