@@ -22,7 +22,8 @@ Workloads, on the coffee photo's preprocessed tensor (tests/data/coffee_input.np
         'sleeping=INTEGRAD_INTRA_SPIN:false;spinning=INTEGRAD_INTRA_SPIN:true' \\
         --workloads ig,tunnel,guided --rounds 8
 
-    .venv-dev/bin/python scripts/bench_servers_ab.py 'old=@/tmp/integrad-old;new=' --rounds 8
+    cp target/release/integrad target/integrad-old    # before rebuilding the change
+    .venv-dev/bin/python scripts/bench_servers_ab.py 'old=@target/integrad-old;new=' --rounds 8
 
 An idle server's ONNX Runtime threads sleep, so the servers waiting their turn do not take
 the cores from the one answering (with `--intra-spin` the threads spin during runs only).

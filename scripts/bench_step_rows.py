@@ -13,8 +13,8 @@ size, sizes alternating within a series; the median ms per row.
 
     cargo build --release
     target/release/integrad autodiff models/efficientnet-lite0/model.onnx \\
-        --objective probability --step --output /tmp/step.onnx
-    .venv-dev/bin/python scripts/bench_step_rows.py /tmp/step.onnx [--rows 1,4,8,16]
+        --objective probability --step --output target/step.onnx
+    .venv-dev/bin/python scripts/bench_step_rows.py target/step.onnx [--rows 1,4,8,16]
 """
 
 import argparse
